@@ -1,0 +1,47 @@
+# mlworkflow-operator developer entry points. Everything runs from the virtualenv made here.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test unit lint crds crds-check cluster control-plane clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+## The control plane's binaries, built once from the Go module proxy and cached outside the repo.
+control-plane:
+	bash hack/build-control-plane.sh
+
+## All tests: unit, then integration against a real API server started once for the session.
+test: venv control-plane
+	$(BIN)/pytest
+
+unit: venv
+	$(BIN)/pytest tests/unit
+
+lint: venv
+	$(BIN)/ruff check operator tests hack
+	$(BIN)/ruff format --check operator tests hack
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+## Regenerate the CRD from the API types (the single source of truth), and the Helm chart's copy.
+crds: venv
+	$(BIN)/mlworkflow crds --output crds/mlworkflow.io_mlworkflows.yaml
+	mkdir -p charts/mlworkflow-operator/crds
+	cp crds/mlworkflow.io_mlworkflows.yaml charts/mlworkflow-operator/crds/
+
+## Start the local control plane in the foreground; prints the `export KUBECONFIG=...` line. Ctrl-C stops it.
+cluster: venv control-plane
+	$(BIN)/python hack/cluster.py up
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build operator/*.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

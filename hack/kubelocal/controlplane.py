@@ -1,0 +1,443 @@
+"""A real Kubernetes control plane on 127.0.0.1, without Docker: etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler and kwok, started as local processes (as controller-runtime's
+envtest does, plus the controllers and scheduler so Jobs and Deployments get Pods).
+
+Every process is started in its own process group with a parent-death signal, so none outlives the Python
+process that started it, even when that one is killed. A component that does not become healthy in time
+raises `ComponentError` naming it, with the tail of its log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = REPO / "hack" / "build-control-plane.sh"
+ADMIN_TOKEN_NAME = "admin"
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+# kwok's stages, as kwokctl installs them: nodes become Ready and keep a Lease; Pods become Ready;
+# Pods owned by a Job complete; deleted Pods go away.
+KWOK_STAGES = (
+    "node/fast/node-initialize.yaml",
+    "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+    "pod/fast/pod-ready.yaml",
+    "pod/fast/pod-complete.yaml",
+    "pod/fast/pod-delete.yaml",
+)
+
+
+class ComponentError(RuntimeError):
+    """A control-plane component failed to start or to become healthy."""
+
+
+def build_binaries() -> Path:
+    """Build (or find in the cache) the control plane's binaries; returns their folder."""
+    result = subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True)
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """Run in the child before exec: a new process group, and SIGKILL when the parent dies."""
+    os.setpgrp()
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+@dataclass
+class Component:
+    """One process of the control plane: its command, its log, and how to tell it is healthy."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    healthy: Callable[[], bool]
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process for its lifetime
+        self.process = subprocess.Popen(
+            self.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **self.env},
+            preexec_fn=_die_with_parent,
+        )
+        log.close()
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            code = self.process.poll()
+            if code is not None:
+                raise ComponentError(
+                    f"{self.name} exited with code {code} while starting; "
+                    f"log {self.log_path}:\n{self.log_tail()}"
+                )
+            with contextlib.suppress(Exception):
+                if self.healthy():
+                    return
+            time.sleep(0.2)
+        raise ComponentError(
+            f"{self.name} was not healthy after {timeout:.0f}s; log {self.log_path}:\n{self.log_tail()}"
+        )
+
+    def stop(self, grace: float = 10.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+def _insecure_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _http_ok(url: str, token: str | None = None, context: ssl.SSLContext | None = None) -> bool:
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=2, context=context) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class ControlPlane:
+    """etcd + kube-apiserver + kube-controller-manager + kube-scheduler + kwok, on 127.0.0.1."""
+
+    def __init__(self, bin_dir: Path, workdir: Path | None = None, start_timeout: float = 90.0) -> None:
+        self.bin_dir = bin_dir
+        self._owns_workdir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="mlw-control-plane-"))
+        self.start_timeout = start_timeout
+        self.components: list[Component] = []
+        self.token = os.urandom(16).hex()
+        self.api_port = free_port()
+        self.server = f"https://127.0.0.1:{self.api_port}"
+        # etcd's data lives in memory when it can: faster, and nothing left on disk.
+        shm = Path("/dev/shm")
+        self._etcd_dir = Path(tempfile.mkdtemp(prefix="mlw-etcd-", dir=shm if shm.is_dir() else None))
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "kubeconfig"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.workdir / "certs" / "apiserver.crt"
+
+    def binary(self, name: str) -> str:
+        return str(self.bin_dir / name)
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+
+    def start(self) -> ControlPlane:
+        started = time.monotonic()
+        try:
+            self._prepare_files()
+            self._start(self._etcd())
+            self._start(self._apiserver())
+            self._write_kubeconfig()
+            self._start(self._controller_manager())
+            self._start(self._scheduler())
+            self._start(self._kwok())
+            self.add_kwok_node("kwok-node-0")
+            self._wait_for_default_service_account(time.monotonic() - started)
+        except BaseException:
+            self.stop()
+            raise
+        self.start_seconds = time.monotonic() - started
+        return self
+
+    def stop(self) -> None:
+        for component in reversed(self.components):
+            component.stop()
+        self.components.clear()
+        shutil.rmtree(self._etcd_dir, ignore_errors=True)
+        if self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> ControlPlane:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _start(self, component: Component) -> None:
+        self.components.append(component)
+        component.start()
+        component.wait_healthy(self.start_timeout)
+
+    # --- files -------------------------------------------------------------------------------------------
+
+    def _prepare_files(self) -> None:
+        (self.workdir / "certs").mkdir(parents=True, exist_ok=True)
+        (self.workdir / "logs").mkdir(exist_ok=True)
+        key = self.workdir / "service-account.key"
+        if not key.exists():
+            subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
+            subprocess.run(
+                [
+                    "openssl",
+                    "rsa",
+                    "-in",
+                    str(key),
+                    "-pubout",
+                    "-out",
+                    str(self.workdir / "service-account.pub"),
+                ],
+                check=True,
+                capture_output=True,
+            )
+        (self.workdir / "tokens.csv").write_text(
+            f'{self.token},{ADMIN_TOKEN_NAME},admin-uid,"system:masters"\n'
+        )
+
+    def _write_kubeconfig(self) -> None:
+        self.write_kubeconfig(self.kubeconfig, user=ADMIN_TOKEN_NAME)
+
+    def write_kubeconfig(self, path: Path, user: str, impersonate: str | None = None) -> Path:
+        """A kubeconfig with the admin token, optionally impersonating someone (e.g. a ServiceAccount)."""
+        user_entry: dict[str, object] = {"token": self.token}
+        if impersonate:
+            user_entry["as"] = impersonate
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "local",
+                    "cluster": {"server": self.server, "certificate-authority": str(self.ca_file)},
+                }
+            ],
+            "users": [{"name": user, "user": user_entry}],
+            "contexts": [{"name": "local", "context": {"cluster": "local", "user": user}}],
+            "current-context": "local",
+        }
+        # JSON is YAML: no YAML library needed here.
+        path.write_text(json.dumps(config, indent=2))
+        return path
+
+    # --- components --------------------------------------------------------------------------------------
+
+    def _log(self, name: str) -> Path:
+        return self.workdir / "logs" / f"{name}.log"
+
+    def _etcd(self) -> Component:
+        client, peer = free_port(), free_port()
+        self.etcd_url = f"http://127.0.0.1:{client}"
+        return Component(
+            "etcd",
+            [
+                self.binary("etcd"),
+                f"--data-dir={self._etcd_dir}",
+                f"--listen-client-urls={self.etcd_url}",
+                f"--advertise-client-urls={self.etcd_url}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-cluster=default=http://127.0.0.1:{peer}",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+            self._log("etcd"),
+            lambda: _http_ok(f"{self.etcd_url}/health"),
+        )
+
+    def _apiserver(self) -> Component:
+        certs = self.workdir / "certs"
+        return Component(
+            "kube-apiserver",
+            [
+                self.binary("kube-apiserver"),
+                f"--etcd-servers={self.etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.api_port}",
+                f"--cert-dir={certs}",
+                f"--token-auth-file={self.workdir / 'tokens.csv'}",
+                "--authorization-mode=RBAC",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={self.workdir / 'service-account.pub'}",
+                f"--service-account-signing-key-file={self.workdir / 'service-account.key'}",
+                "--service-cluster-ip-range=10.96.0.0/16",
+                "--allow-privileged=true",
+                "--v=1",
+            ],
+            self._log("kube-apiserver"),
+            lambda: _http_ok(f"{self.server}/readyz", self.token, _insecure_context()),
+        )
+
+    def _controller_manager(self) -> Component:
+        port = free_port()
+        kubeconfig = str(self.kubeconfig)
+        return Component(
+            "kube-controller-manager",
+            [
+                self.binary("kube-controller-manager"),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                f"--service-account-private-key-file={self.workdir / 'service-account.key'}",
+                f"--root-ca-file={self.ca_file}",
+                "--use-service-account-credentials=true",
+                "--v=1",
+            ],
+            self._log("kube-controller-manager"),
+            lambda: _http_ok(f"https://127.0.0.1:{port}/healthz", context=_insecure_context()),
+        )
+
+    def _scheduler(self) -> Component:
+        port = free_port()
+        kubeconfig = str(self.kubeconfig)
+        return Component(
+            "kube-scheduler",
+            [
+                self.binary("kube-scheduler"),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                "--v=1",
+            ],
+            self._log("kube-scheduler"),
+            lambda: _http_ok(f"https://127.0.0.1:{port}/healthz", context=_insecure_context()),
+        )
+
+    def _kwok(self) -> Component:
+        stages_dir = self.bin_dir.parent / "kwok-stages"
+        config = self.workdir / "kwok.yaml"
+        config.write_text("\n---\n".join((stages_dir / stage).read_text() for stage in KWOK_STAGES))
+        port = free_port()
+        return Component(
+            "kwok",
+            [
+                self.binary("kwok"),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--config={config}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+                f"--server-address=127.0.0.1:{port}",
+            ],
+            self._log("kwok"),
+            lambda: _http_ok(f"http://127.0.0.1:{port}/healthz"),
+        )
+
+    # --- objects -----------------------------------------------------------------------------------------
+
+    def kubectl(
+        self, *args: str, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the built kubectl against this control plane."""
+        return subprocess.run(
+            [self.binary("kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            check=check,
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=60,
+        )
+
+    def add_kwok_node(self, name: str) -> None:
+        """A fake Node managed by kwok: Pods scheduled to it look Running, Job Pods complete."""
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "annotations": {KWOK_NODE_ANNOTATION: "fake"},
+                "labels": {"type": "kwok", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux"},
+            },
+            "status": {
+                "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+                "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+            },
+        }
+        self.kubectl("apply", "-f", "-", input=json.dumps(node))
+        self._wait(
+            f"node {name} Ready",
+            lambda: (
+                self.kubectl(
+                    "get",
+                    "node",
+                    name,
+                    "-o",
+                    'jsonpath={.status.conditions[?(@.type=="Ready")].status}',
+                    check=False,
+                ).stdout
+                == "True"
+            ),
+            component="kwok",
+        )
+
+    def _wait_for_default_service_account(self, elapsed: float) -> None:
+        # The ServiceAccount controller creates `default` in every namespace: Pods need it.
+        self._wait(
+            "the default ServiceAccount",
+            lambda: (
+                self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0
+            ),
+            component="kube-controller-manager",
+        )
+
+    def _wait(
+        self, what: str, done: Callable[[], bool], component: str, timeout: float | None = None
+    ) -> None:
+        deadline = time.monotonic() + (timeout or self.start_timeout)
+        while time.monotonic() < deadline:
+            if done():
+                return
+            time.sleep(0.2)
+        owner = next((c for c in self.components if c.name == component), None)
+        tail = owner.log_tail() if owner else ""
+        raise ComponentError(f"timed out waiting for {what} ({component}); log tail:\n{tail}")
+
+    def processes(self) -> Iterator[subprocess.Popen[bytes]]:
+        for component in self.components:
+            if component.process is not None:
+                yield component.process

@@ -1,0 +1,587 @@
+"""The MLWorkflow API, version v1alpha1: the single source of the CRD (see `mlworkflow.api.crd`).
+
+Field descriptions become the CRD's documentation (`kubectl explain mlworkflow.spec`), the `crd_rules`
+entries become CEL rules (`x-kubernetes-validations`) checked by the API server itself.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.alias_generators import to_camel
+
+GROUP = "mlworkflow.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "MLWorkflow"
+PLURAL = "mlworkflows"
+SINGULAR = "mlworkflow"
+SHORT_NAMES = ["mlw"]
+CATEGORIES = ["ml"]
+
+# Children are named "<workflow>-<role>-<suffix>"; 40 characters keep them under the 63 of a label value.
+MAX_NAME_LENGTH = 40
+
+# Five space-separated cron fields (the syntax of CronJob), or one of the @-macros CronJob accepts.
+CRON_RULE = (
+    r"self.matches('^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)"
+    r"|([0-9*/,?A-Za-z-]+[ ]+){4}[0-9*/,?A-Za-z-]+)$')"
+)
+CRON_MESSAGE = "must be a cron schedule of 5 fields, e.g. '*/15 * * * *', or a macro such as '@hourly'"
+
+CLASSIFICATION_METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc")
+REGRESSION_METRICS = ("mse", "mae", "r2")
+Metric = Literal["accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc", "mse", "mae", "r2"]
+
+
+def rule(expression: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    """A CEL validation rule as the CRD spells it; `field_path` points the error at a child field."""
+    validation = {"rule": expression, "message": message}
+    if field_path:
+        validation["fieldPath"] = field_path
+    return validation
+
+
+def cel(*rules: dict[str, str]) -> dict[str, Any]:
+    """`json_schema_extra` carrying CEL rules into the generated schema."""
+    return {"x-kubernetes-validations": list(rules)}
+
+
+def cron_field(description: str, default: str | None = None) -> Any:
+    extra = cel(rule(CRON_RULE, CRON_MESSAGE))
+    if default is None:
+        return Field(None, description=description, max_length=100, json_schema_extra=extra)
+    return Field(default, description=description, max_length=100, json_schema_extra=extra)
+
+
+def store_path_field(field: str, description: str) -> Any:
+    """A path relative to the artifact store: a manifest must not reach outside it."""
+    return Field(
+        description=description,
+        min_length=1,
+        max_length=1024,
+        json_schema_extra=cel(
+            rule(
+                "!self.startsWith('/') && !self.contains('..')",
+                f"{field} must stay inside the artifact store: no absolute path, no '..'",
+            )
+        ),
+    )
+
+
+def section(model: type[BaseModel], description: str) -> Any:
+    """An optional section defaulted to `{}`, so the API server fills in (and shows) its defaults."""
+    return Field(default_factory=model, description=description, json_schema_extra={"default": {}})
+
+
+class ApiModel(BaseModel):
+    """Base of every API type: camelCase on the wire, unknown fields refused like the API server does."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class Pattern(StrEnum):
+    FORECAST = "Forecast"
+    WEB_SERVICE = "WebService"
+    ONLINE_LEARNING = "OnlineLearning"
+    AUTOML = "AutoML"
+
+
+# --- spec -----------------------------------------------------------------------------------------------
+
+
+ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=253)]
+
+
+class Features(ApiModel):
+    numeric: list[ColumnName] = Field(
+        default_factory=list,
+        description="Numeric feature columns. Empty with `categorical` empty: every column but the target.",
+        max_length=1000,
+        json_schema_extra={"x-kubernetes-list-type": "set", "default": []},
+    )
+    categorical: list[ColumnName] = Field(
+        default_factory=list,
+        description="Categorical feature columns (one-hot encoded for training).",
+        max_length=1000,
+        json_schema_extra={"x-kubernetes-list-type": "set", "default": []},
+    )
+
+
+class DataSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            rule(
+                "!(self.target in self.features.numeric) && !(self.target in self.features.categorical)",
+                "spec.data.target must not also be listed as a feature",
+                ".target",
+            ),
+        )
+    )
+
+    source: str = Field(
+        description=(
+            "Where the training data is: a bundled scikit-learn dataset (`sklearn://iris`, `wine`, "
+            "`breast_cancer`, `diabetes`, `digits`), or a CSV or Parquet file or glob relative to the "
+            "artifact store (e.g. `data/train-*.parquet`). Read again at every retraining."
+        ),
+        min_length=1,
+        max_length=1024,
+        json_schema_extra=cel(
+            rule(
+                "!self.startsWith('sklearn://') || "
+                "self.matches('^sklearn://(iris|wine|breast_cancer|diabetes|digits)$')",
+                "spec.data.source: the bundled datasets are sklearn://iris, wine, breast_cancer, diabetes "
+                "and digits",
+            ),
+            rule(
+                "!self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://') || self.startsWith('sklearn://')",
+                "spec.data.source must be sklearn://<dataset> or a path relative to the artifact store; "
+                "nothing is downloaded",
+            ),
+            rule(
+                "!self.startsWith('/') && !self.contains('..')",
+                "spec.data.source must stay inside the artifact store: no absolute path, no '..'",
+            ),
+        ),
+    )
+    target: str = Field(description="The column to predict.", min_length=1, max_length=253)
+    features: Features = section(Features, "Feature columns and their types.")
+
+
+class ModelSpec(ApiModel):
+    estimator: str | None = Field(
+        None,
+        description=(
+            "The scikit-learn estimator by import path, e.g. `sklearn.ensemble.RandomForestClassifier`. "
+            "Only module prefixes allowed by the operator's admin may be named. Required except for AutoML."
+        ),
+        max_length=253,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments of the estimator, e.g. `{n_estimators: 100}`."
+    )
+    task: Literal["classification", "regression"] = Field(
+        "classification", description="What the model predicts: a class or a number."
+    )
+
+
+class ResourceRequirements(ApiModel):
+    """The resources of a container, as in a Pod spec."""
+
+    requests: dict[str, int | str] = Field(
+        default_factory=dict, description="e.g. `{cpu: 500m, memory: 1Gi}`"
+    )
+    limits: dict[str, int | str] = Field(default_factory=dict, description="e.g. `{memory: 2Gi}`")
+
+
+class TrainingSpec(ApiModel):
+    holdout: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="Share of rows held out for evaluation and champion/challenger decisions.",
+    )
+    cross_validation: int = Field(
+        5,
+        ge=0,
+        le=20,
+        description="Folds of k-fold cross-validation on the training rows; 0 turns it off.",
+        json_schema_extra=cel(
+            rule("self != 1", "spec.training.crossValidation must be 0 (off) or at least 2")
+        ),
+    )
+    schedule: str | None = cron_field(
+        "Retrain periodically on this cron schedule as well (trigger `Schedule`)."
+    )
+    backoff_limit: int = Field(2, ge=0, le=10, description="Retries of a failed training Pod.")
+    active_deadline_seconds: int = Field(
+        3600, ge=1, le=7 * 24 * 3600, description="A training Job running longer than this fails."
+    )
+    resources: ResourceRequirements = section(ResourceRequirements, "Resources of the training container.")
+
+
+class Autoscaling(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            rule(
+                "self.minReplicas <= self.maxReplicas",
+                "spec.serving.autoscaling.minReplicas must not exceed maxReplicas",
+                ".minReplicas",
+            )
+        )
+    )
+
+    min_replicas: int = Field(1, ge=1, le=100, description="Fewest serving replicas.")
+    max_replicas: int = Field(5, ge=1, le=100, description="Most serving replicas.")
+    target_cpu_utilization_percentage: int = Field(
+        70,
+        ge=1,
+        le=100,
+        alias="targetCPUUtilizationPercentage",
+        description="Average CPU use the HorizontalPodAutoscaler aims at.",
+    )
+
+
+class ServingSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            rule(
+                "!(has(self.replicas) && has(self.autoscaling))",
+                "spec.serving: set either replicas or autoscaling, not both",
+                ".replicas",
+            )
+        )
+    )
+
+    replicas: int | None = Field(
+        None, ge=0, le=100, description="Fixed number of serving replicas (default 1)."
+    )
+    autoscaling: Autoscaling | None = Field(None, description="Scale the serving Deployment on CPU instead.")
+    model_version: str | None = Field(
+        None,
+        description="Pin serving to this model version; empty serves the newest promoted version.",
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+    )
+    resources: ResourceRequirements = section(ResourceRequirements, "Resources of the serving container.")
+
+
+class BatchSpec(ApiModel):
+    input: str = store_path_field(
+        "spec.batch.input", "Rows to predict: a CSV or Parquet file or glob relative to the artifact store."
+    )
+    output: str = store_path_field(
+        "spec.batch.output",
+        "Folder, relative to the artifact store, that receives one predictions file per run.",
+    )
+    schedule: str | None = cron_field("Predict on this cron schedule; without it, once per promoted model.")
+
+
+class MonitoringSpec(ApiModel):
+    schedule: str = cron_field("When the drift check runs.", default="*/15 * * * *")
+    drift_threshold: float = Field(
+        0.3,
+        gt=0,
+        le=1,
+        description="Share of drifted feature columns at or above which the data has drifted.",
+    )
+    min_samples: int = Field(
+        200,
+        ge=1,
+        le=10_000_000,
+        description="Fewer live rows than this is 'not enough data', never 'no drift'.",
+    )
+    on_drift: Literal["Retrain", "Alert"] = Field(
+        "Retrain", description="Retrain on drift, or only record it and alert."
+    )
+    cooldown: str = Field(
+        "1h",
+        description="No drift-triggered retraining within this long of the previous one, e.g. `30m`, `1h`.",
+        max_length=32,
+        pattern=r"^([0-9]+(s|m|h))+$",
+    )
+    max_retrains_per_day: int = Field(
+        4, ge=0, le=96, description="Cap on drift-triggered retrainings per day."
+    )
+
+
+class PromotionSpec(ApiModel):
+    metric: Metric | None = Field(
+        None,
+        description=(
+            "Holdout metric that decides champion/challenger (default f1_macro for classification, r2 for "
+            "regression). Errors (mse, mae) count lower as better."
+        ),
+    )
+    min_improvement: float = Field(
+        0.0, ge=0, le=1, description="A challenger must beat the champion by at least this much to be served."
+    )
+
+
+class OnlineSource(ApiModel):
+    path: str = store_path_field(
+        "spec.online.source.path",
+        "Glob of CSV or Parquet files relative to the artifact store; new files are new data.",
+    )
+    poll_interval_seconds: int = Field(10, ge=1, le=3600, description="How often to look for new data.")
+
+
+class Guardrails(ApiModel):
+    max_invalid_fraction: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of invalid rows (NaNs, wrong types, out of range) a batch may hold.",
+    )
+    max_metric_drop: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="A mini-batch update that lowers the holdout metric by more than this is rolled back.",
+    )
+
+
+class OnlineSpec(ApiModel):
+    source: OnlineSource = Field(description="The stream the learner reads.")
+    batch_size: int = Field(256, ge=1, le=1_000_000, description="Rows per incremental `partial_fit` step.")
+    guardrails: Guardrails = section(Guardrails, "What keeps a bad mini-batch away from the served model.")
+
+
+class Candidate(ApiModel):
+    estimator: str = Field(
+        description="A scikit-learn estimator by import path.",
+        max_length=253,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Search space per parameter: a list of values, or `{low: 1, high: 10, log: false}`.",
+    )
+
+
+class AutoMLSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            rule(
+                "self.parallelism <= self.trials",
+                "spec.automl.parallelism must not exceed spec.automl.trials",
+                ".parallelism",
+            )
+        )
+    )
+
+    candidates: list[Candidate] = Field(
+        min_length=1, max_length=20, description="Model families to search, each with its parameter space."
+    )
+    search: Literal["random", "grid"] = Field("random", description="How trials sample the search space.")
+    trials: int = Field(20, ge=1, le=1000, description="How many trials to run in all.")
+    parallelism: int = Field(4, ge=1, le=64, description="Trials (Kubernetes Jobs) running at once.")
+    metric: Metric | None = Field(None, description="Metric that ranks trials (default as for promotion).")
+    seed: int = Field(0, ge=0, description="Seed of the random search, for a repeatable search.")
+
+
+class PVCStorage(ApiModel):
+    claim_name: str = Field(
+        description="PersistentVolumeClaim in the workflow's namespace (ReadWriteMany when serving scales).",
+        min_length=1,
+        max_length=253,
+    )
+
+
+class StorageSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            rule(
+                "has(self.pvc) != has(self.path)",
+                "spec.storage: set exactly one of pvc (on a cluster) or path (for the local runner)",
+            )
+        )
+    )
+
+    pvc: PVCStorage | None = Field(None, description="The artifact store is this PersistentVolumeClaim.")
+    path: str | None = Field(
+        None, description="The artifact store is this local folder (local runner only).", max_length=1024
+    )
+
+
+class RuntimeSpec(ApiModel):
+    image: str | None = Field(
+        None, description="Image of the runtime Pods; default: the operator's.", max_length=512
+    )
+    service_account_name: str | None = Field(
+        None,
+        description="ServiceAccount of the runtime Pods; default: the namespace's default.",
+        max_length=253,
+    )
+
+
+PATTERN_SECTIONS = {"batch": Pattern.FORECAST, "online": Pattern.ONLINE_LEARNING, "automl": Pattern.AUTOML}
+
+
+def _pattern_section_rules() -> list[dict[str, str]]:
+    rules = []
+    for section, pattern in PATTERN_SECTIONS.items():
+        rules.append(
+            rule(
+                f"self.pattern != '{pattern}' || has(self.{section})",
+                f"spec.{section} is required when spec.pattern is {pattern}",
+            )
+        )
+        rules.append(
+            rule(
+                f"self.pattern == '{pattern}' || !has(self.{section})",
+                f"spec.{section} is only allowed when spec.pattern is {pattern}",
+                f".{section}",
+            )
+        )
+    return rules
+
+
+def _metric_rule(section_name: str) -> dict[str, str]:
+    """The metric of `spec.<section>.metric` must suit the task (an error metric cannot rank classifiers)."""
+    metric = f"self.{section_name}.metric"
+    regression = "(has(self.model) && self.model.task == 'regression')"
+    reg = "[" + ", ".join(f"'{m}'" for m in REGRESSION_METRICS) + "]"
+    cls = "[" + ", ".join(f"'{m}'" for m in CLASSIFICATION_METRICS) + "]"
+    return rule(
+        f"!has(self.{section_name}) || !has({metric}) || "
+        f"({regression} ? {metric} in {reg} : {metric} in {cls})",
+        f"spec.{section_name}.metric must suit spec.model.task: {', '.join(CLASSIFICATION_METRICS)} for "
+        f"classification; {', '.join(REGRESSION_METRICS)} for regression",
+        f".{section_name}.metric",
+    )
+
+
+class MLWorkflowSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            *_pattern_section_rules(),
+            rule(
+                "self.pattern == 'AutoML' || (has(self.model) && has(self.model.estimator))",
+                "spec.model.estimator is required unless spec.pattern is AutoML",
+            ),
+            rule(
+                "self.pattern != 'AutoML' || !has(self.model) || !has(self.model.estimator)",
+                "spec.model.estimator is not used by AutoML: list estimators in spec.automl.candidates",
+                ".model",
+            ),
+            rule(
+                "self.pattern != 'Forecast' || !has(self.serving)",
+                "spec.serving is not allowed when spec.pattern is Forecast: "
+                "predictions go to spec.batch.output",
+                ".serving",
+            ),
+            _metric_rule("promotion"),
+            _metric_rule("automl"),
+        )
+    )
+
+    pattern: Pattern = Field(
+        description="Which ML workflow pattern to run. Immutable.",
+        json_schema_extra=cel(
+            rule("self == oldSelf", "spec.pattern is immutable: create a new MLWorkflow for another pattern")
+        ),
+    )
+    data: DataSpec = Field(description="The training data.")
+    model: ModelSpec | None = Field(None, description="The estimator to train (AutoML: only `task`).")
+    training: TrainingSpec = section(TrainingSpec, "How models are trained.")
+    serving: ServingSpec | None = Field(
+        None, description="The BentoML serving Deployment (WebService, OnlineLearning, AutoML)."
+    )
+    batch: BatchSpec | None = Field(None, description="Batch predictions (Forecast only; required there).")
+    monitoring: MonitoringSpec = section(
+        MonitoringSpec, "Drift monitoring of live inputs against the training data."
+    )
+    promotion: PromotionSpec = section(PromotionSpec, "When a newly trained model replaces the served one.")
+    online: OnlineSpec | None = Field(
+        None, description="Incremental learning (OnlineLearning only; required there)."
+    )
+    automl: AutoMLSpec | None = Field(None, description="The model search (AutoML only; required there).")
+    storage: StorageSpec = Field(
+        description="The artifact store: models, reference data, reports, predictions."
+    )
+    runtime: RuntimeSpec = section(RuntimeSpec, "How the runtime Pods run.")
+
+
+# --- status ---------------------------------------------------------------------------------------------
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(ApiModel):
+    """metav1.Condition: the shape kstatus, `kubectl wait`, Flux and Argo CD read."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: str = Field(
+        description="Ready, Reconciling, Stalled (kstatus), Trained, Serving, Drifted.",
+        max_length=316,
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+        r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
+    )
+    status: ConditionStatus
+    observed_generation: int | None = Field(
+        None, ge=0, description="The spec generation this condition is about."
+    )
+    last_transition_time: datetime = Field(description="When the status last changed.")
+    reason: str = Field(
+        max_length=1024,
+        min_length=1,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        description="CamelCase reason, e.g. TrainingFailed.",
+    )
+    message: str = Field("", max_length=32768, description="What happened, for a human.")
+
+
+class Trigger(StrEnum):
+    INITIAL = "Initial"
+    DRIFT = "Drift"
+    SCHEDULE = "Schedule"
+    SPEC_CHANGE = "SpecChange"
+    MANUAL = "Manual"
+
+
+class ModelStatus(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+
+    version: str | None = Field(
+        None, description="The served (or, for Forecast, the predicting) model version."
+    )
+    metrics: dict[str, float] = Field(default_factory=dict, description="Its holdout metrics.")
+    trained_at: datetime | None = Field(None, description="When it was trained.")
+    trigger: Trigger | None = Field(None, description="Why it was trained.")
+
+
+class DriftStatus(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+
+    checked_at: datetime | None = Field(None, description="When the last drift check finished.")
+    share: float | None = Field(None, ge=0, le=1, description="Share of drifted feature columns.")
+    drifted: bool | None = Field(None, description="Whether share reached spec.monitoring.driftThreshold.")
+    report: str | None = Field(None, description="The Evidently report, relative to the artifact store.")
+
+
+class MLWorkflowStatus(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+
+    observed_generation: int | None = Field(None, description="The spec generation this status is about.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Current state; Ready, Reconciling and Stalled follow kstatus.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    phase: str | None = Field(
+        None, max_length=32, description="One word for `kubectl get`: Pending, Training, Serving, Failed, ..."
+    )
+    model: ModelStatus | None = Field(None, description="The model in use.")
+    drift: DriftStatus | None = Field(None, description="The last drift check.")
+    retrains: int = Field(0, ge=0, description="Retrainings since creation (every trigger but Initial).")
+
+
+class MLWorkflow(ApiModel):
+    """One ML workflow: a pattern, its data and model, and how it is served, monitored and retrained."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            rule(
+                f"!has(self.metadata.name) || size(self.metadata.name) <= {MAX_NAME_LENGTH}",
+                f"metadata.name must be at most {MAX_NAME_LENGTH} characters: it prefixes the names of the "
+                "Jobs, Services and CronJobs the operator creates",
+            )
+        )
+    )
+
+    api_version: Literal["mlworkflow.io/v1alpha1"] = "mlworkflow.io/v1alpha1"
+    kind: Literal["MLWorkflow"] = "MLWorkflow"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: MLWorkflowSpec
+    status: MLWorkflowStatus | None = None

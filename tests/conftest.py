@@ -1,0 +1,55 @@
+"""Session fixtures: one real control plane for the whole test session, started only if a test needs it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+
+from kubelocal import ControlPlane, build_binaries
+from support import wait_for
+
+REPO = Path(__file__).resolve().parents[1]
+CRD_FILE = REPO / "crds" / "mlworkflow.io_mlworkflows.yaml"
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    plane = ControlPlane(build_binaries(), workdir=tmp_path_factory.mktemp("control-plane"))
+    with plane:
+        yield plane
+    leftovers = [p.pid for p in plane.processes() if p.poll() is None]
+    assert not leftovers, f"control-plane processes still running after stop: {leftovers}"
+
+
+@pytest.fixture(scope="session")
+def api(control_plane: ControlPlane) -> client.ApiClient:
+    return config.new_client_from_config(config_file=str(control_plane.kubeconfig))
+
+
+@pytest.fixture(scope="session")
+def crd(control_plane: ControlPlane) -> Path:
+    """The committed CRD, installed as a user would install it."""
+    control_plane.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
+    control_plane.kubectl(
+        "wait", "--for=condition=Established", "crd/mlworkflows.mlworkflow.io", "--timeout=60s"
+    )
+    return CRD_FILE
+
+
+@pytest.fixture
+def namespace(api: client.ApiClient) -> Iterator[str]:
+    """A fresh namespace with its default ServiceAccount in place (Pods need it)."""
+    core = client.CoreV1Api(api)
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    wait_for(lambda: _has_default_sa(core, name), 30, f"default ServiceAccount in {name}")
+    yield name
+    core.delete_namespace(name)
+
+
+def _has_default_sa(core: client.CoreV1Api, namespace: str) -> bool:
+    return any(sa.metadata.name == "default" for sa in core.list_namespaced_service_account(namespace).items)
