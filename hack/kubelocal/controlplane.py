@@ -193,7 +193,6 @@ class ControlPlane:
     def stop(self) -> None:
         for component in reversed(self.components):
             component.stop()
-        self.components.clear()
         shutil.rmtree(self._etcd_dir, ignore_errors=True)
         if self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -438,6 +437,7 @@ class ControlPlane:
         raise ComponentError(f"timed out waiting for {what} ({component}); log tail:\n{tail}")
 
     def processes(self) -> Iterator[subprocess.Popen[bytes]]:
+        """Every process this control plane started, running or not."""
         for component in self.components:
             if component.process is not None:
                 yield component.process
