@@ -21,12 +21,36 @@ def _crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _operator(args: argparse.Namespace) -> int:
+    import kopf
+
+    from mlworkflow.controller import handlers  # noqa: F401 - registers the handlers
+
+    kopf.configure(verbose=args.verbose)
+    kopf.run(
+        standalone=True,  # one replica; no kopf peering CRDs to install
+        namespaces=args.namespace,
+        clusterwide=not args.namespace,
+        liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
+    )
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="mlworkflow", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     crds = commands.add_parser("crds", help="print the MLWorkflow CustomResourceDefinition")
     crds.add_argument("--output", "-o", default="-", help="file to write ('-': standard output)")
     crds.set_defaults(handler=_crds)
+    operator = commands.add_parser(
+        "operator", help="run the operator against the current kubeconfig or in-cluster"
+    )
+    operator.add_argument(
+        "--namespace", "-n", action="append", default=[], help="watch only this namespace (repeatable)"
+    )
+    operator.add_argument("--health-port", type=int, default=0, help="serve /healthz on this port (0: off)")
+    operator.add_argument("--verbose", "-v", action="store_true")
+    operator.set_defaults(handler=_operator)
     return root
 
 

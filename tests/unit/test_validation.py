@@ -1,0 +1,78 @@
+"""What the schema cannot check: estimators, refused before anything is created."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mlworkflow.api.v1alpha1 import MLWorkflowSpec
+from mlworkflow.desired.validation import check_spec
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def spec(example: str, **model: Any) -> MLWorkflowSpec:
+    document = yaml.safe_load((EXAMPLES / example).read_text())["spec"]
+    document.setdefault("model", {}).update(model)
+    return MLWorkflowSpec.model_validate(document)
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
+def test_the_examples_pass(example: str) -> None:
+    assert check_spec(spec(example)) is None
+
+
+@pytest.mark.parametrize(
+    ("model", "reason", "names"),
+    [
+        ({"estimator": "xgboost.XGBClassifier"}, "EstimatorNotAllowed", "xgboost.XGBClassifier"),
+        (
+            {"estimator": "sklearn.ensemble.RandomForestClassifer"},
+            "EstimatorNotFound",
+            "RandomForestClassifer",
+        ),
+        ({"estimator": "sklearn.base.clone"}, "EstimatorNotFound", "not a scikit-learn estimator"),
+        ({"params": {"n_estimatorz": 5}}, "InvalidModelParams", "n_estimatorz"),
+        (
+            {"estimator": "sklearn.linear_model.LinearRegression", "params": {}},
+            "EstimatorTaskMismatch",
+            "classifier",
+        ),
+    ],
+)
+def test_refusals_name_the_field_and_the_problem(model: dict[str, Any], reason: str, names: str) -> None:
+    refusal = check_spec(spec("webservice-iris.yaml", **model))
+    assert refusal is not None
+    assert refusal.reason == reason
+    assert names in refusal.message and "spec.model.estimator" in refusal.message
+
+
+def test_the_allow_list_is_the_admins() -> None:
+    workflow = spec("webservice-iris.yaml")
+    refusal = check_spec(workflow, allowed_prefixes=("sklearn.linear_model.",))
+    assert refusal is not None and refusal.reason == "EstimatorNotAllowed"
+    assert check_spec(workflow, allowed_prefixes=("sklearn.ensemble.",)) is None
+
+
+def test_online_learning_needs_partial_fit() -> None:
+    refusal = check_spec(
+        spec("onlinelearning-wine.yaml", estimator="sklearn.ensemble.RandomForestClassifier", params={})
+    )
+    assert refusal is not None and refusal.reason == "EstimatorNotIncremental"
+
+
+def test_automl_candidates_are_checked_too() -> None:
+    document = yaml.safe_load((EXAMPLES / "automl-breast-cancer.yaml").read_text())["spec"]
+    document["automl"]["candidates"][1]["params"]["max_iterations"] = [10]
+    refusal = check_spec(MLWorkflowSpec.model_validate(document))
+    assert refusal is not None and refusal.reason == "InvalidModelParams"
+    assert "spec.automl.candidates[1].estimator" in refusal.message and "max_iterations" in refusal.message
+
+
+def test_a_class_that_needs_arguments_is_not_an_estimator() -> None:
+    refusal = check_spec(spec("webservice-iris.yaml", estimator="sklearn.pipeline.Pipeline", params={}))
+    assert refusal is not None and refusal.reason == "EstimatorNotFound"
+    assert "constructor arguments" in refusal.message
