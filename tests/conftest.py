@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,13 +17,31 @@ REPO = Path(__file__).resolve().parents[1]
 CRD_FILE = REPO / "crds" / "mlworkflow.io_mlworkflows.yaml"
 
 
+REPORT = pytest.StashKey[list[str]]()
+
+
 @pytest.fixture(scope="session")
-def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+def control_plane(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ControlPlane]:
     plane = ControlPlane(build_binaries(), workdir=tmp_path_factory.mktemp("control-plane"))
     with plane:
         yield plane
+        peaks = plane.peak_memory_mib()
     leftovers = [p.pid for p in plane.processes() if p.poll() is None]
     assert not leftovers, f"control-plane processes still running after stop: {leftovers}"
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", plane.api_port)) != 0, "the API server port is still open"
+    request.config.stash[REPORT] = [
+        f"control plane: started in {plane.start_seconds:.1f}s; peak memory {sum(peaks.values()):.0f} MiB ("
+        + ", ".join(f"{name} {mib:.0f}" for name, mib in peaks.items())
+        + ")"
+    ]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    for line in config.stash.get(REPORT, []):
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +57,34 @@ def crd(control_plane: ControlPlane) -> Path:
         "wait", "--for=condition=Established", "crd/mlworkflows.mlworkflow.io", "--timeout=60s"
     )
     return CRD_FILE
+
+
+CHART = REPO / "charts" / "mlworkflow-operator"
+OPERATOR_NAMESPACE = "mlw-system"
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(control_plane: ControlPlane, api: client.ApiClient, crd: Path) -> Path:
+    """A kubeconfig with a real token of the chart's ServiceAccount: a missing RBAC rule fails the test."""
+    control_plane.helm(
+        "install",
+        "mlw",
+        str(CHART),
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "90s",
+    )
+    token = (
+        client.CoreV1Api(api)
+        .create_namespaced_service_account_token(
+            "mlw-mlworkflow-operator", OPERATOR_NAMESPACE, {"spec": {"expirationSeconds": 3600}}
+        )
+        .status.token
+    )
+    return control_plane.write_kubeconfig(control_plane.workdir / "operator.kubeconfig", "operator", token)
 
 
 @pytest.fixture

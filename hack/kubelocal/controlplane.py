@@ -236,11 +236,9 @@ class ControlPlane:
     def _write_kubeconfig(self) -> None:
         self.write_kubeconfig(self.kubeconfig, user=ADMIN_TOKEN_NAME)
 
-    def write_kubeconfig(self, path: Path, user: str, impersonate: str | None = None) -> Path:
-        """A kubeconfig with the admin token, optionally impersonating someone (e.g. a ServiceAccount)."""
-        user_entry: dict[str, object] = {"token": self.token}
-        if impersonate:
-            user_entry["as"] = impersonate
+    def write_kubeconfig(self, path: Path, user: str, token: str | None = None) -> Path:
+        """A kubeconfig for this control plane with `token` (default: the admin's)."""
+        user_entry: dict[str, object] = {"token": token or self.token}
         config = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -373,14 +371,29 @@ class ControlPlane:
         self, *args: str, check: bool = True, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Run the built kubectl against this control plane."""
-        return subprocess.run(
-            [self.binary("kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
-            check=check,
-            capture_output=True,
-            text=True,
-            input=input,
-            timeout=60,
-        )
+        return self.run_tool("kubectl", *args, check=check, input=input)
+
+    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run the built helm against this control plane."""
+        return self.run_tool("helm", *args, check=check)
+
+    def run_tool(
+        self, tool: str, *args: str, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run(
+                [self.binary(tool), f"--kubeconfig={self.kubeconfig}", *args],
+                check=check,
+                capture_output=True,
+                text=True,
+                input=input,
+                timeout=120,
+            )
+        except subprocess.CalledProcessError as failed:
+            # The exception alone does not show what the tool said.
+            raise RuntimeError(
+                f"{tool} {' '.join(args)} failed ({failed.returncode}):\n{failed.stderr}"
+            ) from None
 
     def add_kwok_node(self, name: str) -> None:
         """A fake Node managed by kwok: Pods scheduled to it look Running, Job Pods complete."""
@@ -435,6 +448,18 @@ class ControlPlane:
         owner = next((c for c in self.components if c.name == component), None)
         tail = owner.log_tail() if owner else ""
         raise ComponentError(f"timed out waiting for {what} ({component}); log tail:\n{tail}")
+
+    def peak_memory_mib(self) -> dict[str, float]:
+        """Peak resident memory (VmHWM) of each running component so far, in MiB."""
+        peaks = {}
+        for component in self.components:
+            if component.process is None or component.process.poll() is not None:
+                continue
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{component.process.pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peaks[component.name] = int(line.split()[1]) / 1024
+        return peaks
 
     def processes(self) -> Iterator[subprocess.Popen[bytes]]:
         """Every process this control plane started, running or not."""

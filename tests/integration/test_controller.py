@@ -14,7 +14,6 @@ from kopf.testing import KopfRunner
 from kubernetes import client
 from kubernetes.config import kube_config
 
-from kubelocal import ControlPlane
 from mlworkflow.api import v1alpha1
 from support import wait_for
 
@@ -25,10 +24,11 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 @pytest.fixture
 def operator(
-    control_plane: ControlPlane, crd: Path, namespace: str, monkeypatch: pytest.MonkeyPatch
+    operator_kubeconfig: Path, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[KopfRunner]:
+    """The operator, in-process, as the Helm chart's ServiceAccount."""
     # kopf logs in through the kubernetes client, which read $KUBECONFIG when it was imported.
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(control_plane.kubeconfig))
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(operator_kubeconfig))
     args = ["run", "--standalone", "--namespace", namespace, "-m", "mlworkflow.controller.handlers"]
     with KopfRunner(args, timeout=60) as runner:
         yield runner
