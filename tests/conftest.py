@@ -11,7 +11,7 @@ import pytest
 from kubernetes import client, config
 
 from kubelocal import ControlPlane, build_binaries
-from support import wait_for
+from support import CHART, OPERATOR_NAMESPACE, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 CRD_FILE = REPO / "crds" / "mlworkflow.io_mlworkflows.yaml"
@@ -57,10 +57,6 @@ def crd(control_plane: ControlPlane) -> Path:
         "wait", "--for=condition=Established", "crd/mlworkflows.mlworkflow.io", "--timeout=60s"
     )
     return CRD_FILE
-
-
-CHART = REPO / "charts" / "mlworkflow-operator"
-OPERATOR_NAMESPACE = "mlw-system"
 
 
 @pytest.fixture(scope="session")

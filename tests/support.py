@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
 
 T = TypeVar("T")
+
+REPO = Path(__file__).resolve().parents[1]
+CHART = REPO / "charts" / "mlworkflow-operator"
+OPERATOR_NAMESPACE = "mlw-system"
 
 
 def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 import yaml
-from kubelocal import ControlPlane
 from kubernetes import client
 
-from conftest import CHART, OPERATOR_NAMESPACE
+from kubelocal import ControlPlane
+from support import CHART, OPERATOR_NAMESPACE
 
 pytestmark = pytest.mark.cluster
 
