@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kubelocal import ControlPlane, build_binaries
+from kubelocal.controlplane import ControlPlane, build_binaries
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from kubelocal import ControlPlane, build_binaries
+from kubelocal.controlplane import ControlPlane, build_binaries
 from support import CHART, OPERATOR_NAMESPACE, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +30,7 @@ def control_plane(
         peaks = plane.peak_memory_mib()
     leftovers = [p.pid for p in plane.processes() if p.poll() is None]
     assert not leftovers, f"control-plane processes still running after stop: {leftovers}"
+    assert not plane.pod_processes(), "processes of process-node Pods survived the session"
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", plane.api_port)) != 0, "the API server port is still open"
     request.config.stash[REPORT] = [
@@ -92,6 +93,13 @@ def namespace(api: client.ApiClient) -> Iterator[str]:
     wait_for(lambda: _has_default_sa(core, name), 30, f"default ServiceAccount in {name}")
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture
+def process_namespace(control_plane: ControlPlane, namespace: str) -> str:
+    """A fresh namespace whose Pods all land on the process node and really run."""
+    control_plane.use_process_node(namespace)
+    return namespace
 
 
 def _has_default_sa(core: client.CoreV1Api, namespace: str) -> bool:

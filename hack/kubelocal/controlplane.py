@@ -15,9 +15,9 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -25,6 +25,11 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from kubelocal.net import free_port
+from kubelocal.processnode import NAMESPACE_ANNOTATIONS, PORTS_ANNOTATION
+from kubelocal.rest import Rest
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "hack" / "build-control-plane.sh"
@@ -41,6 +46,9 @@ KWOK_STAGES = (
 )
 
 
+PROCESS_NODE = "process-node-0"
+
+
 class ComponentError(RuntimeError):
     """A control-plane component failed to start or to become healthy."""
 
@@ -49,12 +57,6 @@ def build_binaries() -> Path:
     """Build (or find in the cache) the control plane's binaries; returns their folder."""
     result = subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True)
     return Path(result.stdout.strip().splitlines()[-1])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _die_with_parent() -> None:
@@ -143,6 +145,12 @@ def _http_ok(url: str, token: str | None = None, context: ssl.SSLContext | None 
         return False
 
 
+def _node_ready(rest: Rest, name: str) -> bool:
+    node = rest.get(f"/api/v1/nodes/{name}")
+    conditions = node.get("status", {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
 class ControlPlane:
     """etcd + kube-apiserver + kube-controller-manager + kube-scheduler + kwok, on 127.0.0.1."""
 
@@ -183,6 +191,7 @@ class ControlPlane:
             self._start(self._scheduler())
             self._start(self._kwok())
             self.add_kwok_node("kwok-node-0")
+            self._start(self._process_node())
             self._wait_for_default_service_account(time.monotonic() - started)
         except BaseException:
             self.stop()
@@ -299,6 +308,8 @@ class ControlPlane:
                 f"--service-account-signing-key-file={self.workdir / 'service-account.key'}",
                 "--service-cluster-ip-range=10.96.0.0/16",
                 "--allow-privileged=true",
+                # Namespace annotations can then send all of a namespace's Pods to the process node.
+                "--enable-admission-plugins=PodNodeSelector,PodTolerationRestriction",
                 "--v=1",
             ],
             self._log("kube-apiserver"),
@@ -363,6 +374,24 @@ class ControlPlane:
             ],
             self._log("kwok"),
             lambda: _http_ok(f"http://127.0.0.1:{port}/healthz"),
+        )
+
+    def _process_node(self) -> Component:
+        rest = Rest.from_kubeconfig(self.kubeconfig)
+        return Component(
+            PROCESS_NODE,
+            [
+                sys.executable,
+                "-m",
+                "kubelocal.processnode",
+                f"--kubeconfig={self.kubeconfig}",
+                f"--name={PROCESS_NODE}",
+                f"--root={self.process_node_root}",
+                f"--api-port={self.api_port}",
+            ],
+            self._log(PROCESS_NODE),
+            lambda: _node_ready(rest, PROCESS_NODE),
+            env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])},
         )
 
     # --- objects -----------------------------------------------------------------------------------------
@@ -460,6 +489,41 @@ class ControlPlane:
                     if line.startswith("VmHWM:"):
                         peaks[component.name] = int(line.split()[1]) / 1024
         return peaks
+
+    # --- the process node --------------------------------------------------------------------------------
+
+    @property
+    def process_node_root(self) -> Path:
+        return self.workdir / "process-node"
+
+    def use_process_node(self, namespace: str) -> None:
+        """Send every Pod of `namespace` to the process node, where it really runs."""
+        patch = json.dumps({"metadata": {"annotations": NAMESPACE_ANNOTATIONS}})
+        self.kubectl("patch", "namespace", namespace, "--type=merge", "-p", patch)
+
+    def host_port(self, pod: dict[str, Any], container_port: int) -> int:
+        """The local port the process node gave `container_port` of `pod` (a Pod object as a dict)."""
+        ports = json.loads(pod["metadata"]["annotations"][PORTS_ANNOTATION])
+        return int(ports[str(container_port)])
+
+    def container_log(self, namespace: str, pod: str, container: str, restart: int | None = None) -> str:
+        """What a container of a process-node Pod wrote (its latest run, or run `restart`)."""
+        folders = sorted((self.process_node_root / "logs").glob(f"{namespace}_{pod}_*/{container}"))
+        if not folders:
+            return ""
+        runs = sorted(folders[-1].glob("*.log"), key=lambda p: int(p.stem))
+        chosen = [r for r in runs if restart is None or int(r.stem) == restart]
+        return chosen[-1].read_text(errors="replace") if chosen else ""
+
+    def pod_processes(self) -> list[int]:
+        """Pids of processes still running for the process node's Pods (their HOME is under its root)."""
+        marker = f"HOME={self.process_node_root}".encode()
+        pids = []
+        for environ in Path("/proc").glob("[0-9]*/environ"):
+            with contextlib.suppress(OSError):
+                if marker in environ.read_bytes():
+                    pids.append(int(environ.parent.name))
+        return pids
 
     def processes(self) -> Iterator[subprocess.Popen[bytes]]:
         """Every process this control plane started, running or not."""

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from kubelocal import ControlPlane
+from kubelocal.controlplane import ControlPlane
 from support import CHART, OPERATOR_NAMESPACE
 
 pytestmark = pytest.mark.cluster

@@ -8,7 +8,7 @@ import json
 import pytest
 from kubernetes import client
 
-from kubelocal import ControlPlane
+from kubelocal.controlplane import ControlPlane
 from support import wait_for
 
 pytestmark = pytest.mark.cluster

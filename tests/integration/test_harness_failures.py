@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kubelocal import ComponentError, ControlPlane, build_binaries
+from kubelocal.controlplane import ComponentError, ControlPlane, build_binaries
 
 
 def plane_with_broken_apiserver(tmp_path: Path, script: str, timeout: float) -> ControlPlane:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from kubelocal import ControlPlane
+from kubelocal.controlplane import ControlPlane
 from mlworkflow.api import v1alpha1
 from mlworkflow.api.v1alpha1 import Condition, DriftStatus, MLWorkflowStatus, ModelStatus
 
