@@ -506,6 +506,35 @@ class ControlPlane:
         ports = json.loads(pod["metadata"]["annotations"][PORTS_ANNOTATION])
         return int(ports[str(container_port)])
 
+    def service_urls(self, namespace: str, service: str, port: int | str | None = None) -> list[str]:
+        """http://127.0.0.1:<host port> of each ready process-node endpoint behind a Service.
+
+        The EndpointSlice controller records each Pod's containerPort; on the process node every Pod has
+        its own local port for it instead, which the Pod's host-ports annotation maps.
+        """
+        rest = Rest.from_kubeconfig(self.kubeconfig)
+        spec = rest.get(f"/api/v1/namespaces/{namespace}/services/{service}")["spec"]
+        service_port = next(p for p in spec["ports"] if port is None or port in (p.get("name"), p["port"]))
+        slices = rest.get(
+            f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices",
+            labelSelector=f"kubernetes.io/service-name={service}",
+        )["items"]
+        urls = []
+        for endpoint_slice in slices:
+            slice_port = next(
+                p["port"]
+                for p in endpoint_slice.get("ports") or []
+                if p.get("name", "") == service_port.get("name", "")
+            )
+            for endpoint in endpoint_slice.get("endpoints") or []:
+                target = endpoint.get("targetRef") or {}
+                if not endpoint.get("conditions", {}).get("ready") or target.get("kind") != "Pod":
+                    continue
+                pod = rest.get(f"/api/v1/namespaces/{namespace}/pods/{target['name']}")
+                if PORTS_ANNOTATION in pod["metadata"].get("annotations", {}):
+                    urls.append(f"http://127.0.0.1:{self.host_port(pod, slice_port)}")
+        return sorted(urls)
+
     def container_log(self, namespace: str, pod: str, container: str, restart: int | None = None) -> str:
         """What a container of a process-node Pod wrote (its latest run, or run `restart`)."""
         folders = sorted((self.process_node_root / "logs").glob(f"{namespace}_{pod}_*/{container}"))

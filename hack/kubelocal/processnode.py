@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -180,6 +181,7 @@ class PodWorker(threading.Thread):
         self.log_root = node.root / "logs" / f"{self.namespace}_{self.pod_name}_{self.uid}"
         self.deleting = threading.Event()
         self.start_time = timestamp()
+        self.pod_ip = node.next_pod_ip()
         self.host_ports: dict[int, int] = {}
         self.env: dict[str, dict[str, str]] = {}
         self.mounts: dict[str, list[JSON]] = {}
@@ -588,8 +590,8 @@ class PodWorker(threading.Thread):
             "phase": phase,
             "hostIP": "127.0.0.1",
             "hostIPs": [{"ip": "127.0.0.1"}],
-            "podIP": "127.0.0.1",
-            "podIPs": [{"ip": "127.0.0.1"}],
+            "podIP": self.pod_ip,
+            "podIPs": [{"ip": self.pod_ip}],
             "startTime": self.start_time,
             "conditions": [
                 self._condition("PodReadyToStartContainers", True),
@@ -636,6 +638,13 @@ class ProcessNode:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.venv_bin = str(Path(sys.executable).parent)
+        self._pod_numbers = itertools.count(1)  # next() on a count is atomic under the GIL
+
+    def next_pod_ip(self) -> str:
+        """A nominal, unique Pod IP. The process listens on 127.0.0.1, but the API refuses loopback
+        addresses in EndpointSlices, so Services would have no endpoints with 127.0.0.1."""
+        n = next(self._pod_numbers)
+        return f"10.244.{(n // 250) % 256}.{n % 250 + 2}"
 
     def log(self, message: str) -> None:
         print(f"[{timestamp()}] {message}", flush=True)
@@ -927,8 +936,8 @@ class ProcessNode:
             "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
             "status.hostIP": "127.0.0.1",
             "status.hostIPs": "127.0.0.1",
-            "status.podIP": "127.0.0.1",
-            "status.podIPs": "127.0.0.1",
+            "status.podIP": worker.pod_ip,
+            "status.podIPs": worker.pod_ip,
         }
         if field_path not in simple:
             raise ConfigError(f"fieldRef {field_path!r} is not supported by the process node")

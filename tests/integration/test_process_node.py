@@ -233,6 +233,21 @@ def test_a_deployment_is_ready_only_after_its_probe_passes_and_answers_on_its_po
             names.add(response.read().decode())
     assert names == {p["metadata"]["name"] for p in ready}, "each Pod is its own process on its own port"
 
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+    }
+    create(api, ns, service)
+    urls = wait_for(
+        lambda: len(control_plane.service_urls(ns, "web")) == 2 and control_plane.service_urls(ns, "web"),
+        30,
+        "2 ready endpoints of Service web",
+    )
+    answers = {urllib.request.urlopen(url, timeout=5).read().decode() for url in urls}
+    assert answers == names
+
     victim = ready[0]["metadata"]["name"]
     client.CoreV1Api(api).delete_namespaced_pod(victim, ns)
 
