@@ -152,6 +152,16 @@ class DataSpec(ApiModel):
     features: Features = section(Features, "Feature columns and their types.")
 
 
+class Preprocessing(ApiModel):
+    impute: bool = Field(
+        True, description="Fill missing values (median for numbers, most frequent category)."
+    )
+    scale: bool = Field(True, description="Standardise numeric columns.")
+    one_hot: bool = Field(
+        True, description="One-hot encode categorical columns (otherwise they are dropped)."
+    )
+
+
 class ModelSpec(ApiModel):
     estimator: str | None = Field(
         None,
@@ -168,6 +178,7 @@ class ModelSpec(ApiModel):
     task: Literal["classification", "regression"] = Field(
         "classification", description="What the model predicts: a class or a number."
     )
+    preprocessing: Preprocessing = section(Preprocessing, "Steps of the pipeline before the estimator.")
 
 
 class ResourceRequirements(ApiModel):
@@ -539,6 +550,7 @@ class ModelStatus(ApiModel):
     metrics: dict[str, float] = Field(default_factory=dict, description="Its holdout metrics.")
     trained_at: datetime | None = Field(None, description="When it was trained.")
     trigger: Trigger | None = Field(None, description="Why it was trained.")
+    backend: str | None = Field(None, description="onnxruntime or sklearn: what computes its predictions.")
 
 
 class DriftStatus(ApiModel):
@@ -548,6 +560,23 @@ class DriftStatus(ApiModel):
     share: float | None = Field(None, ge=0, le=1, description="Share of drifted feature columns.")
     drifted: bool | None = Field(None, description="Whether share reached spec.monitoring.driftThreshold.")
     report: str | None = Field(None, description="The Evidently report, relative to the artifact store.")
+
+
+class ModelRecord(ApiModel):
+    """One trained model version and what became of it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    version: str = Field(description="The version, e.g. v3.")
+    trigger: Trigger = Field(description="Why it was trained.")
+    spec_hash: str = Field(description="Hash of the spec fields that shape the model.")
+    outcome: Literal["Promoted", "Rejected", "Failed"] = Field(description="What became of it.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Holdout metrics.")
+    backend: str | None = Field(
+        None, description="onnxruntime when a verified ONNX model serves it, else sklearn."
+    )
+    trained_at: datetime | None = Field(None, description="When its training finished.")
+    message: str = Field("", max_length=4096, description="Why it failed or was rejected.")
 
 
 class MLWorkflowStatus(ApiModel):
@@ -565,6 +594,12 @@ class MLWorkflowStatus(ApiModel):
     model: ModelStatus | None = Field(None, description="The model in use.")
     drift: DriftStatus | None = Field(None, description="The last drift check.")
     retrains: int = Field(0, ge=0, description="Retrainings since creation (every trigger but Initial).")
+    endpoint: str | None = Field(None, description="In-cluster URL of the prediction Service.")
+    history: list[ModelRecord] = Field(
+        default_factory=list,
+        description="The latest trained versions, newest first (at most 20).",
+        max_length=20,
+    )
 
 
 class MLWorkflow(ApiModel):

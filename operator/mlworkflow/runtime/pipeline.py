@@ -1,0 +1,107 @@
+"""The scikit-learn pipeline of a workflow: preprocessing by column type, then the named estimator."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.metrics import (
+    accuracy_score,
+    f1_score,
+    mean_absolute_error,
+    mean_squared_error,
+    precision_score,
+    r2_score,
+    recall_score,
+    roc_auc_score,
+)
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from mlworkflow.api.v1alpha1 import ModelSpec
+from mlworkflow.desired.validation import check_estimator
+from mlworkflow.runtime.data import FeatureSchema
+
+LOWER_IS_BETTER = frozenset({"mse", "mae"})
+
+
+class ModelError(ValueError):
+    """The estimator or its parameters cannot be used; the message names the field."""
+
+
+def build(model: ModelSpec, schema: FeatureSchema, allowed_prefixes: Sequence[str]) -> Pipeline:
+    """Preprocessing (impute, scale, one-hot; each switchable), then the estimator (allow-list checked)."""
+    assert model.estimator is not None
+    refusal = check_estimator(
+        "spec.model.estimator", model.estimator, model.params, model.task, allowed_prefixes
+    )
+    if refusal:
+        raise ModelError(refusal.message)
+    module, _, name = model.estimator.rpartition(".")
+    estimator_class = getattr(importlib.import_module(module), name)
+    try:
+        estimator = estimator_class(**model.params)
+    except (TypeError, ValueError) as error:
+        raise ModelError(f"spec.model.params: {error}") from None
+    steps = model.preprocessing
+    transformers: list[tuple[str, Any, list[str]]] = []
+    if schema.numeric:
+        numeric: list[tuple[str, Any]] = []
+        if steps.impute:
+            numeric.append(("impute", SimpleImputer(strategy="median")))
+        if steps.scale:
+            numeric.append(("scale", StandardScaler()))
+        transformers.append(("numeric", Pipeline(numeric) if numeric else "passthrough", schema.numeric))
+    if schema.categorical and steps.one_hot:
+        # Missing categories arrive as "" (data.category): a category of their own, no imputer needed.
+        one_hot = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
+        transformers.append(("categorical", one_hot, schema.categorical))
+    return Pipeline(
+        [("features", ColumnTransformer(transformers, remainder="drop")), ("estimator", estimator)]
+    )
+
+
+def scores(task: str, pipeline: Pipeline, x: pd.DataFrame, y: pd.Series) -> dict[str, float]:
+    """Holdout metrics: accuracy, precision, recall, F1 (macro) and ROC AUC; or MSE, MAE and R²."""
+    predicted = pipeline.predict(x)
+    if task == "regression":
+        return {
+            "mse": float(mean_squared_error(y, predicted)),
+            "mae": float(mean_absolute_error(y, predicted)),
+            "r2": float(r2_score(y, predicted)),
+        }
+    result = {
+        "accuracy": float(accuracy_score(y, predicted)),
+        "precision_macro": float(precision_score(y, predicted, average="macro", zero_division=0)),
+        "recall_macro": float(recall_score(y, predicted, average="macro", zero_division=0)),
+        "f1_macro": float(f1_score(y, predicted, average="macro", zero_division=0)),
+    }
+    if hasattr(pipeline, "predict_proba") and y.nunique() > 1:
+        probabilities = pipeline.predict_proba(x)
+        classes = list(pipeline.classes_)
+        try:
+            if len(classes) == 2:
+                result["roc_auc"] = float(roc_auc_score(y, probabilities[:, 1]))
+            else:
+                result["roc_auc"] = float(
+                    roc_auc_score(y, probabilities, multi_class="ovr", average="macro", labels=classes)
+                )
+        except ValueError:
+            pass  # a holdout missing a class has no AUC; the other metrics stand
+    return result
+
+
+def cv_scoring(task: str) -> dict[str, str]:
+    if task == "regression":
+        return {"mse": "neg_mean_squared_error", "mae": "neg_mean_absolute_error", "r2": "r2"}
+    return {"accuracy": "accuracy", "f1_macro": "f1_macro"}
+
+
+def to_plain(value: Any) -> Any:
+    """A prediction as JSON wants it (numpy scalars become Python ones)."""
+    return value.item() if isinstance(value, np.generic) else value

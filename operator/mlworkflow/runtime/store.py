@@ -1,0 +1,35 @@
+"""The artifact store: one folder (a PVC on a cluster, a local folder for the local runner).
+
+<root>/                      data sources are paths relative to here (`data/train-*.csv`)
+<root>/<workflow>/bentoml/   the BentoML model store of the workflow (BENTOML_HOME)
+<root>/<workflow>/samples/   inputs and predictions recorded by the serving Pods
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+MOUNT_PATH = "/artifacts"  # where runtime Pods mount the store
+
+
+@dataclass(frozen=True)
+class WorkflowStore:
+    root: Path
+    workflow: str
+
+    @property
+    def base(self) -> Path:
+        return self.root / self.workflow
+
+    @property
+    def bentoml_home(self) -> Path:
+        return self.base / "bentoml"
+
+    @property
+    def samples(self) -> Path:
+        return self.base / "samples"
+
+    def model_name(self) -> str:
+        """The BentoML model name of the workflow's versions (a workflow name is already a valid one)."""
+        return self.workflow

@@ -1,0 +1,281 @@
+"""Train one model version: `python -m mlworkflow.runtime.train` (the training Pod's program).
+
+    python -m mlworkflow.runtime.train --store DIR --workflow NAME --version v3 --trigger Initial
+    (the workflow's spec as JSON in $MLW_SPEC; the estimator allow-list in $MLW_ALLOWED_ESTIMATOR_PREFIXES)
+
+Reads and checks the data, fits the pipeline (cross-validation, holdout metrics), exports ONNX where it is
+exact, and saves the version in the workflow's BentoML model store with its model card and a reference
+sample of the training features. It ends with one line of JSON in the termination message, which is how
+the operator learns the result without this Pod needing any access to the API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import joblib
+import pandas as pd
+import sklearn
+from sklearn.model_selection import KFold, StratifiedKFold, cross_validate, train_test_split
+
+from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Trigger
+from mlworkflow.desired.validation import DEFAULT_ALLOWED_PREFIXES
+from mlworkflow.runtime import data, onnx_export, pipeline
+from mlworkflow.runtime.store import WorkflowStore
+
+TERMINATION_LOG = "/dev/termination-log"
+REFERENCE_ROWS = 5000
+# One seed for every split: a challenger and its champion are judged on the same holdout of the same data.
+SEED = 0
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    version: str
+    metrics: dict[str, float]
+    cv: dict[str, float]
+    backend: str
+    onnx_check: str
+    rows: int
+    tag: str
+
+
+def train(
+    spec: MLWorkflowSpec,
+    store: WorkflowStore,
+    version: str,
+    trigger: Trigger,
+    allowed_prefixes: Sequence[str] = DEFAULT_ALLOWED_PREFIXES,
+) -> TrainedModel:
+    """Train, evaluate and save one version; raises DataError or ModelError with a message for the user."""
+    assert spec.model is not None
+    started = time.monotonic()
+    snapshot = data.load(spec.data.source, store.root)
+    schema = data.resolve_schema(snapshot.frame, spec.data)
+    task = spec.model.task
+    frame = data.check(snapshot.frame, schema, task, spec.training.cross_validation)
+    model = pipeline.build(spec.model, schema, allowed_prefixes)
+
+    x, y = frame[schema.features], frame[schema.target]
+    stratify = y if task == "classification" and y.value_counts().min() >= 2 else None
+    x_train, x_holdout, y_train, y_holdout = train_test_split(
+        x, y, test_size=spec.training.holdout, random_state=SEED, stratify=stratify
+    )
+    cv = _cross_validate(model, x_train, y_train, task, spec.training.cross_validation)
+    try:
+        model.fit(x_train, y_train)
+    except (ValueError, TypeError) as error:
+        raise pipeline.ModelError(f"spec.model: fitting {spec.model.estimator} failed: {error}") from None
+    metrics = pipeline.scores(task, model, x_holdout, y_holdout)
+
+    one_hot = spec.model.preprocessing.one_hot
+    exported = onnx_export.convert(model, schema, one_hot)
+    if exported is None:
+        check = onnx_export.Verification(False, "skl2onnx does not support a step of this pipeline")
+    else:
+        check = onnx_export.verify(
+            model, onnx_export.OnnxPredictor(exported, schema, one_hot), x_holdout, task
+        )
+    backend = "onnxruntime" if check.passed else "sklearn"
+
+    card = {
+        "workflow": store.workflow,
+        "version": version,
+        "trigger": str(trigger),
+        "trainedAt": datetime.now(UTC).isoformat(timespec="seconds"),
+        "trainingSeconds": round(time.monotonic() - started, 3),
+        "data": {
+            "source": spec.data.source,
+            "files": snapshot.files,
+            "sha256": snapshot.sha256,
+            "rows": snapshot.rows,
+            "trainRows": len(x_train),
+            "holdoutRows": len(x_holdout),
+        },
+        "schema": schema.to_json(),
+        "task": task,
+        "pipeline": {
+            "estimator": spec.model.estimator,
+            "params": spec.model.params,
+            "preprocessing": spec.model.preprocessing.model_dump(by_alias=True),
+            "steps": [name for name, _ in model.steps],
+            "repr": repr(model),
+        },
+        "crossValidation": cv,
+        "metrics": metrics,
+        "onnx": {"exported": exported is not None, "verified": check.passed, "check": check.detail},
+        "backend": backend,
+        "libraries": _library_versions(),
+    }
+    tag = _save(store, version, trigger, model, exported if check.passed else None, card, x_train)
+    return TrainedModel(version, metrics, cv, backend, check.detail, snapshot.rows, tag)
+
+
+def _cross_validate(model: Any, x: pd.DataFrame, y: pd.Series, task: str, folds: int) -> dict[str, float]:
+    if folds < 2:
+        return {}
+    splitter = (
+        StratifiedKFold(folds, shuffle=True, random_state=SEED)
+        if task == "classification" and y.value_counts().min() >= folds
+        else KFold(folds, shuffle=True, random_state=SEED)
+    )
+    results = cross_validate(model, x, y, cv=splitter, scoring=pipeline.cv_scoring(task), error_score="raise")
+    summary = {}
+    for name in pipeline.cv_scoring(task):
+        values = results[f"test_{name}"]
+        sign = -1.0 if name in pipeline.LOWER_IS_BETTER else 1.0  # sklearn scores errors negated
+        summary[f"{name}_mean"] = float(sign * values.mean())
+        summary[f"{name}_std"] = float(values.std())
+    return summary
+
+
+def _library_versions() -> dict[str, str]:
+    import bentoml
+    import onnxruntime
+    import skl2onnx
+
+    return {
+        "python": platform.python_version(),
+        "scikit-learn": sklearn.__version__,
+        "pandas": pd.__version__,
+        "bentoml": bentoml.__version__,
+        "skl2onnx": skl2onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def _save(
+    store: WorkflowStore,
+    version: str,
+    trigger: Trigger,
+    model: Any,
+    onnx_model: bytes | None,
+    card: dict[str, Any],
+    x_train: pd.DataFrame,
+) -> str:
+    """The version in the BentoML model store under the artifact store, with its card and reference."""
+    os.environ["BENTOML_HOME"] = str(store.bentoml_home)
+    import bentoml
+
+    tag = f"{store.model_name()}:{version}"
+    # A retried Pod may find its own half-saved version: the retry wins.
+    with contextlib.suppress(bentoml.exceptions.NotFound):
+        bentoml.models.delete(tag)
+    labels = {"workflow": store.workflow, "version": version, "trigger": str(trigger)}
+    metadata = {"metrics": card["metrics"], "backend": card["backend"], "dataSha256": card["data"]["sha256"]}
+    with bentoml.models.create(tag, labels=labels, metadata=metadata, module="mlworkflow") as saved:
+        path = Path(saved.path)
+        joblib.dump(model, path / "pipeline.joblib")
+        if onnx_model is not None:
+            (path / "model.onnx").write_bytes(onnx_model)
+        (path / "card.json").write_text(json.dumps(card, indent=2, default=str))
+        (path / "card.md").write_text(model_card_markdown(card))
+        reference = x_train.sample(min(REFERENCE_ROWS, len(x_train)), random_state=SEED)
+        reference.to_parquet(path / "reference.parquet", index=False)
+    return tag
+
+
+def model_card_markdown(card: dict[str, Any]) -> str:
+    """The model card for humans."""
+    metrics = "\n".join(f"| {name} | {value:.4f} |" for name, value in card["metrics"].items())
+    cv = (
+        "\n".join(f"| {name} | {value:.4f} |" for name, value in card["crossValidation"].items())
+        or "| - | - |"
+    )
+    data_ = card["data"]
+    return f"""# Model card: {card["workflow"]} {card["version"]}
+
+Trained {card["trainedAt"]} (trigger: {card["trigger"]}) in {card["trainingSeconds"]} s.
+
+## Data
+- Source: `{data_["source"]}` ({len(data_["files"])} file(s)), {data_["rows"]} rows
+  ({data_["trainRows"]} for training, {data_["holdoutRows"]} held out), sha256 `{data_["sha256"][:16]}…`
+- Target: `{card["schema"]["target"]}` ({card["task"]})
+- Numeric features: {", ".join(f"`{c}`" for c in card["schema"]["numeric"]) or "none"}
+- Categorical features: {", ".join(f"`{c}`" for c in card["schema"]["categorical"]) or "none"}
+
+## Pipeline
+`{card["pipeline"]["estimator"]}` with `{json.dumps(card["pipeline"]["params"])}`;
+preprocessing `{json.dumps(card["pipeline"]["preprocessing"])}`.
+
+## Holdout metrics
+| metric | value |
+|---|---|
+{metrics}
+
+## Cross-validation (training rows)
+| metric | value |
+|---|---|
+{cv}
+
+## Serving
+Backend: **{card["backend"]}**. ONNX: exported {card["onnx"]["exported"]}, verified {card["onnx"]["verified"]}
+({card["onnx"]["check"]}).
+
+## Libraries
+{", ".join(f"{k} {v}" for k, v in card["libraries"].items())}
+"""
+
+
+def report(summary: dict[str, Any], path: str) -> None:
+    """One line of JSON: in the termination message (read by the operator) and on stdout (the log)."""
+    line = json.dumps(summary, separators=(",", ":"))
+    print(line, flush=True)
+    with contextlib.suppress(OSError):  # run outside a Pod: stdout is enough
+        Path(path).write_text(line[:4000])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--store", type=Path, required=True, help="root of the artifact store")
+    parser.add_argument("--workflow", required=True)
+    parser.add_argument("--version", required=True)
+    parser.add_argument("--trigger", default=Trigger.INITIAL.value, choices=[t.value for t in Trigger])
+    parser.add_argument("--termination-log", default=os.environ.get("MLW_TERMINATION_LOG", TERMINATION_LOG))
+    args = parser.parse_args(argv)
+    prefixes = tuple(p for p in os.environ.get("MLW_ALLOWED_ESTIMATOR_PREFIXES", "").split(",") if p)
+    try:
+        spec = MLWorkflowSpec.model_validate_json(os.environ["MLW_SPEC"])
+        result = train(
+            spec,
+            WorkflowStore(args.store, args.workflow),
+            args.version,
+            Trigger(args.trigger),
+            prefixes or DEFAULT_ALLOWED_PREFIXES,
+        )
+    except (data.DataError, pipeline.ModelError) as error:
+        reason = "DataInvalid" if isinstance(error, data.DataError) else "ModelInvalid"
+        report(
+            {"status": "error", "version": args.version, "reason": reason, "message": str(error)},
+            args.termination_log,
+        )
+        return 2
+    report(
+        {
+            "status": "ok",
+            "version": result.version,
+            "metrics": result.metrics,
+            "backend": result.backend,
+            "rows": result.rows,
+            "tag": result.tag,
+        },
+        args.termination_log,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
