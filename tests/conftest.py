@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,9 @@ from support import CHART, OPERATOR_NAMESPACE, wait_for
 REPO = Path(__file__).resolve().parents[1]
 CRD_FILE = REPO / "crds" / "mlworkflow.io_mlworkflows.yaml"
 
+
+# Reconcile every second in tests (the operator's default is 10 s): progress shows up without waiting.
+os.environ.setdefault("MLW_RESYNC_SECONDS", "1")
 
 REPORT = pytest.StashKey[list[str]]()
 

@@ -371,6 +371,9 @@ class ControlPlane:
                 "--manage-all-nodes=false",
                 f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
                 f"--server-address=127.0.0.1:{port}",
+                # Keeps a Lease per node; without it the node controller marks kwok's node NotReady (and
+                # its Pods unready) after the 50 s grace period.
+                "--node-lease-duration-seconds=40",
             ],
             self._log("kwok"),
             lambda: _http_ok(f"http://127.0.0.1:{port}/healthz"),

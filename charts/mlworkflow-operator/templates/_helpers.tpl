@@ -55,4 +55,22 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+# Training Jobs: created (server-side apply) and watched for their results.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["list", "patch", "create"]
+# A training Pod's result is its termination message; the operator only reads Pods.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+# Serving: the BentoML Deployment and its Service, applied server-side.
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "patch", "create"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["patch", "create"]
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["patch", "create", "delete"]
 {{- end }}

@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from mlworkflow.desired.children import RuntimeContext
 from mlworkflow.desired.validation import DEFAULT_ALLOWED_PREFIXES
 
 
 @dataclass(frozen=True)
 class OperatorConfig:
-    # Module prefixes a workflow may name estimators from: a manifest must not import arbitrary code.
-    allowed_estimator_prefixes: tuple[str, ...] = DEFAULT_ALLOWED_PREFIXES
+    runtime: RuntimeContext = field(default_factory=RuntimeContext)
+    # How often every workflow is reconciled even when nothing about it changed (children progress).
+    resync_seconds: float = 10.0
+
+    @property
+    def allowed_estimator_prefixes(self) -> tuple[str, ...]:
+        return tuple(self.runtime.allowed_estimator_prefixes)
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
         prefixes = os.environ.get("MLW_ALLOWED_ESTIMATOR_PREFIXES", "")
+        defaults = RuntimeContext()
         return cls(
-            allowed_estimator_prefixes=tuple(p.strip() for p in prefixes.split(",") if p.strip())
-            or DEFAULT_ALLOWED_PREFIXES,
+            runtime=RuntimeContext(
+                image=os.environ.get("MLW_RUNTIME_IMAGE", defaults.image),
+                image_pull_policy=os.environ.get("MLW_IMAGE_PULL_POLICY", defaults.image_pull_policy),
+                allowed_estimator_prefixes=tuple(p.strip() for p in prefixes.split(",") if p.strip())
+                or DEFAULT_ALLOWED_PREFIXES,
+            ),
+            resync_seconds=float(os.environ.get("MLW_RESYNC_SECONDS", "10")),
         )

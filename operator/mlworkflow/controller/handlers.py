@@ -1,4 +1,5 @@
-"""kopf handlers: thin. The logic is in `reconcile`; here the cluster is read and the status written."""
+"""kopf handlers: thin. The logic is in `reconcile` (and the pure planner); here the cluster is read and the
+status written. Reconciles are level-triggered: on every change of the spec, at resume, and periodically."""
 
 from __future__ import annotations
 
@@ -6,32 +7,53 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from kubernetes import client, config
 
 from mlworkflow.api import v1alpha1
-from mlworkflow.api.conditions import Progress
 from mlworkflow.controller.config import OperatorConfig
 from mlworkflow.controller.reconcile import reconcile
+from mlworkflow.kube import Kube
 
 RESOURCE = (v1alpha1.GROUP, v1alpha1.VERSION, v1alpha1.PLURAL)
 CONFIG = OperatorConfig.from_env()
 
 
+def _api_client() -> client.ApiClient:
+    """In a Pod, its ServiceAccount; elsewhere, the current kubeconfig context."""
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        return client.ApiClient()
+    except config.ConfigException:
+        api: client.ApiClient = config.new_client_from_config()  # type: ignore[no-untyped-call]
+        return api
+
+
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # kopf's bookkeeping goes to annotations, never into the status users and kstatus read.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=v1alpha1.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=v1alpha1.GROUP, key="last-handled-configuration"
     )
     settings.persistence.finalizer = f"{v1alpha1.GROUP}/finalizer"
+    memo.kube = Kube(_api_client())
+
+
+def _reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
+    result = reconcile(dict(body), memo.kube, CONFIG, datetime.now(UTC))
+    patch.status.update(result.status.model_dump(by_alias=True, exclude_none=True, mode="json"))
+    for event in result.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    # Nothing is returned: kopf would store a return value under status.
 
 
 @kopf.on.resume(*RESOURCE, id="reconcile")
 @kopf.on.create(*RESOURCE, id="reconcile")
 @kopf.on.update(*RESOURCE, id="reconcile")
-def reconcile_workflow(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    result = reconcile(dict(body), CONFIG, datetime.now(UTC))
-    patch.status.update(result.status.model_dump(by_alias=True, exclude_none=True, mode="json"))
-    if result.outcome.progress == Progress.STALLED:
-        kopf.warn(body, reason=result.outcome.reason, message=result.outcome.message)
-    # Nothing is returned: kopf would store a return value under status.
+def reconcile_on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    _reconcile(body, patch, memo)
+
+
+@kopf.timer(*RESOURCE, id="resync", interval=CONFIG.resync_seconds)
+def reconcile_periodically(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    _reconcile(body, patch, memo)

@@ -1,8 +1,8 @@
-"""One reconcile of an MLWorkflow, as a plain function: what its status should become, and what to report."""
+"""One reconcile of an MLWorkflow: observe its children, plan, carry the plan out. Plain functions."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -11,37 +11,66 @@ from pydantic import ValidationError
 from mlworkflow.api.conditions import Outcome, Progress, apply_outcome
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus
 from mlworkflow.controller.config import OperatorConfig
+from mlworkflow.desired import children
+from mlworkflow.desired.plan import Event, Observed, plan
 from mlworkflow.desired.validation import check_spec
+from mlworkflow.kube import Kube
 
 
 @dataclass(frozen=True)
 class Result:
     status: MLWorkflowStatus
-    outcome: Outcome
+    events: list[Event] = field(default_factory=list)
 
 
-def reconcile(body: dict[str, Any], config: OperatorConfig, now: datetime) -> Result:
-    """The status of the workflow in `body` after this reconcile."""
+def reconcile(body: dict[str, Any], kube: Kube, config: OperatorConfig, now: datetime) -> Result:
+    """Bring the cluster one step closer to the workflow's desired state; return its new status."""
     generation = int(body["metadata"].get("generation", 1))
     status = MLWorkflowStatus.model_validate(body.get("status") or {})
-    outcome = evaluate(body.get("spec") or {}, config)
-    return Result(apply_outcome(status, outcome, generation, now), outcome)
+    refusal = refuse(body.get("spec") or {}, config)
+    if refusal is not None:
+        # Nothing is created for a workflow that cannot run as written.
+        return Result(
+            apply_outcome(status, refusal, generation, now),
+            [Event("Warning", refusal.reason, refusal.message)],
+        )
+
+    workflow = children.Workflow.from_body(body)
+    observed = Observed(
+        generation=generation,
+        spec_hash=children.model_spec_hash(workflow.spec),
+        status=status,
+        runs=kube.training_runs(workflow.namespace, workflow.name),
+        serving=kube.serving_state(workflow.namespace, children.serving_name(workflow)),
+    )
+    next_state = plan(workflow.spec, observed, now, children.endpoint(workflow))
+    if next_state.train is not None:
+        kube.apply(
+            children.training_job(
+                workflow, next_state.train.version, next_state.train.trigger, config.runtime
+            )
+        )
+    if next_state.serve is not None:
+        kube.apply(children.serving_service(workflow))
+        kube.apply(children.serving_deployment(workflow, next_state.serve, config.runtime))
+        autoscaler = children.serving_autoscaler(workflow)
+        if autoscaler is None:
+            kube.delete_autoscaler(workflow.namespace, children.serving_name(workflow))
+        else:
+            kube.apply(autoscaler)
+    return Result(next_state.status, next_state.events)
 
 
-def evaluate(raw_spec: dict[str, Any], config: OperatorConfig) -> Outcome:
+def refuse(raw_spec: dict[str, Any], config: OperatorConfig) -> Outcome | None:
+    """Why a spec that the schema let through cannot run, or None."""
     try:
         spec = MLWorkflowSpec.model_validate(raw_spec)
     except ValidationError as error:
         # Only reachable for objects stored under an older schema: the CRD refuses the rest.
         first = error.errors()[0]
-        field = "spec." + ".".join(str(p) for p in first["loc"])
-        return Outcome(Progress.STALLED, "InvalidSpec", f"{field}: {first['msg']}", phase="Invalid")
+        field_path = "spec." + ".".join(str(p) for p in first["loc"])
+        return Outcome(Progress.STALLED, "InvalidSpec", f"{field_path}: {first['msg']}", phase="Invalid")
     refusal = check_spec(spec, config.allowed_estimator_prefixes)
     if refusal:
         return Outcome(Progress.STALLED, refusal.reason, refusal.message, phase="Invalid")
-    return Outcome(
-        Progress.PROGRESSING,
-        "SpecAccepted",
-        f"the {spec.pattern} workflow is valid; its children are not created yet",
-        phase="Pending",
-    )
+    return None

@@ -1,0 +1,289 @@
+"""Desired state: the child objects of an MLWorkflow, built by pure functions (no I/O)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mlworkflow.api import v1alpha1
+from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Trigger
+from mlworkflow.desired.validation import DEFAULT_ALLOWED_PREFIXES
+
+Manifest = dict[str, Any]
+
+MANAGER = "mlworkflow-operator"
+WORKFLOW_LABEL = "mlworkflow.io/workflow"
+VERSION_LABEL = "mlworkflow.io/model-version"
+SPEC_HASH_ANNOTATION = "mlworkflow.io/spec-hash"
+TRIGGER_ANNOTATION = "mlworkflow.io/trigger"
+STORE_MOUNT = "/artifacts"
+HTTP_PORT = 3000
+TRAINING, SERVING = "training", "serving"
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """What the builders need of an MLWorkflow object: identity and spec."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: MLWorkflowSpec
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> Workflow:
+        meta = body["metadata"]
+        return cls(meta["name"], meta["namespace"], meta["uid"], MLWorkflowSpec.model_validate(body["spec"]))
+
+
+@dataclass(frozen=True)
+class RuntimeContext:
+    """What the operator's admin decides for every runtime Pod."""
+
+    image: str = "mlworkflow-operator:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    allowed_estimator_prefixes: Sequence[str] = DEFAULT_ALLOWED_PREFIXES
+
+
+def model_spec_hash(spec: MLWorkflowSpec) -> str:
+    """Hash of the fields that shape a model: a change retrains; serving-only changes (replicas) do not."""
+    shaping = {
+        "data": spec.data.model_dump(by_alias=True),
+        "model": spec.model.model_dump(by_alias=True) if spec.model else None,
+        "holdout": spec.training.holdout,
+    }
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def labels(workflow: Workflow, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "mlworkflow",
+        "app.kubernetes.io/instance": workflow.name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": workflow.name,
+        "app.kubernetes.io/managed-by": MANAGER,
+        WORKFLOW_LABEL: workflow.name,
+    }
+
+
+def selector(workflow: Workflow, component: str) -> dict[str, str]:
+    return {WORKFLOW_LABEL: workflow.name, "app.kubernetes.io/component": component}
+
+
+def owner_reference(workflow: Workflow) -> dict[str, Any]:
+    """The MLWorkflow owns its children: deleting it deletes them (garbage collector)."""
+    return {
+        "apiVersion": v1alpha1.API_VERSION,
+        "kind": v1alpha1.KIND,
+        "name": workflow.name,
+        "uid": workflow.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def metadata(workflow: Workflow, name: str, component: str, **extra_labels: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": workflow.namespace,
+        "labels": {**labels(workflow, component), **extra_labels},
+        "ownerReferences": [owner_reference(workflow)],
+    }
+
+
+def training_job_name(workflow: Workflow, version: str) -> str:
+    return f"{workflow.name}-train-{version}"
+
+
+def serving_name(workflow: Workflow) -> str:
+    return workflow.name
+
+
+def _pod_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "fsGroup": 10001,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _container_security() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def _store_volume(workflow: Workflow) -> dict[str, Any]:
+    storage = workflow.spec.storage
+    if storage.pvc is not None:
+        return {"name": "store", "persistentVolumeClaim": {"claimName": storage.pvc.claim_name}}
+    return {"name": "store", "hostPath": {"path": storage.path, "type": "DirectoryOrCreate"}}
+
+
+def _resources(requirements: v1alpha1.ResourceRequirements) -> dict[str, Any]:
+    return requirements.model_dump(by_alias=True, exclude_defaults=True)
+
+
+def training_job(workflow: Workflow, version: str, trigger: Trigger, context: RuntimeContext) -> Manifest:
+    """The Job that trains `version`: one Pod running `python -m mlworkflow.runtime.train`."""
+    spec = workflow.spec
+    component_labels = {**labels(workflow, TRAINING), VERSION_LABEL: version}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            **metadata(workflow, training_job_name(workflow, version), TRAINING, **{VERSION_LABEL: version}),
+            "annotations": {SPEC_HASH_ANNOTATION: model_spec_hash(spec), TRIGGER_ANNOTATION: str(trigger)},
+        },
+        "spec": {
+            "backoffLimit": spec.training.backoff_limit,
+            "activeDeadlineSeconds": spec.training.active_deadline_seconds,
+            # Results live in the MLWorkflow's status (history) once read; the Job can go after a day.
+            "ttlSecondsAfterFinished": 86400,
+            "template": {
+                "metadata": {"labels": component_labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "serviceAccountName": spec.runtime.service_account_name or "default",
+                    # Training needs no API access: its result goes out through the termination message.
+                    "automountServiceAccountToken": False,
+                    "securityContext": _pod_security(),
+                    "containers": [
+                        {
+                            "name": "train",
+                            "image": spec.runtime.image or context.image,
+                            "imagePullPolicy": context.image_pull_policy,
+                            "command": ["python", "-m", "mlworkflow.runtime.train"],
+                            "args": [
+                                f"--store={STORE_MOUNT}",
+                                f"--workflow={workflow.name}",
+                                f"--version={version}",
+                                f"--trigger={trigger}",
+                            ],
+                            "env": [
+                                {
+                                    "name": "MLW_SPEC",
+                                    "value": spec.model_dump_json(by_alias=True, exclude_none=True),
+                                },
+                                {
+                                    "name": "MLW_ALLOWED_ESTIMATOR_PREFIXES",
+                                    "value": ",".join(context.allowed_estimator_prefixes),
+                                },
+                            ],
+                            "resources": _resources(spec.training.resources),
+                            "securityContext": _container_security(),
+                            "terminationMessagePolicy": "FallbackToLogsOnError",
+                            "volumeMounts": [{"name": "store", "mountPath": STORE_MOUNT}],
+                        }
+                    ],
+                    "volumes": [_store_volume(workflow)],
+                },
+            },
+        },
+    }
+
+
+def serving_deployment(workflow: Workflow, version: str, context: RuntimeContext) -> Manifest:
+    """The BentoML Deployment serving `version`; a new version rolls out readiness-gated, none unavailable."""
+    spec = workflow.spec
+    serving = spec.serving or v1alpha1.ServingSpec()
+    pod_labels = {**labels(workflow, SERVING), VERSION_LABEL: version}
+    deployment_spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector(workflow, SERVING)},
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "template": {
+            "metadata": {"labels": pod_labels},
+            "spec": {
+                "serviceAccountName": spec.runtime.service_account_name or "default",
+                "automountServiceAccountToken": False,
+                "securityContext": _pod_security(),
+                "terminationGracePeriodSeconds": 30,
+                "containers": [
+                    {
+                        "name": "serve",
+                        "image": spec.runtime.image or context.image,
+                        "imagePullPolicy": context.image_pull_policy,
+                        "command": ["bentoml", "serve", "mlworkflow.runtime.serve:ModelService"],
+                        "args": ["--host=0.0.0.0", "--port=$(HTTP_PORT)"],
+                        "env": [
+                            {"name": "HTTP_PORT", "value": str(HTTP_PORT)},
+                            {"name": "MODEL_TAG", "value": f"{workflow.name}:{version}"},
+                            {"name": "BENTOML_HOME", "value": f"{STORE_MOUNT}/{workflow.name}/bentoml"},
+                            {"name": "BENTOML_DO_NOT_TRACK", "value": "true"},
+                        ],
+                        "ports": [{"name": "http", "containerPort": HTTP_PORT}],
+                        "readinessProbe": {
+                            "httpGet": {"path": "/readyz", "port": "http"},
+                            "periodSeconds": 2,
+                            "failureThreshold": 3,
+                        },
+                        "livenessProbe": {
+                            "httpGet": {"path": "/livez", "port": "http"},
+                            "initialDelaySeconds": 30,
+                            "periodSeconds": 10,
+                            "failureThreshold": 6,
+                        },
+                        "resources": _resources(serving.resources),
+                        "securityContext": _container_security(),
+                        "volumeMounts": [{"name": "store", "mountPath": STORE_MOUNT}],
+                    }
+                ],
+                "volumes": [_store_volume(workflow)],
+            },
+        },
+    }
+    if serving.autoscaling is None:
+        deployment_spec["replicas"] = 1 if serving.replicas is None else serving.replicas
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(workflow, serving_name(workflow), SERVING),
+        "spec": deployment_spec,
+    }
+
+
+def serving_service(workflow: Workflow) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(workflow, serving_name(workflow), SERVING),
+        "spec": {
+            "selector": selector(workflow, SERVING),
+            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def serving_autoscaler(workflow: Workflow) -> Manifest | None:
+    autoscaling = (workflow.spec.serving or v1alpha1.ServingSpec()).autoscaling
+    if autoscaling is None:
+        return None
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": metadata(workflow, serving_name(workflow), SERVING),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": serving_name(workflow)},
+            "minReplicas": autoscaling.min_replicas,
+            "maxReplicas": autoscaling.max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": autoscaling.target_cpu_utilization_percentage,
+                        },
+                    },
+                }
+            ],
+        },
+    }
+
+
+def endpoint(workflow: Workflow) -> str:
+    return f"http://{serving_name(workflow)}.{workflow.namespace}.svc:80"

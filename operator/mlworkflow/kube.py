@@ -1,0 +1,155 @@
+"""The one place that talks to the Kubernetes API: server-side apply of children, and reading their state.
+
+Objects are exchanged as plain JSON dicts (`_preload_content=False`): the generated client's models
+validate responses strictly and add nothing the planner needs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from kubernetes import client
+
+from mlworkflow.api.v1alpha1 import Trigger
+from mlworkflow.desired.children import (
+    MANAGER,
+    SERVING,
+    SPEC_HASH_ANNOTATION,
+    TRAINING,
+    TRIGGER_ANNOTATION,
+    VERSION_LABEL,
+    WORKFLOW_LABEL,
+    Manifest,
+)
+from mlworkflow.desired.plan import RunState, ServingState, TrainingRun
+
+APPLY = "application/apply-patch+yaml"
+JSON = dict[str, Any]
+
+
+def _json(response: Any) -> JSON:
+    return dict(json.loads(response.data))
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.core = client.CoreV1Api(api)
+        self.apps = client.AppsV1Api(api)
+        self.batch = client.BatchV1Api(api)
+        self.autoscaling = client.AutoscalingV2Api(api)
+
+    def _patchers(self) -> dict[str, Callable[..., Any]]:
+        return {
+            "Job": self.batch.patch_namespaced_job,
+            "Deployment": self.apps.patch_namespaced_deployment,
+            "Service": self.core.patch_namespaced_service,
+            "HorizontalPodAutoscaler": self.autoscaling.patch_namespaced_horizontal_pod_autoscaler,
+        }
+
+    def apply(self, manifest: Manifest) -> JSON:
+        """Server-side apply with the operator's field manager: re-applying the same manifest changes nothing,
+        and fields other managers own (an HPA's replicas, a GitOps tool's labels) are left to them."""
+        meta = manifest["metadata"]
+        patch = self._patchers()[manifest["kind"]]
+        return _json(
+            patch(
+                meta["name"],
+                meta["namespace"],
+                manifest,
+                field_manager=MANAGER,
+                force=True,
+                _content_type=APPLY,
+                _preload_content=False,
+            )
+        )
+
+    def delete_autoscaler(self, namespace: str, name: str) -> None:
+        try:
+            self.autoscaling.delete_namespaced_horizontal_pod_autoscaler(name, namespace)
+        except client.ApiException as error:
+            if error.status != 404:
+                raise
+
+    # --- observing ---------------------------------------------------------------------------------------
+
+    def training_runs(self, namespace: str, workflow: str) -> list[TrainingRun]:
+        selector = f"{WORKFLOW_LABEL}={workflow},app.kubernetes.io/component={TRAINING}"
+        jobs = _json(
+            self.batch.list_namespaced_job(namespace, label_selector=selector, _preload_content=False)
+        )
+        return [
+            self._run(namespace, job) for job in jobs["items"] if not job["metadata"].get("deletionTimestamp")
+        ]
+
+    def _run(self, namespace: str, job: JSON) -> TrainingRun:
+        meta, status = job["metadata"], job.get("status") or {}
+        conditions = {c["type"]: c for c in status.get("conditions") or [] if c.get("status") == "True"}
+        state: RunState = (
+            "Succeeded" if "Complete" in conditions else "Failed" if "Failed" in conditions else "Running"
+        )
+        result: JSON = {}
+        message = ""
+        finished_at = None
+        if state != "Running":
+            pods = _json(
+                self.core.list_namespaced_pod(
+                    namespace, label_selector=f"job-name={meta['name']}", _preload_content=False
+                )
+            )["items"]
+            wanted = "Succeeded" if state == "Succeeded" else "Failed"
+            ended = sorted(
+                (p for p in pods if (p.get("status") or {}).get("phase") == wanted),
+                key=lambda p: p["metadata"]["creationTimestamp"],
+            )
+            text = _termination_message(ended[-1]) if ended else ""
+            try:
+                result = dict(json.loads(text.strip().splitlines()[-1])) if text.strip() else {}
+            except (json.JSONDecodeError, TypeError):
+                result = {}
+            condition = conditions.get("Complete") or conditions.get("Failed") or {}
+            message = (
+                result.get("message") or text or condition.get("message", "") or condition.get("reason", "")
+            )
+            stamp = status.get("completionTime") or condition.get("lastTransitionTime")
+            finished_at = datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp else None
+        annotations = meta.get("annotations") or {}
+        return TrainingRun(
+            version=meta["labels"][VERSION_LABEL],
+            trigger=Trigger(annotations.get(TRIGGER_ANNOTATION, Trigger.INITIAL.value)),
+            spec_hash=annotations.get(SPEC_HASH_ANNOTATION, ""),
+            state=state,
+            result=result,
+            message=message,
+            finished_at=finished_at,
+        )
+
+    def serving_state(self, namespace: str, name: str) -> ServingState:
+        try:
+            deployment = _json(self.apps.read_namespaced_deployment(name, namespace, _preload_content=False))
+        except client.ApiException as error:
+            if error.status == 404:
+                return ServingState()
+            raise
+        if deployment["metadata"]["labels"].get("app.kubernetes.io/component") != SERVING:
+            return ServingState()
+        spec, status = deployment["spec"], deployment.get("status") or {}
+        wanted = spec.get("replicas", 1)
+        rolled_out = (
+            status.get("observedGeneration", 0) >= deployment["metadata"]["generation"]
+            and status.get("updatedReplicas", 0) == wanted
+            and status.get("availableReplicas", 0) == wanted
+            and status.get("replicas", 0) == wanted
+        )
+        version = spec["template"]["metadata"]["labels"].get(VERSION_LABEL)
+        return ServingState(exists=True, version=version, ready=rolled_out)
+
+
+def _termination_message(pod: JSON) -> str:
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        terminated = (container.get("state") or {}).get("terminated") or {}
+        if terminated.get("message"):
+            return str(terminated["message"])
+    return ""

@@ -1,0 +1,169 @@
+"""WebService end to end: the operator (as the chart's ServiceAccount) against the real API server, its
+training Jobs and BentoML Deployment really running on the process node."""
+
+from __future__ import annotations
+
+import copy
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kopf.testing import KopfRunner
+from kubernetes import client
+from kubernetes.config import kube_config
+
+from kubelocal.controlplane import ControlPlane
+from mlworkflow.api import v1alpha1
+from support import REPO, wait_for
+
+pytestmark = pytest.mark.cluster
+
+IRIS_ROW = {
+    "sepal length (cm)": 6.3,
+    "sepal width (cm)": 3.3,
+    "petal length (cm)": 6.0,
+    "petal width (cm)": 2.5,
+}
+
+
+@pytest.fixture
+def operator(
+    operator_kubeconfig: Path, process_namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(operator_kubeconfig))
+    args = ["run", "--standalone", "--namespace", process_namespace, "-m", "mlworkflow.controller.handlers"]
+    with KopfRunner(args, timeout=60) as runner:
+        yield
+    assert runner.exception is None, runner.output
+
+
+def workflow_manifest() -> dict[str, Any]:
+    document = copy.deepcopy(yaml.safe_load((REPO / "examples" / "webservice-iris.yaml").read_text()))
+    document["spec"]["model"]["params"] = {"n_estimators": 20, "max_depth": 4}
+    document["spec"]["training"]["crossValidation"] = 3
+    document["spec"]["serving"] = {"replicas": 1}
+    return dict(document)
+
+
+def objects(api: client.ApiClient) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api)
+
+
+def get(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    return dict(
+        objects(api).get_namespaced_custom_object(
+            v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, name
+        )
+    )
+
+
+def patch_spec(api: client.ApiClient, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    objects(api).patch_namespaced_custom_object(
+        v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, name, {"spec": spec}
+    )
+
+
+def condition(workflow: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in workflow.get("status", {}).get("conditions", []) if c["type"] == type_), {})
+
+
+def predict(control_plane: ControlPlane, namespace: str, service: str) -> dict[str, Any] | None:
+    """A prediction through the Service's (single) ready endpoint, or None while there is none."""
+    urls = control_plane.service_urls(namespace, service)
+    if len(urls) != 1:
+        return None
+    request = urllib.request.Request(
+        f"{urls[0]}/predict",
+        json.dumps({"records": [IRIS_ROW]}).encode(),
+        {"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return dict(json.loads(response.read()))
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def test_train_serve_retrain_and_survive_a_failed_training(
+    api: client.ApiClient, control_plane: ControlPlane, process_namespace: str, operator: None
+) -> None:
+    ns = process_namespace
+    client.CoreV1Api(api).create_namespaced_persistent_volume_claim(
+        ns,
+        {
+            "metadata": {"name": "ml-artifacts"},
+            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+        },
+    )
+    manifest = workflow_manifest()
+    name = manifest["metadata"]["name"]
+    objects(api).create_namespaced_custom_object(
+        v1alpha1.GROUP, v1alpha1.VERSION, ns, v1alpha1.PLURAL, manifest
+    )
+
+    # kubectl wait reads the Ready condition, as a user (or Flux, Argo CD) would.
+    waited = control_plane.kubectl(
+        "wait", "--for=condition=Ready", f"mlw/{name}", "-n", ns, "--timeout=240s", check=False
+    )
+    assert waited.returncode == 0, (waited.stderr, get(api, ns, name).get("status"))
+    ready = get(api, ns, name)
+    assert ready["status"]["model"]["version"] == "v1"
+    assert ready["status"]["phase"] == "Serving"
+    assert ready["status"]["observedGeneration"] == ready["metadata"]["generation"]
+    assert ready["status"]["endpoint"] == f"http://{name}.{ns}.svc:80"
+    assert ready["status"]["model"]["metrics"]["f1_macro"] > 0.8
+    answer = wait_for(lambda: predict(control_plane, ns, name), 60, "a prediction from v1")
+    assert answer["model"] == "v1" and answer["predictions"] == [2]
+    table = control_plane.kubectl("get", "mlw", name, "-n", ns).stdout.splitlines()[1].split()
+    assert table[1:4] == ["WebService", "Serving", "v1"]
+
+    # Serving-only change: no retraining.
+    patch_spec(api, ns, name, {"serving": {"replicas": 2}})
+    wait_for(lambda: get(api, ns, name)["status"]["observedGeneration"] == 2, 30, "generation 2 observed")
+    jobs = client.BatchV1Api(api).list_namespaced_job(ns).items
+    assert [j.metadata.name for j in jobs] == [f"{name}-train-v1"]
+    patch_spec(api, ns, name, {"serving": {"replicas": 1}})
+
+    # A change that shapes the model: v2 trains and rolls out.
+    patch_spec(api, ns, name, {"model": {"params": {"n_estimators": 30, "max_depth": 4}}})
+    wait_for(
+        lambda: (p := predict(control_plane, ns, name)) is not None and p["model"] == "v2" and p,
+        240,
+        "predictions from v2",
+    )
+    rolled = wait_for(
+        lambda: get(api, ns, name)["status"].get("phase") == "Serving" and get(api, ns, name),
+        60,
+        "phase Serving with v2",
+    )
+    assert rolled["status"]["model"]["version"] == "v2"
+    assert rolled["status"]["model"]["trigger"] == "SpecChange"
+    assert [h["version"] for h in rolled["status"]["history"]] == ["v2", "v1"]
+    assert rolled["status"]["retrains"] == 1
+
+    # Broken data: training fails, v2 keeps serving.
+    patch_spec(api, ns, name, {"data": {"source": "data/does-not-exist.csv"}})
+    failed = wait_for(
+        lambda: condition(w := get(api, ns, name), "Stalled").get("reason") == "TrainingFailed" and w,
+        240,
+        "TrainingFailed",
+    )
+    assert condition(failed, "Ready")["status"] == "False"
+    assert "data/does-not-exist.csv" in condition(failed, "Stalled")["message"]
+    assert failed["status"]["model"]["version"] == "v2"
+    assert predict(control_plane, ns, name)["model"] == "v2"  # type: ignore[index]
+    events = client.CoreV1Api(api).list_namespaced_event(ns).items
+    assert any(e.reason == "TrainingFailed" and e.involved_object.name == name for e in events)
+
+    # A deleted child comes back.
+    client.CoreV1Api(api).delete_namespaced_service(name, ns)
+    wait_for(
+        lambda: any(s.metadata.name == name for s in client.CoreV1Api(api).list_namespaced_service(ns).items),
+        30,
+        "the Service recreated",
+    )
