@@ -76,7 +76,10 @@ def test_a_valid_workflow_is_reconciling_with_kstatus_conditions(
     assert by_type["Ready"]["status"] == "False"
     assert by_type["Stalled"]["status"] == "False"
     assert {c["observedGeneration"] for c in by_type.values()} == {1}
-    assert seen["status"]["phase"] == "Pending"
+    assert seen["status"]["phase"] == "Training"
+    assert by_type["Reconciling"]["reason"] == "Training"
+    jobs = client.BatchV1Api(api).list_namespaced_job(namespace).items
+    assert [j.metadata.name for j in jobs] == [f"{name}-train-v1"]
     # kopf's bookkeeping stays out of the status that users and kstatus read.
     assert set(seen["status"]) <= set(
         v1alpha1.MLWorkflowStatus.model_json_schema(by_alias=True)["properties"]
