@@ -72,10 +72,11 @@ def train(
     x_train, x_holdout, y_train, y_holdout = train_test_split(
         x, y, test_size=spec.training.holdout, random_state=SEED, stratify=stratify
     )
-    cv = _cross_validate(model, x_train, y_train, task, spec.training.cross_validation)
     try:
+        cv = _cross_validate(model, x_train, y_train, task, spec.training.cross_validation)
         model.fit(x_train, y_train)
     except (ValueError, TypeError) as error:
+        # The data passed its checks: what fails now is the estimator with these parameters.
         raise pipeline.ModelError(f"spec.model: fitting {spec.model.estimator} failed: {error}") from None
     metrics = pipeline.scores(task, model, x_holdout, y_holdout)
 

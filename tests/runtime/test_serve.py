@@ -1,0 +1,142 @@
+"""The BentoML service, really started with `bentoml serve` on 127.0.0.1, answering over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubelocal.net import free_port
+from mlworkflow.runtime.store import WorkflowStore
+from mlworkflow.runtime.train import TrainedModel
+from support import wait_for
+
+ROW = {"tenure": 3.0, "monthly": 95.0, "plan": "basic", "region": "north"}
+
+
+@pytest.fixture(scope="module")
+def server(
+    churn_store: tuple[WorkflowStore, TrainedModel], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    store, _ = churn_store
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "bentoml.log"
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(store.bentoml_home),
+        "MODEL_TAG": "churn:v1",
+        "HOSTNAME": "test-pod",
+        "MLW_SAMPLE_MAX_ROWS": "50",
+        "BENTOML_DO_NOT_TRACK": "true",
+    }
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "bentoml"),
+                "serve",
+                "mlworkflow.runtime.serve:ModelService",
+                "--host=127.0.0.1",
+                f"--port={port}",
+            ],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=tmp_path_factory.mktemp("cwd"),
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(
+            lambda: (process.poll() is None and status(f"{url}/readyz") == 200) or process.poll() is not None,
+            90,
+            "bentoml serve to be ready",
+        )
+        assert process.poll() is None, log.read_text()
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+
+
+def status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return 0
+
+
+def post(url: str, body: bytes | dict[str, Any]) -> tuple[int, Any]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+def test_predicts_with_the_version_and_backend(
+    server: str, churn_store: tuple[WorkflowStore, TrainedModel]
+) -> None:
+    _, trained = churn_store
+    code, answer = post(f"{server}/predict", {"records": [ROW, {**ROW, "monthly": None, "plan": None}]})
+    assert code == 200
+    assert answer["model"] == "v1" and answer["backend"] == trained.backend
+    assert len(answer["predictions"]) == 2 and set(answer["predictions"]) <= {"yes", "no"}
+
+
+def test_the_batch_endpoint_answers_each_record(server: str) -> None:
+    def one(i: int) -> tuple[int, Any]:
+        return post(f"{server}/predict_batch", {"records": [{**ROW, "tenure": float(i)}] * 3})
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(16)))
+    for code, answer in results:
+        assert code == 200 and len(answer) == 3
+        assert all(a["model"] == "v1" and a["prediction"] in ("yes", "no") for a in answer)
+
+
+@pytest.mark.parametrize(
+    ("body", "names"),
+    [
+        ({"records": [{"tenure": 3.0, "plan": "basic", "region": "north"}]}, "'monthly' is missing"),
+        ({"records": [{**ROW, "tenure": "three"}]}, "'tenure' must be a finite number"),
+        ({"records": [{**ROW, "tenure": True}]}, "'tenure' must be a finite number"),
+        ({"records": [{**ROW, "plan": {"tier": 1}}]}, "'plan' must be a string"),
+        ({"records": []}, "non-empty list"),
+        ({"records": [ROW, "not an object"]}, "an object"),
+        ({"records": "all of them"}, "records"),
+        ({"rows": [ROW]}, "records"),
+        (b"{not json", "json"),
+    ],
+)
+def test_bad_requests_are_4xx_naming_the_problem(server: str, body: Any, names: str) -> None:
+    code, answer = post(f"{server}/predict", body)
+    assert 400 <= code < 500, answer
+    assert names.lower() in json.dumps(answer).lower()
+
+
+def test_metrics_and_recorded_samples(server: str, churn_store: tuple[WorkflowStore, TrainedModel]) -> None:
+    store, trained = churn_store
+    post(f"{server}/predict", {"records": [ROW] * 40})
+    with urllib.request.urlopen(f"{server}/metrics", timeout=5) as response:
+        metrics = response.read().decode()
+    assert f'mlworkflow_predictions_total{{backend="{trained.backend}",model_version="v1"}}' in metrics
+    files = sorted(Path(store.samples).glob("test-pod-*.jsonl"))
+    rows = [json.loads(line) for f in files for line in f.read_text().splitlines()]
+    assert rows and {"ts", "model", "features", "prediction"} <= set(rows[-1])
+    # MLW_SAMPLE_MAX_ROWS=50: a file rotates past 50 rows, so a Pod never keeps more than twice that.
+    assert all(len(f.read_text().splitlines()) <= 50 for f in files)
