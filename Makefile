@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test unit lint crds crds-check cluster control-plane clean
+.PHONY: venv test unit lint crds cluster control-plane bench-serving clean
 
 venv: $(STAMP)
 
@@ -27,8 +27,8 @@ unit: venv
 	$(BIN)/pytest tests/unit
 
 lint: venv
-	$(BIN)/ruff check operator tests hack
-	$(BIN)/ruff format --check operator tests hack
+	$(BIN)/ruff check operator tests hack bench bentos
+	$(BIN)/ruff format --check operator tests hack bench bentos
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
@@ -41,6 +41,10 @@ crds: venv
 ## Start the local control plane in the foreground; prints the `export KUBECONFIG=...` line. Ctrl-C stops it.
 cluster: venv control-plane
 	$(BIN)/python hack/cluster.py up
+
+## Serving benchmark (needs Debian's wrk); prints a table against a plain scikit-learn endpoint.
+bench-serving: venv
+	$(BIN)/python bench/serving/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build operator/*.egg-info

@@ -150,7 +150,10 @@ def _load() -> tuple[LoadedModel, SampleRecorder]:
     return model, recorder
 
 
-@bentoml.service(name="mlworkflow-model", workers=1, traffic={"timeout": 30})
+# One worker per core the Pod may use: each has its own single-threaded onnxruntime session.
+@bentoml.service(
+    name="mlworkflow-model", workers=int(os.environ.get("MLW_SERVING_WORKERS", "1")), traffic={"timeout": 30}
+)
 class ModelService:
     def __init__(self) -> None:
         # Loaded before the worker reports ready: /readyz answers only once the model can predict.
