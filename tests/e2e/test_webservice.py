@@ -167,3 +167,17 @@ def test_train_serve_retrain_and_survive_a_failed_training(
         30,
         "the Service recreated",
     )
+
+    # Deleting the workflow deletes its children (ownerReferences, garbage collector).
+    objects(api).delete_namespaced_custom_object(v1alpha1.GROUP, v1alpha1.VERSION, ns, v1alpha1.PLURAL, name)
+    wait_for(
+        lambda: (
+            not client.AppsV1Api(api).list_namespaced_deployment(ns).items
+            and not client.BatchV1Api(api).list_namespaced_job(ns).items
+            and not client.CoreV1Api(api).list_namespaced_service(ns).items
+        ),
+        60,
+        "the Deployment, Jobs and Service garbage-collected",
+    )
+    events = client.CoreV1Api(api).list_namespaced_event(ns).items
+    assert {"TrainingStarted", "Promoted", "RolledOut", "TrainingFailed"} <= {e.reason for e in events}

@@ -71,7 +71,11 @@ def test_ready_once_serving_runs_the_version() -> None:
     assert done.status.phase == "Serving"
     assert is_true(done.status.conditions, "Ready") and is_true(done.status.conditions, "Serving")
     assert not is_true(done.status.conditions, "Reconciling")
-    assert done.events == [], "a run already in the history is not recorded twice"
+    assert [e.reason for e in done.events] == ["RolledOut"], (
+        "a run already in the history is not recorded twice"
+    )
+    again = step(Observed(1, "h1", done.status, [ok("v1")], ServingState(True, "v1", True)))
+    assert again.events == [], "a steady state posts no events"
 
 
 def test_serving_of_an_older_version_is_not_ready() -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from mlworkflow.api.conditions import Outcome, Progress, apply_outcome, set_condition
+from mlworkflow.api.conditions import Outcome, Progress, apply_outcome, find, set_condition
 from mlworkflow.api.v1alpha1 import (
     ConditionStatus,
     MLWorkflowSpec,
@@ -134,6 +134,9 @@ def plan(spec: MLWorkflowSpec, observed: Observed, now: datetime, endpoint: str 
             f"rolling out {serve}" if serve else "no model version to serve yet",
         )
     )
+    previous = find(observed.status.conditions, SERVING)
+    if serving_ready and (previous is None or previous.message != serving_condition[2]):
+        events.append(Event("Normal", "RolledOut", serving_condition[2]))
     status.conditions = set_condition(status.conditions, SERVING, *serving_condition, generation, now)
 
     if (
