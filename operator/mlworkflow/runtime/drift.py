@@ -1,0 +1,242 @@
+"""Check served inputs for data drift (the monitoring CronJob's program).
+
+    python -m mlworkflow.runtime.drift --store DIR --workflow NAME --version v3 \
+        --threshold 0.3 --min-samples 200
+
+The current window is what the serving Pods recorded since the last check; the reference is the training
+sample stored with the served version. Evidently's DataDriftPreset compares them column by column with the
+column types of the model card. The result (share of drifted columns, each drifted column with its method
+and score) is written to the artifact store and, in one line of JSON, to the termination message. Fewer rows
+than `--min-samples` is "not enough data", never "no drift"; the window then keeps growing.
+
+Bounded whatever the window: rows are streamed from the sample files and at most `--max-rows` of each side
+(a seeded uniform sample) reach Evidently; the HTML report is rendered only with `--html`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlworkflow.runtime.data import FeatureSchema, category
+from mlworkflow.runtime.store import WorkflowStore
+from mlworkflow.runtime.train import TERMINATION_LOG, report
+
+SEED = 0
+DEFAULT_MAX_ROWS = 20_000
+
+
+class DriftError(ValueError):
+    """The check cannot run (no reference, columns that do not match); the message says which."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    column: str
+    method: str
+    score: float
+    threshold: float
+    drifted: bool
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    share: float
+    drifted: bool
+    columns: list[ColumnDrift]
+    rows: int
+    reference_rows: int
+
+
+def compare(
+    current: pd.DataFrame,
+    reference: pd.DataFrame,
+    schema: FeatureSchema,
+    threshold: float,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    html: Path | None = None,
+) -> DriftResult:
+    """Evidently's DataDriftPreset on (a bounded sample of) both frames, with the model's column types."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    missing = [c for c in schema.features if c not in current.columns]
+    if missing:
+        raise DriftError("ColumnsMismatch", f"the served inputs lack the model's feature {missing[0]!r}")
+    missing = [c for c in schema.features if c not in reference.columns]
+    if missing:
+        raise DriftError("ColumnsMismatch", f"the reference lacks the model's feature {missing[0]!r}")
+    current = _typed(_bounded(current, max_rows), schema)
+    reference = _typed(_bounded(reference, max_rows), schema)
+    definition = DataDefinition(numerical_columns=schema.numeric, categorical_columns=schema.categorical)
+    snapshot = Report([DataDriftPreset(columns=schema.features)]).run(
+        Dataset.from_pandas(current, data_definition=definition),
+        Dataset.from_pandas(reference, data_definition=definition),
+    )
+    columns = []
+    for metric in snapshot.dict()["metrics"]:
+        config = metric["config"]
+        if not config["type"].endswith("ValueDrift"):
+            continue
+        score, limit = float(metric["value"]), float(config["threshold"])
+        # p-values drift when small, distances when large (Evidently picks the method by column and size).
+        drifted = score < limit if "p_value" in config["method"] else score >= limit
+        columns.append(ColumnDrift(config["column"], config["method"], score, limit, drifted))
+    if html is not None:
+        html.parent.mkdir(parents=True, exist_ok=True)
+        snapshot.save_html(str(html))
+    share = sum(c.drifted for c in columns) / len(columns) if columns else 0.0
+    return DriftResult(share, share >= threshold, columns, len(current), len(reference))
+
+
+def _bounded(frame: pd.DataFrame, max_rows: int) -> pd.DataFrame:
+    return frame.sample(max_rows, random_state=SEED) if len(frame) > max_rows else frame
+
+
+def _typed(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
+    typed = frame[schema.features].copy()
+    for column in schema.numeric:
+        typed[column] = pd.to_numeric(typed[column], errors="coerce").astype("float64")
+    for column in schema.categorical:
+        typed[column] = typed[column].map(category)
+    return typed.reset_index(drop=True)
+
+
+def read_window(samples: Path, since: float, max_rows: int) -> tuple[pd.DataFrame, int, float]:
+    """Features recorded after `since`: a uniform reservoir sample of at most `max_rows`, the number of rows
+    seen, and the newest timestamp. Memory stays bounded by `max_rows` whatever the files hold."""
+    rng = np.random.default_rng(SEED)
+    reservoir: list[dict[str, Any]] = []
+    seen, newest = 0, since
+    for path in sorted(samples.glob("*.jsonl")):
+        with path.open() as lines:
+            for line in lines:
+                with contextlib.suppress(json.JSONDecodeError):
+                    row = json.loads(line)
+                    stamp = float(row.get("ts", 0))
+                    if stamp <= since:
+                        continue
+                    newest = max(newest, stamp)
+                    seen += 1
+                    if len(reservoir) < max_rows:
+                        reservoir.append(row["features"])
+                    else:
+                        slot = int(rng.integers(0, seen))
+                        if slot < max_rows:
+                            reservoir[slot] = row["features"]
+    return pd.DataFrame.from_records(reservoir), seen, newest
+
+
+def check(
+    store: WorkflowStore,
+    version: str,
+    threshold: float,
+    min_samples: int,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    html: bool = False,
+) -> dict[str, Any]:
+    """One drift check of the served version's inputs; returns the summary (also saved in the store)."""
+    model_dir = store.bentoml_home / "models" / store.model_name() / version
+    card_path, reference_path = model_dir / "card.json", model_dir / "reference.parquet"
+    if not card_path.exists() or not reference_path.exists():
+        raise DriftError(
+            "ReferenceMissing", f"no reference data for {store.workflow} {version} in {model_dir}"
+        )
+    schema = FeatureSchema.from_json(json.loads(card_path.read_text())["schema"])
+    state_path = store.base / "drift" / "state.json"
+    since = float(json.loads(state_path.read_text())["until"]) if state_path.exists() else 0.0
+    window, seen, newest = read_window(store.samples, since, max_rows)
+    now = datetime.now(UTC)
+    summary: dict[str, Any] = {
+        "version": version,
+        "checkedAt": now.isoformat(timespec="seconds"),
+        "rows": seen,
+        "minSamples": min_samples,
+        "threshold": threshold,
+    }
+    if seen < min_samples:
+        return {
+            **summary,
+            "status": "insufficient",
+            "message": f"{seen} rows served since the last check; {min_samples} are needed",
+        }
+    started = time.monotonic()
+    folder = store.base / "drift" / now.strftime("%Y%m%dT%H%M%SZ")
+    result = compare(
+        window,
+        pd.read_parquet(reference_path),
+        schema,
+        threshold,
+        max_rows,
+        folder / "report.html" if html else None,
+    )
+    summary.update(
+        status="ok",
+        share=round(result.share, 4),
+        drifted=result.drifted,
+        comparedRows=result.rows,
+        referenceRows=result.reference_rows,
+        seconds=round(time.monotonic() - started, 3),
+        driftedColumns=sum(c.drifted for c in result.columns),
+        # The termination message holds 4 KiB: the first drifted columns here, all of them in result.json.
+        columns=[
+            {"column": c.column, "method": c.method, "score": round(c.score, 6)}
+            for c in result.columns
+            if c.drifted
+        ][:20],
+        result=str((folder / "result.json").relative_to(store.root)),
+    )
+    if html:
+        summary["report"] = str((folder / "report.html").relative_to(store.root))
+    folder.mkdir(parents=True, exist_ok=True)
+    full = {**summary, "columns": [c.__dict__ for c in result.columns]}
+    (folder / "result.json").write_text(json.dumps(full, indent=2))
+    state_path.write_text(json.dumps({"until": newest}))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--store", type=Path, required=True)
+    parser.add_argument("--workflow", required=True)
+    parser.add_argument("--version", required=True, help="the served version, whose reference sample is used")
+    parser.add_argument(
+        "--threshold", type=float, required=True, help="share of drifted columns that is drift"
+    )
+    parser.add_argument("--min-samples", type=int, required=True)
+    parser.add_argument(
+        "--max-rows", type=int, default=DEFAULT_MAX_ROWS, help="rows of each side given to Evidently"
+    )
+    parser.add_argument("--html", action="store_true", help="also render Evidently's HTML report")
+    parser.add_argument("--termination-log", default=os.environ.get("MLW_TERMINATION_LOG", TERMINATION_LOG))
+    args = parser.parse_args(argv)
+    store = WorkflowStore(args.store, args.workflow)
+    try:
+        summary = check(store, args.version, args.threshold, args.min_samples, args.max_rows, args.html)
+    except DriftError as error:
+        report({"status": "error", "reason": error.reason, "message": str(error)}, args.termination_log)
+        return 2
+    # Only the summary goes into the termination message (4 KiB); the full result is in the store.
+    report(summary, args.termination_log)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
