@@ -16,6 +16,7 @@ from kubernetes import client
 from mlworkflow.api.v1alpha1 import Trigger
 from mlworkflow.desired.children import (
     MANAGER,
+    MONITORING,
     SERVING,
     SPEC_HASH_ANNOTATION,
     TRAINING,
@@ -24,7 +25,7 @@ from mlworkflow.desired.children import (
     WORKFLOW_LABEL,
     Manifest,
 )
-from mlworkflow.desired.plan import RunState, ServingState, TrainingRun
+from mlworkflow.desired.plan import DriftCheck, RunState, ServingState, TrainingRun
 
 APPLY = "application/apply-patch+yaml"
 JSON = dict[str, Any]
@@ -44,6 +45,7 @@ class Kube:
     def _patchers(self) -> dict[str, Callable[..., Any]]:
         return {
             "Job": self.batch.patch_namespaced_job,
+            "CronJob": self.batch.patch_namespaced_cron_job,
             "Deployment": self.apps.patch_namespaced_deployment,
             "Service": self.core.patch_namespaced_service,
             "HorizontalPodAutoscaler": self.autoscaling.patch_namespaced_horizontal_pod_autoscaler,
@@ -117,7 +119,7 @@ class Kube:
             finished_at = datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp else None
         annotations = meta.get("annotations") or {}
         return TrainingRun(
-            version=meta["labels"][VERSION_LABEL],
+            version=meta["labels"].get(VERSION_LABEL, ""),
             trigger=Trigger(annotations.get(TRIGGER_ANNOTATION, Trigger.INITIAL.value)),
             spec_hash=annotations.get(SPEC_HASH_ANNOTATION, ""),
             state=state,
@@ -125,6 +127,30 @@ class Kube:
             message=message,
             finished_at=finished_at,
         )
+
+    def latest_drift_check(self, namespace: str, workflow: str) -> DriftCheck | None:
+        """The newest finished drift-check Job (from the CronJob, or made from its template by hand)."""
+        selector = f"{WORKFLOW_LABEL}={workflow},app.kubernetes.io/component={MONITORING}"
+        jobs = _json(
+            self.batch.list_namespaced_job(namespace, label_selector=selector, _preload_content=False)
+        )
+        finished = []
+        for job in jobs["items"]:
+            status = job.get("status") or {}
+            ended = [
+                c
+                for c in status.get("conditions") or []
+                if c["type"] in ("Complete", "Failed") and c.get("status") == "True"
+            ]
+            if ended:
+                stamp = status.get("completionTime") or ended[0]["lastTransitionTime"]
+                finished.append((datetime.fromisoformat(stamp.replace("Z", "+00:00")), job))
+        if not finished:
+            return None
+        finished_at, job = max(finished, key=lambda pair: pair[0])
+        run = self._run(namespace, job)
+        result = run.result or {"status": "error", "message": run.message or "the drift check failed"}
+        return DriftCheck(job["metadata"]["name"], finished_at, result)
 
     def serving_state(self, namespace: str, name: str) -> ServingState:
         try:

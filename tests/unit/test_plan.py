@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -10,7 +10,16 @@ import yaml
 
 from mlworkflow.api.conditions import find, is_true
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Trigger
-from mlworkflow.desired.plan import Observed, ServingState, TrainingRun, next_version, plan
+from mlworkflow.desired.plan import (
+    DriftCheck,
+    Observed,
+    ServingState,
+    TrainingRun,
+    _challenger_rejection,
+    cooldown_seconds,
+    next_version,
+    plan,
+)
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -147,3 +156,167 @@ def test_history_is_bounded() -> None:
     for n in range(1, 30):
         status = step(Observed(n, f"h{n}", status, [ok(f"v{n}", spec_hash=f"h{n}")])).status
     assert len(status.history) == 20 and status.history[0].version == "v29"
+
+
+# --- drift and champion/challenger ----------------------------------------------------------------------
+
+
+def serving(version: str = "v1") -> tuple[MLWorkflowStatus, list[TrainingRun]]:
+    runs = [ok("v1")]
+    status = step(Observed(1, "h1", MLWorkflowStatus(), runs, ServingState(True, version, True))).status
+    return status, runs
+
+
+def drift_check(share: float, drifted: bool, at: datetime = NOW, status: str = "ok") -> DriftCheck:
+    result = {
+        "status": status,
+        "share": share,
+        "drifted": drifted,
+        "threshold": 0.3,
+        "columns": [{"column": "petal length (cm)", "method": "K-S p_value", "score": 0.001}],
+        "report": "iris/drift/x/report.html",
+        "message": "120 rows served; 200 are needed",
+    }
+    return DriftCheck("iris-drift-1", at, result)
+
+
+def test_drift_is_recorded_and_triggers_a_retraining_against_the_champion() -> None:
+    status, runs = serving()
+    result = step(Observed(1, "h1", status, runs, ServingState(True, "v1", True), drift_check(0.5, True)))
+    assert result.status.drift is not None and result.status.drift.drifted is True
+    assert result.status.drift.share == 0.5 and result.status.drift.report == "iris/drift/x/report.html"
+    drifted = find(result.status.conditions, "Drifted")
+    assert drifted is not None and drifted.status == "True" and "petal length (cm)" in drifted.message
+    assert result.train is not None
+    assert (result.train.version, result.train.trigger, result.train.champion) == ("v2", Trigger.DRIFT, "v1")
+    assert {"DriftDetected", "TrainingStarted"} <= {e.reason for e in result.events}
+    # The same check is not acted on twice.
+    again = step(
+        Observed(1, "h1", result.status, runs, ServingState(True, "v1", True), drift_check(0.5, True))
+    )
+    assert again.train is None
+
+
+def test_no_drift_and_not_enough_data_do_not_retrain() -> None:
+    status, runs = serving()
+    calm = step(Observed(1, "h1", status, runs, ServingState(True, "v1", True), drift_check(0.1, False)))
+    assert calm.train is None and find(calm.status.conditions, "Drifted").status == "False"  # type: ignore[union-attr]
+    thin = step(
+        Observed(
+            1,
+            "h1",
+            status,
+            runs,
+            ServingState(True, "v1", True),
+            drift_check(0, False, status="insufficient"),
+        )
+    )
+    assert thin.train is None
+    condition = find(thin.status.conditions, "Drifted")
+    assert condition is not None and condition.status == "Unknown" and condition.reason == "NotEnoughData"
+
+
+def test_alert_only_records() -> None:
+    status, runs = serving()
+    alert = spec()
+    alert.monitoring.on_drift = "Alert"
+    result = step(
+        Observed(1, "h1", status, runs, ServingState(True, "v1", True), drift_check(0.9, True)), alert
+    )
+    assert result.train is None and result.status.drift.drifted is True  # type: ignore[union-attr]
+
+
+def challenger(version: str, f1: float, champion_f1: float, finished: datetime = NOW) -> TrainingRun:
+    result = {
+        "status": "ok",
+        "metrics": {"f1_macro": f1},
+        "backend": "sklearn",
+        "champion": {"version": "v1", "metrics": {"f1_macro": champion_f1}},
+    }
+    return TrainingRun(version, Trigger.DRIFT, "h1", "Succeeded", result, finished_at=finished)
+
+
+def test_a_better_challenger_is_promoted_and_a_worse_one_rejected() -> None:
+    status, runs = serving()
+    better = step(Observed(1, "h1", status, [*runs, challenger("v2", 0.95, 0.80)]))
+    assert better.status.model.version == "v2" and better.serve == "v2"  # type: ignore[union-attr]
+    assert better.status.history[0].outcome == "Promoted" and better.status.retrains == 1
+    worse = step(Observed(1, "h1", status, [*runs, challenger("v2", 0.70, 0.80)]))
+    assert worse.status.model.version == "v1" and worse.serve == "v1"  # type: ignore[union-attr]
+    record = worse.status.history[0]
+    assert record.outcome == "Rejected" and "0.7000" in record.message and "0.8000" in record.message
+    assert [e.reason for e in worse.events] == ["Rejected"]
+    assert worse.status.retrains == 1, "a rejected retraining is still a retraining"
+
+
+def test_min_improvement_and_error_metrics() -> None:
+    status, runs = serving()
+    demanding = spec()
+    demanding.promotion.min_improvement = 0.1
+    result = step(Observed(1, "h1", status, [*runs, challenger("v2", 0.85, 0.80)]), demanding)
+    assert result.status.history[0].outcome == "Rejected"
+    regression = spec("forecast-diabetes.yaml")
+    regression.promotion.metric = "mse"
+    run = TrainingRun(
+        "v2",
+        Trigger.DRIFT,
+        "h1",
+        "Succeeded",
+        {"status": "ok", "metrics": {"mse": 10.0}, "champion": {"version": "v1", "metrics": {"mse": 12.0}}},
+    )
+    assert _challenger_rejection(regression, run, {"mse": 10.0}) is None, "a lower error is better"
+    assert _challenger_rejection(regression, run, {"mse": 13.0}) is not None
+
+
+def test_cooldown_and_daily_cap_hold_back_drift_retraining() -> None:
+    status, runs = serving()
+    done = step(
+        Observed(1, "h1", status, [*runs, challenger("v2", 0.9, 0.8, finished=NOW - timedelta(minutes=20))])
+    )
+    held = step(
+        Observed(
+            1,
+            "h1",
+            done.status,
+            [*runs],
+            ServingState(True, "v2", True),
+            drift_check(0.6, True, at=NOW + timedelta(seconds=1)),
+        )
+    )
+    assert held.train is None
+    assert any(e.reason == "RetrainSkipped" and "cooldown" in e.message for e in held.events)
+    capped_spec = spec()
+    capped_spec.monitoring.cooldown = "1s"
+    capped_spec.monitoring.max_retrains_per_day = 1
+    capped = step(
+        Observed(
+            1,
+            "h1",
+            done.status,
+            [*runs],
+            ServingState(True, "v2", True),
+            drift_check(0.6, True, at=NOW + timedelta(seconds=1)),
+        ),
+        capped_spec,
+    )
+    assert capped.train is None and any("daily cap" in e.message for e in capped.events)
+
+
+def test_a_spec_change_is_promoted_whatever_the_champion() -> None:
+    status, runs = serving()
+    run = TrainingRun(
+        "v2",
+        Trigger.SPEC_CHANGE,
+        "h2",
+        "Succeeded",
+        {
+            "status": "ok",
+            "metrics": {"f1_macro": 0.5},
+            "champion": {"version": "v1", "metrics": {"f1_macro": 0.9}},
+        },
+    )
+    assert step(Observed(2, "h2", status, [*runs, run])).serve == "v2"
+
+
+def test_cooldown_parsing() -> None:
+    assert cooldown_seconds("1h30m") == 5400 and cooldown_seconds("45s") == 45

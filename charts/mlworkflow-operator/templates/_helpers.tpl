@@ -59,6 +59,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["list", "patch", "create"]
+# The drift-check CronJob; its Jobs are listed with the training Jobs above.
+- apiGroups: ["batch"]
+  resources: ["cronjobs"]
+  verbs: ["patch", "create"]
 # A training Pod's result is its termination message; the operator only reads Pods.
 - apiGroups: [""]
   resources: ["pods"]

@@ -42,17 +42,18 @@ def reconcile(body: dict[str, Any], kube: Kube, config: OperatorConfig, now: dat
         status=status,
         runs=kube.training_runs(workflow.namespace, workflow.name),
         serving=kube.serving_state(workflow.namespace, children.serving_name(workflow)),
+        drift=kube.latest_drift_check(workflow.namespace, workflow.name),
     )
     next_state = plan(workflow.spec, observed, now, children.endpoint(workflow))
     if next_state.train is not None:
+        train = next_state.train
         kube.apply(
-            children.training_job(
-                workflow, next_state.train.version, next_state.train.trigger, config.runtime
-            )
+            children.training_job(workflow, train.version, train.trigger, config.runtime, train.champion)
         )
     if next_state.serve is not None:
         kube.apply(children.serving_service(workflow))
         kube.apply(children.serving_deployment(workflow, next_state.serve, config.runtime))
+        kube.apply(children.monitoring_cronjob(workflow, next_state.serve, config.runtime))
         autoscaler = children.serving_autoscaler(workflow)
         if autoscaler is None:
             kube.delete_autoscaler(workflow.namespace, children.serving_name(workflow))

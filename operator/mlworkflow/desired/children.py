@@ -21,7 +21,7 @@ SPEC_HASH_ANNOTATION = "mlworkflow.io/spec-hash"
 TRIGGER_ANNOTATION = "mlworkflow.io/trigger"
 STORE_MOUNT = "/artifacts"
 HTTP_PORT = 3000
-TRAINING, SERVING = "training", "serving"
+TRAINING, SERVING, MONITORING = "training", "serving", "monitoring"
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class RuntimeContext:
 
 def model_spec_hash(spec: MLWorkflowSpec) -> str:
     """Hash of the fields that shape a model: a change retrains; serving-only changes (replicas) do not."""
-    shaping = {
+    shaping: dict[str, Any] = {
         "data": spec.data.model_dump(by_alias=True),
         "model": spec.model.model_dump(by_alias=True) if spec.model else None,
         "holdout": spec.training.holdout,
@@ -127,8 +127,11 @@ def _resources(requirements: v1alpha1.ResourceRequirements) -> dict[str, Any]:
     return requirements.model_dump(by_alias=True, exclude_defaults=True)
 
 
-def training_job(workflow: Workflow, version: str, trigger: Trigger, context: RuntimeContext) -> Manifest:
-    """The Job that trains `version`: one Pod running `python -m mlworkflow.runtime.train`."""
+def training_job(
+    workflow: Workflow, version: str, trigger: Trigger, context: RuntimeContext, champion: str | None = None
+) -> Manifest:
+    """The Job that trains `version`: one Pod running `python -m mlworkflow.runtime.train` (which also scores
+    the served `champion` on its holdout, for the promotion decision)."""
     spec = workflow.spec
     component_labels = {**labels(workflow, TRAINING), VERSION_LABEL: version}
     return {
@@ -162,6 +165,7 @@ def training_job(workflow: Workflow, version: str, trigger: Trigger, context: Ru
                                 f"--workflow={workflow.name}",
                                 f"--version={version}",
                                 f"--trigger={trigger}",
+                                *([f"--champion={champion}"] if champion else []),
                             ],
                             "env": [
                                 {
@@ -281,6 +285,65 @@ def serving_autoscaler(workflow: Workflow) -> Manifest | None:
                     },
                 }
             ],
+        },
+    }
+
+
+def monitoring_cronjob_name(workflow: Workflow) -> str:
+    return f"{workflow.name}-drift"
+
+
+def monitoring_cronjob(workflow: Workflow, version: str, context: RuntimeContext) -> Manifest:
+    """The CronJob that checks the served inputs of `version` for drift against its training reference."""
+    spec = workflow.spec
+    monitoring = spec.monitoring
+    job_labels = labels(workflow, MONITORING)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": metadata(workflow, monitoring_cronjob_name(workflow), MONITORING),
+        "spec": {
+            "schedule": monitoring.schedule,
+            "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": 300,
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 3,
+            "jobTemplate": {
+                "metadata": {"labels": job_labels},
+                "spec": {
+                    "backoffLimit": 1,
+                    "activeDeadlineSeconds": 1800,
+                    "template": {
+                        "metadata": {"labels": {**job_labels, VERSION_LABEL: version}},
+                        "spec": {
+                            "restartPolicy": "Never",
+                            "serviceAccountName": spec.runtime.service_account_name or "default",
+                            "automountServiceAccountToken": False,
+                            "securityContext": _pod_security(),
+                            "containers": [
+                                {
+                                    "name": "drift",
+                                    "image": spec.runtime.image or context.image,
+                                    "imagePullPolicy": context.image_pull_policy,
+                                    "command": ["python", "-m", "mlworkflow.runtime.drift"],
+                                    "args": [
+                                        f"--store={STORE_MOUNT}",
+                                        f"--workflow={workflow.name}",
+                                        f"--version={version}",
+                                        f"--threshold={monitoring.drift_threshold}",
+                                        f"--min-samples={monitoring.min_samples}",
+                                        "--html",
+                                    ],
+                                    "securityContext": _container_security(),
+                                    "terminationMessagePolicy": "FallbackToLogsOnError",
+                                    "volumeMounts": [{"name": "store", "mountPath": STORE_MOUNT}],
+                                }
+                            ],
+                            "volumes": [_store_volume(workflow)],
+                        },
+                    },
+                },
+            },
         },
     }
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from mlworkflow.api.conditions import Outcome, Progress, apply_outcome, find, set_condition
 from mlworkflow.api.v1alpha1 import (
     ConditionStatus,
+    DriftStatus,
     MLWorkflowSpec,
     MLWorkflowStatus,
     ModelRecord,
@@ -24,7 +25,7 @@ from mlworkflow.api.v1alpha1 import (
 )
 
 HISTORY_LIMIT = 20
-TRAINED, SERVING = "Trained", "Serving"
+TRAINED, SERVING, DRIFTED = "Trained", "Serving", "Drifted"
 
 RunState = Literal["Running", "Succeeded", "Failed"]
 
@@ -43,6 +44,15 @@ class TrainingRun:
 
 
 @dataclass(frozen=True)
+class DriftCheck:
+    """The newest finished drift-check Job: its summary (termination message) and when it finished."""
+
+    name: str
+    finished_at: datetime
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ServingState:
     exists: bool = False
     version: str | None = None
@@ -56,12 +66,14 @@ class Observed:
     status: MLWorkflowStatus
     runs: list[TrainingRun] = field(default_factory=list)
     serving: ServingState = field(default_factory=ServingState)
+    drift: DriftCheck | None = None
 
 
 @dataclass(frozen=True)
 class TrainRequest:
     version: str
     trigger: Trigger
+    champion: str | None = None  # the served version the new one must beat
 
 
 @dataclass(frozen=True)
@@ -102,7 +114,7 @@ def plan(spec: MLWorkflowSpec, observed: Observed, now: datetime, endpoint: str 
 
     status = observed.status.model_copy(deep=True)
     events: list[Event] = []
-    status = _record_finished_runs(status, observed.runs, events)
+    status = _record_finished_runs(spec, status, observed.runs, events)
 
     # Training: one run at a time; a spec whose latest training failed waits for a change.
     running = [r for r in observed.runs if r.state == "Running"]
@@ -111,7 +123,15 @@ def plan(spec: MLWorkflowSpec, observed: Observed, now: datetime, endpoint: str 
     if not running and not tried:
         trigger = Trigger.INITIAL if not status.history else Trigger.SPEC_CHANGE
         train = TrainRequest(next_version(status, observed.runs), trigger)
-        events.append(Event("Normal", "TrainingStarted", f"training {train.version} (trigger {trigger})"))
+    drift_retrain = _record_drift(spec, status, observed.drift, running, now, events)
+    if train is None and drift_retrain and status.model and status.model.version:
+        train = TrainRequest(
+            next_version(status, observed.runs), Trigger.DRIFT, champion=status.model.version
+        )
+    if train is not None:
+        events.append(
+            Event("Normal", "TrainingStarted", f"training {train.version} (trigger {train.trigger})")
+        )
     failed_for_spec = bool(tried) and tried[0].outcome == "Failed" and not running
 
     # Serving: the pinned version, else the promoted one.
@@ -176,9 +196,9 @@ def _trained_condition(
 
 
 def _record_finished_runs(
-    status: MLWorkflowStatus, runs: list[TrainingRun], events: list[Event]
+    spec: MLWorkflowSpec, status: MLWorkflowStatus, runs: list[TrainingRun], events: list[Event]
 ) -> MLWorkflowStatus:
-    """Fold finished runs not yet in the history into it; promote each success (newest wins)."""
+    """Fold finished runs not yet in the history into it, deciding each: promoted, rejected or failed."""
     known = {r.version for r in status.history}
     for run in sorted(
         (r for r in runs if r.state != "Running" and r.version not in known),
@@ -186,27 +206,42 @@ def _record_finished_runs(
     ):
         if run.state == "Succeeded" and run.result.get("status") == "ok":
             metrics = {k: float(v) for k, v in (run.result.get("metrics") or {}).items()}
-            record = ModelRecord(
-                version=run.version,
-                trigger=run.trigger,
-                spec_hash=run.spec_hash,
-                outcome="Promoted",
-                metrics=metrics,
-                backend=run.result.get("backend"),
-                trained_at=run.finished_at,
-            )
-            status.model = ModelStatus(
-                version=run.version,
-                metrics=metrics,
-                trained_at=run.finished_at,
-                trigger=run.trigger,
-                backend=run.result.get("backend"),
-            )
+            rejection = _challenger_rejection(spec, run, metrics)
+            backend = run.result.get("backend")
+            if rejection:
+                record = ModelRecord(
+                    version=run.version,
+                    trigger=run.trigger,
+                    spec_hash=run.spec_hash,
+                    outcome="Rejected",
+                    metrics=metrics,
+                    backend=backend,
+                    trained_at=run.finished_at,
+                    message=rejection,
+                )
+                events.append(Event("Warning", "Rejected", f"{run.version} rejected: {rejection}"))
+            else:
+                record = ModelRecord(
+                    version=run.version,
+                    trigger=run.trigger,
+                    spec_hash=run.spec_hash,
+                    outcome="Promoted",
+                    metrics=metrics,
+                    backend=backend,
+                    trained_at=run.finished_at,
+                )
+                status.model = ModelStatus(
+                    version=run.version,
+                    metrics=metrics,
+                    trained_at=run.finished_at,
+                    trigger=run.trigger,
+                    backend=backend,
+                )
+                events.append(
+                    Event("Normal", "Promoted", f"{run.version} trained and promoted: {_brief(metrics)}")
+                )
             if run.trigger != Trigger.INITIAL:
                 status.retrains += 1
-            events.append(
-                Event("Normal", "Promoted", f"{run.version} trained and promoted: {_brief(metrics)}")
-            )
         else:
             message = run.result.get("message") or run.message or "the training Job failed"
             record = ModelRecord(
@@ -220,6 +255,118 @@ def _record_finished_runs(
             events.append(Event("Warning", "TrainingFailed", f"{run.version}: {message}"))
         status.history = [record, *status.history][:HISTORY_LIMIT]
     return status
+
+
+def promotion_metric(spec: MLWorkflowSpec) -> str:
+    task = spec.model.task if spec.model else "classification"
+    return spec.promotion.metric or ("r2" if task == "regression" else "f1_macro")
+
+
+def _challenger_rejection(spec: MLWorkflowSpec, run: TrainingRun, metrics: dict[str, float]) -> str | None:
+    """Why a retrained model must not replace the served one, or None.
+
+    A spec change always promotes (the user changed what the model is); a retraining of the same spec
+    (drift, schedule, manual) must beat the champion, scored on the same fresh holdout, by minImprovement.
+    """
+    champion = run.result.get("champion") or {}
+    if run.trigger == Trigger.SPEC_CHANGE or not champion.get("metrics"):
+        return None
+    metric = promotion_metric(spec)
+    if metric not in metrics or metric not in champion["metrics"]:
+        return None
+    new, old = metrics[metric], float(champion["metrics"][metric])
+    lower_is_better = metric in ("mse", "mae")
+    gain = (old - new) if lower_is_better else (new - old)
+    if gain >= spec.promotion.min_improvement:
+        return None
+    return (
+        f"{metric} {new:.4f} against the served {champion['version']}'s {old:.4f} on the same holdout; "
+        f"at least {spec.promotion.min_improvement} better is required"
+    )
+
+
+def _record_drift(
+    spec: MLWorkflowSpec,
+    status: MLWorkflowStatus,
+    check: DriftCheck | None,
+    running: list[TrainingRun],
+    now: datetime,
+    events: list[Event],
+) -> bool:
+    """Fold a new drift check into the status; True when it asks for a retraining now."""
+    if check is None or (
+        status.drift and status.drift.checked_at and status.drift.checked_at >= check.finished_at
+    ):
+        return False
+    result = check.result
+    generation = status.observed_generation or 0
+    state = result.get("status")
+    if state == "ok":
+        drifted = bool(result.get("drifted"))
+        columns = ", ".join(c["column"] for c in result.get("columns") or []) or "none"
+        message = (
+            f"{result.get('share', 0):.0%} of the feature columns drifted ({columns}); "
+            f"threshold {result.get('threshold')}"
+        )
+        status.drift = DriftStatus(
+            checked_at=check.finished_at,
+            share=float(result.get("share", 0.0)),
+            drifted=drifted,
+            report=result.get("report") or result.get("result"),
+        )
+        reason = "DriftDetected" if drifted else "NoDrift"
+        status.conditions = set_condition(
+            status.conditions,
+            DRIFTED,
+            ConditionStatus.TRUE if drifted else ConditionStatus.FALSE,
+            reason,
+            message,
+            generation,
+            now,
+        )
+        events.append(Event("Warning" if drifted else "Normal", reason, message))
+    else:
+        reason = "NotEnoughData" if state == "insufficient" else "DriftCheckFailed"
+        message = result.get("message") or check.name + " failed"
+        status.drift = DriftStatus(
+            checked_at=check.finished_at,
+            share=status.drift.share if status.drift else None,
+            drifted=None,
+            report=status.drift.report if status.drift else None,
+        )
+        status.conditions = set_condition(
+            status.conditions, DRIFTED, ConditionStatus.UNKNOWN, reason, message, generation, now
+        )
+        events.append(Event("Normal" if state == "insufficient" else "Warning", reason, message))
+        return False
+    if not drifted or spec.monitoring.on_drift != "Retrain":
+        return False
+    blocked = _retrain_blocked(spec, status, running, now)
+    if blocked:
+        events.append(Event("Normal", "RetrainSkipped", blocked))
+        return False
+    return True
+
+
+def cooldown_seconds(text: str) -> int:
+    return sum(int(n) * {"s": 1, "m": 60, "h": 3600}[unit] for n, unit in re.findall(r"(\d+)([smh])", text))
+
+
+def _retrain_blocked(
+    spec: MLWorkflowSpec, status: MLWorkflowStatus, running: list[TrainingRun], now: datetime
+) -> str | None:
+    if running:
+        return f"drift seen while {running[0].version} trains: at most one training at a time"
+    drift_trained = [r.trained_at for r in status.history if r.trigger == Trigger.DRIFT and r.trained_at]
+    cooldown = cooldown_seconds(spec.monitoring.cooldown)
+    if drift_trained and (now - max(drift_trained)).total_seconds() < cooldown:
+        last = max(drift_trained)
+        return f"drift retraining is in its cooldown ({spec.monitoring.cooldown} since {last:%H:%M:%S})"
+    today = [t for t in drift_trained if (now - t).total_seconds() < 86400]
+    if len(today) >= spec.monitoring.max_retrains_per_day:
+        cap = spec.monitoring.max_retrains_per_day
+        return f"{len(today)} drift retrainings in 24 hours: the daily cap is {cap}"
+    return None
 
 
 def _brief(metrics: dict[str, float]) -> str:

@@ -49,6 +49,7 @@ class TrainedModel:
     onnx_check: str
     rows: int
     tag: str
+    champion_metrics: dict[str, float] | None = None
 
 
 def train(
@@ -57,6 +58,7 @@ def train(
     version: str,
     trigger: Trigger,
     allowed_prefixes: Sequence[str] = DEFAULT_ALLOWED_PREFIXES,
+    champion: str | None = None,
 ) -> TrainedModel:
     """Train, evaluate and save one version; raises DataError or ModelError with a message for the user."""
     assert spec.model is not None
@@ -79,6 +81,8 @@ def train(
         # The data passed its checks: what fails now is the estimator with these parameters.
         raise pipeline.ModelError(f"spec.model: fitting {spec.model.estimator} failed: {error}") from None
     metrics = pipeline.scores(task, model, x_holdout, y_holdout)
+    # Champion and challenger are judged on the same, fresh holdout: the one this data just gave.
+    champion_metrics = _champion_scores(store, champion, task, x_holdout, y_holdout) if champion else None
 
     one_hot = spec.model.preprocessing.one_hot
     exported = onnx_export.convert(model, schema, one_hot)
@@ -115,12 +119,26 @@ def train(
         },
         "crossValidation": cv,
         "metrics": metrics,
+        "champion": {"version": champion, "metrics": champion_metrics} if champion else None,
         "onnx": {"exported": exported is not None, "verified": check.passed, "check": check.detail},
         "backend": backend,
         "libraries": _library_versions(),
     }
     tag = _save(store, version, trigger, model, exported if check.passed else None, card, x_train)
-    return TrainedModel(version, metrics, cv, backend, check.detail, snapshot.rows, tag)
+    return TrainedModel(version, metrics, cv, backend, check.detail, snapshot.rows, tag, champion_metrics)
+
+
+def _champion_scores(
+    store: WorkflowStore, champion: str, task: str, x: pd.DataFrame, y: pd.Series
+) -> dict[str, float] | None:
+    """The served model's metrics on this holdout; None when it cannot score it (its features changed)."""
+    path = store.bentoml_home / "models" / store.model_name() / champion / "pipeline.joblib"
+    if not path.exists():
+        return None
+    try:
+        return pipeline.scores(task, joblib.load(path), x, y)
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _cross_validate(model: Any, x: pd.DataFrame, y: pd.Series, task: str, folds: int) -> dict[str, float]:
@@ -245,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workflow", required=True)
     parser.add_argument("--version", required=True)
     parser.add_argument("--trigger", default=Trigger.INITIAL.value, choices=[t.value for t in Trigger])
+    parser.add_argument("--champion", help="the served version, scored on the same holdout for comparison")
     parser.add_argument("--termination-log", default=os.environ.get("MLW_TERMINATION_LOG", TERMINATION_LOG))
     args = parser.parse_args(argv)
     prefixes = tuple(p for p in os.environ.get("MLW_ALLOWED_ESTIMATOR_PREFIXES", "").split(",") if p)
@@ -256,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             args.version,
             Trigger(args.trigger),
             prefixes or DEFAULT_ALLOWED_PREFIXES,
+            args.champion,
         )
     except (data.DataError, pipeline.ModelError) as error:
         reason = "DataInvalid" if isinstance(error, data.DataError) else "ModelInvalid"
@@ -272,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
             "backend": result.backend,
             "rows": result.rows,
             "tag": result.tag,
+            "champion": {"version": args.champion, "metrics": result.champion_metrics}
+            if args.champion
+            else None,
         },
         args.termination_log,
     )
