@@ -1,0 +1,188 @@
+"""The closed loop end to end: served traffic drifts, the real drift check (a Job from the CronJob's
+template) detects it, the operator retrains on the refreshed data, and champion/challenger decides."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from kopf.testing import KopfRunner
+from kubernetes import client
+from kubernetes.config import kube_config
+
+from kubelocal.controlplane import ControlPlane
+from mlworkflow.api import v1alpha1
+from support import wait_for
+
+pytestmark = pytest.mark.cluster
+
+NAME = "loop"
+
+
+@pytest.fixture
+def operator(
+    operator_kubeconfig: Path, process_namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(operator_kubeconfig))
+    args = ["run", "--standalone", "--namespace", process_namespace, "-m", "mlworkflow.controller.handlers"]
+    with KopfRunner(args, timeout=60) as runner:
+        yield
+    assert runner.exception is None, runner.output
+
+
+def regime(rows: int, shifted: bool, seed: int) -> pd.DataFrame:
+    """Before: label = x1 + x2 > 0 around x1 = 0. After: x1 moved to 3 and only x2 decides (concept drift)."""
+    rng = np.random.default_rng(seed)
+    x1 = rng.normal(3.0 if shifted else 0.0, 1.0, rows)
+    x2 = rng.normal(0.0, 1.0, rows)
+    label = (x2 > 0) if shifted else (x1 + x2 > 0)
+    return pd.DataFrame({"x1": x1, "x2": x2, "label": label.astype(int)})
+
+
+def manifest() -> dict[str, Any]:
+    return {
+        "apiVersion": v1alpha1.API_VERSION,
+        "kind": v1alpha1.KIND,
+        "metadata": {"name": NAME},
+        "spec": {
+            "pattern": "WebService",
+            "data": {"source": "data/part-*.csv", "target": "label"},
+            "model": {
+                "estimator": "sklearn.ensemble.RandomForestClassifier",
+                "params": {"n_estimators": 30, "random_state": 0},
+            },
+            "training": {"crossValidation": 0},
+            "serving": {"replicas": 1},
+            "monitoring": {"driftThreshold": 0.5, "minSamples": 200, "cooldown": "1s", "onDrift": "Retrain"},
+            # First, demand more than any retraining can give: the challenger is rejected.
+            "promotion": {"metric": "f1_macro", "minImprovement": 0.9},
+            "storage": {"pvc": {"claimName": "store"}},
+        },
+    }
+
+
+def get(api: client.ApiClient, ns: str) -> dict[str, Any]:
+    return dict(
+        client.CustomObjectsApi(api).get_namespaced_custom_object(
+            v1alpha1.GROUP, v1alpha1.VERSION, ns, v1alpha1.PLURAL, NAME
+        )
+    )
+
+
+def patch_spec(api: client.ApiClient, ns: str, spec: dict[str, Any]) -> None:
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        v1alpha1.GROUP, v1alpha1.VERSION, ns, v1alpha1.PLURAL, NAME, {"spec": spec}
+    )
+
+
+def send(control_plane: ControlPlane, ns: str, frame: pd.DataFrame) -> str:
+    """Shifted traffic through the Service; returns the version that answered."""
+    (url,) = control_plane.service_urls(ns, NAME)
+    records = json.loads(frame[["x1", "x2"]].to_json(orient="records"))
+    version = ""
+    for start in range(0, len(records), 50):
+        body = json.dumps({"records": records[start : start + 50]}).encode()
+        request = urllib.request.Request(f"{url}/predict", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            version = json.loads(response.read())["model"]
+    return version
+
+
+def run_drift_check(api: client.ApiClient, ns: str, number: int) -> None:
+    """What the CronJob does at its next tick, now: a Job from its template."""
+    cronjob = client.BatchV1Api(api).read_namespaced_cron_job(f"{NAME}-drift", ns)
+    template = client.ApiClient().sanitize_for_serialization(cronjob.spec.job_template)
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": f"{NAME}-drift-manual-{number}",
+            "labels": template["metadata"]["labels"],
+            "ownerReferences": [
+                {
+                    "apiVersion": "batch/v1",
+                    "kind": "CronJob",
+                    "name": cronjob.metadata.name,
+                    "uid": cronjob.metadata.uid,
+                }
+            ],
+        },
+        "spec": template["spec"],
+    }
+    client.BatchV1Api(api).create_namespaced_job(ns, job)
+
+
+def history(api: client.ApiClient, ns: str) -> list[dict[str, Any]]:
+    return list(get(api, ns).get("status", {}).get("history", []))
+
+
+def test_drift_retrains_and_champion_challenger_decides(
+    api: client.ApiClient, control_plane: ControlPlane, process_namespace: str, operator: None
+) -> None:
+    ns = process_namespace
+    core = client.CoreV1Api(api)
+    core.create_namespaced_persistent_volume_claim(
+        ns,
+        {
+            "metadata": {"name": "store"},
+            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+        },
+    )
+    volume = wait_for(
+        lambda: core.read_namespaced_persistent_volume_claim("store", ns).spec.volume_name,
+        30,
+        "the claim bound",
+    )
+    store = Path(core.read_persistent_volume(volume).spec.host_path.path)
+    (store / "data").mkdir()
+    regime(800, shifted=False, seed=1).to_csv(store / "data" / "part-1.csv", index=False)
+
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
+        v1alpha1.GROUP, v1alpha1.VERSION, ns, v1alpha1.PLURAL, manifest()
+    )
+    wait_for(lambda: get(api, ns).get("status", {}).get("phase") == "Serving", 180, "v1 serving")
+    assert send(control_plane, ns, regime(50, shifted=False, seed=2)) == "v1"
+
+    # The world changes: shifted traffic, and the data pipeline delivers labelled data of the new regime.
+    send(control_plane, ns, regime(300, shifted=True, seed=3))
+    regime(1600, shifted=True, seed=4).to_csv(store / "data" / "part-2.csv", index=False)
+    run_drift_check(api, ns, 1)
+
+    rejected = wait_for(
+        lambda: (h := history(api, ns)) and h[0]["version"] == "v2" and h, 180, "v2 trained after the drift"
+    )
+    workflow = get(api, ns)
+    assert workflow["status"]["drift"]["drifted"] is True and workflow["status"]["drift"]["share"] >= 0.5
+    drifted = next(c for c in workflow["status"]["conditions"] if c["type"] == "Drifted")
+    assert drifted["status"] == "True" and "x1" in drifted["message"]
+    assert rejected[0]["trigger"] == "Drift" and rejected[0]["outcome"] == "Rejected"
+    assert "on the same holdout" in rejected[0]["message"]
+    assert workflow["status"]["model"]["version"] == "v1"
+    assert send(control_plane, ns, regime(300, shifted=True, seed=5)) == "v1", "the champion keeps serving"
+
+    # Now a better model is enough: the next drift check's retraining is promoted and rolled out.
+    patch_spec(api, ns, {"promotion": {"minImprovement": 0.0}})
+    run_drift_check(api, ns, 2)
+    promoted = wait_for(lambda: (h := history(api, ns)) and h[0]["version"] == "v3" and h, 180, "v3 trained")
+    assert promoted[0]["outcome"] == "Promoted" and promoted[0]["trigger"] == "Drift"
+    assert promoted[0]["metrics"]["f1_macro"] > rejected[0]["metrics"]["f1_macro"] - 0.05
+    wait_for(lambda: send(control_plane, ns, regime(10, shifted=True, seed=6)) == "v3", 120, "v3 serving")
+    assert get(api, ns)["status"]["retrains"] == 2
+
+    # Cooldown: a drift right after a drift retraining waits.
+    patch_spec(api, ns, {"monitoring": {"cooldown": "1h"}})
+    send(control_plane, ns, regime(300, shifted=False, seed=7))  # back to the old world: drift against v3
+    run_drift_check(api, ns, 3)
+    events = wait_for(
+        lambda: [e for e in core.list_namespaced_event(ns).items if e.reason == "RetrainSkipped"],
+        120,
+        "RetrainSkipped for the cooldown",
+    )
+    assert "cooldown" in events[0].message
+    assert [h["version"] for h in history(api, ns)][:1] == ["v3"], "no retraining within the cooldown"
