@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +27,8 @@ def _operator(args: argparse.Namespace) -> int:
 
     from mlworkflow.controller import handlers  # noqa: F401 - registers the handlers
 
+    if args.metrics_port:
+        os.environ["MLW_METRICS_PORT"] = str(args.metrics_port)
     kopf.configure(verbose=args.verbose)
     kopf.run(
         standalone=True,  # one replica; no kopf peering CRDs to install
@@ -49,6 +52,12 @@ def parser() -> argparse.ArgumentParser:
         "--namespace", "-n", action="append", default=[], help="watch only this namespace (repeatable)"
     )
     operator.add_argument("--health-port", type=int, default=0, help="serve /healthz on this port (0: off)")
+    operator.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve Prometheus /metrics on this port (0: off; $MLW_METRICS_PORT)",
+    )
     operator.add_argument("--verbose", "-v", action="store_true")
     operator.set_defaults(handler=_operator)
     return root

@@ -17,12 +17,14 @@ from kubernetes import client
 from kubernetes.config import kube_config
 
 from kubelocal.controlplane import ControlPlane
+from kubelocal.net import free_port
 from mlworkflow.api import v1alpha1
 from support import wait_for
 
 pytestmark = pytest.mark.cluster
 
 NAME = "loop"
+METRICS_PORT = free_port()
 
 
 @pytest.fixture
@@ -30,6 +32,7 @@ def operator(
     operator_kubeconfig: Path, process_namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[None]:
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(operator_kubeconfig))
+    monkeypatch.setenv("MLW_METRICS_PORT", str(METRICS_PORT))
     args = ["run", "--standalone", "--namespace", process_namespace, "-m", "mlworkflow.controller.handlers"]
     with KopfRunner(args, timeout=60) as runner:
         yield
@@ -186,3 +189,36 @@ def test_drift_retrains_and_champion_challenger_decides(
     )
     assert "cooldown" in events[0].message
     assert [h["version"] for h in history(api, ns)][:1] == ["v3"], "no retraining within the cooldown"
+
+    # What happened, on the operator's /metrics.
+    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5) as response:
+        scraped = scrape(response.read().decode())
+    mine = {"namespace": ns, "workflow": NAME}
+    assert (
+        scraped[("mlworkflow_model_decisions_total", labels(mine, trigger="Drift", outcome="Rejected"))] == 1
+    )
+    assert (
+        scraped[("mlworkflow_model_decisions_total", labels(mine, trigger="Drift", outcome="Promoted"))] == 1
+    )
+    assert scraped[("mlworkflow_retrains_total", labels(mine, trigger="Drift"))] == 2
+    assert scraped[("mlworkflow_drifted", labels(mine))] == 1
+    assert scraped[("mlworkflow_drift_share", labels(mine))] >= 0.5
+    served = [k for k in scraped if k[0] == "mlworkflow_serving_model_info" and ("workflow", NAME) in k[1]]
+    assert [dict(k[1])["version"] for k in served] == ["v3"]
+    assert scraped[("mlworkflow_workflows", labels({}, pattern="WebService", phase="Serving"))] >= 1
+    assert scraped[("mlworkflow_reconciles_total", labels({}, result="success"))] > 0
+    assert scraped[("mlworkflow_model_trained_timestamp_seconds", labels(mine))] > 1.7e9
+
+
+def labels(base: dict[str, str], **more: str) -> frozenset[tuple[str, str]]:
+    return frozenset({**base, **more}.items())
+
+
+def scrape(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }

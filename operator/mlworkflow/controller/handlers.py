@@ -3,6 +3,7 @@ status written. Reconciles are level-triggered: on every change of the spec, at 
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,6 +11,8 @@ import kopf
 from kubernetes import client, config
 
 from mlworkflow.api import v1alpha1
+from mlworkflow.api.v1alpha1 import MLWorkflowStatus
+from mlworkflow.controller import metrics
 from mlworkflow.controller.config import OperatorConfig
 from mlworkflow.controller.reconcile import reconcile
 from mlworkflow.kube import Kube
@@ -37,10 +40,32 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     )
     settings.persistence.finalizer = f"{v1alpha1.GROUP}/finalizer"
     memo.kube = Kube(_api_client())
+    port = int(os.environ.get("MLW_METRICS_PORT", "0"))
+    if port:
+        metrics.serve(port)
+
+
+@kopf.on.delete(*RESOURCE, id="forget", optional=True)
+def forget_workflow(meta: kopf.Meta, **_: Any) -> None:
+    # optional: no finalizer, deletion never waits for the operator; children go by ownerReferences.
+    metrics.forget(str(meta["namespace"]), str(meta["name"]))
 
 
 def _reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
-    result = reconcile(dict(body), memo.kube, CONFIG, datetime.now(UTC))
+    with metrics.RECONCILE_DURATION.time():
+        try:
+            result = reconcile(dict(body), memo.kube, CONFIG, datetime.now(UTC))
+        except Exception:
+            metrics.RECONCILES.labels("error").inc()
+            raise  # kopf retries with back-off
+    metrics.RECONCILES.labels("success").inc()
+    before = MLWorkflowStatus.model_validate(body.get("status") or {})
+    meta = body["metadata"]
+    metrics.record_status(
+        meta["namespace"], meta["name"], str(body["spec"].get("pattern")), before, result.status
+    )
+    if result.retrain_trigger:
+        metrics.record_retrain(meta["namespace"], meta["name"], result.retrain_trigger)
     patch.status.update(result.status.model_dump(by_alias=True, exclude_none=True, mode="json"))
     for event in result.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)

@@ -21,6 +21,7 @@ from mlworkflow.kube import Kube
 class Result:
     status: MLWorkflowStatus
     events: list[Event] = field(default_factory=list)
+    retrain_trigger: str | None = None  # the trigger of a retraining this reconcile started
 
 
 def reconcile(body: dict[str, Any], kube: Kube, config: OperatorConfig, now: datetime) -> Result:
@@ -59,7 +60,8 @@ def reconcile(body: dict[str, Any], kube: Kube, config: OperatorConfig, now: dat
             kube.delete_autoscaler(workflow.namespace, children.serving_name(workflow))
         else:
             kube.apply(autoscaler)
-    return Result(next_state.status, next_state.events)
+    retrain = next_state.train.trigger if next_state.train and next_state.train.trigger != "Initial" else None
+    return Result(next_state.status, next_state.events, str(retrain) if retrain else None)
 
 
 def refuse(raw_spec: dict[str, Any], config: OperatorConfig) -> Outcome | None:

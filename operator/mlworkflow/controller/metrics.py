@@ -1,0 +1,118 @@
+"""The operator's Prometheus metrics, served on /metrics (prometheus-client).
+
+Names follow Prometheus conventions: `_total` counters, `_seconds` units, timestamps rather than ages
+(alert on `time() - mlworkflow_model_trained_timestamp_seconds`), an `_info` gauge for the served version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import REGISTRY, Collector
+
+from mlworkflow.api.v1alpha1 import MLWorkflowStatus
+
+# prometheus-client adds the _total suffix to counters: this is mlworkflow_reconciles_total.
+RECONCILES = Counter("mlworkflow_reconciles", "Reconciliations of MLWorkflows, by result", ["result"])
+RECONCILE_DURATION = Histogram(
+    "mlworkflow_reconcile_duration_seconds",
+    "Time spent in one reconciliation",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+DRIFT_SHARE = Gauge(
+    "mlworkflow_drift_share",
+    "Share of drifted feature columns at the last drift check",
+    ["namespace", "workflow"],
+)
+DRIFTED = Gauge(
+    "mlworkflow_drifted", "1 when the last drift check found drift, else 0", ["namespace", "workflow"]
+)
+MODEL_DECISIONS = Counter(
+    "mlworkflow_model_decisions",
+    "Trained versions by trigger and outcome (Promoted, Rejected, Failed)",
+    ["namespace", "workflow", "trigger", "outcome"],
+)
+RETRAINS = Counter(
+    "mlworkflow_retrains", "Retrainings started, by trigger", ["namespace", "workflow", "trigger"]
+)
+TRAINED_AT = Gauge(
+    "mlworkflow_model_trained_timestamp_seconds",
+    "When the served model finished training (Unix time)",
+    ["namespace", "workflow"],
+)
+
+
+class WorkflowCollector(Collector):
+    """Gauges from the latest status of every workflow: counts by pattern and phase, the served version."""
+
+    def __init__(self) -> None:
+        self.workflows: dict[tuple[str, str], tuple[str, str, str | None, str | None]] = {}
+
+    def update(self, namespace: str, name: str, pattern: str, status: MLWorkflowStatus) -> None:
+        model = status.model
+        self.workflows[(namespace, name)] = (
+            pattern,
+            status.phase or "Pending",
+            model.version if model else None,
+            model.backend if model else None,
+        )
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.workflows.pop((namespace, name), None)
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        counts = GaugeMetricFamily(
+            "mlworkflow_workflows", "MLWorkflows by pattern and phase", labels=["pattern", "phase"]
+        )
+        totals: dict[tuple[str, str], int] = {}
+        info = GaugeMetricFamily(
+            "mlworkflow_serving_model_info",
+            "The model version each workflow serves",
+            labels=["namespace", "workflow", "version", "backend"],
+        )
+        for (namespace, name), (pattern, phase, version, backend) in self.workflows.items():
+            totals[(pattern, phase)] = totals.get((pattern, phase), 0) + 1
+            if version:
+                info.add_metric([namespace, name, version, backend or ""], 1)
+        for (pattern, phase), count in totals.items():
+            counts.add_metric([pattern, phase], count)
+        yield counts
+        yield info
+
+
+WORKFLOWS = WorkflowCollector()
+REGISTRY.register(WORKFLOWS)
+
+
+def record_status(
+    namespace: str, name: str, pattern: str, before: MLWorkflowStatus, after: MLWorkflowStatus
+) -> None:
+    """Everything a reconcile changed, as metrics."""
+    WORKFLOWS.update(namespace, name, pattern, after)
+    known = {r.version for r in before.history}
+    for record in after.history:
+        if record.version not in known:
+            MODEL_DECISIONS.labels(namespace, name, record.trigger, record.outcome).inc()
+    if after.drift and after.drift.share is not None:
+        DRIFT_SHARE.labels(namespace, name).set(after.drift.share)
+        DRIFTED.labels(namespace, name).set(1 if after.drift.drifted else 0)
+    if after.model and after.model.trained_at:
+        TRAINED_AT.labels(namespace, name).set(after.model.trained_at.timestamp())
+
+
+def record_retrain(namespace: str, name: str, trigger: str) -> None:
+    RETRAINS.labels(namespace, name, trigger).inc()
+
+
+def forget(namespace: str, name: str) -> None:
+    WORKFLOWS.forget(namespace, name)
+    for gauge in (DRIFT_SHARE, DRIFTED, TRAINED_AT):
+        with contextlib.suppress(KeyError):
+            gauge.remove(namespace, name)
+
+
+def serve(port: int) -> None:
+    start_http_server(port)
