@@ -166,6 +166,12 @@ def test_drift_retrains_and_champion_challenger_decides(
     assert drifted["status"] == "True" and "x1" in drifted["message"]
     assert rejected[0]["trigger"] == "Drift" and rejected[0]["outcome"] == "Rejected"
     assert "on the same holdout" in rejected[0]["message"]
+    # Lineage: the drift report that asked for it, and the exact data (both files) it read.
+    assert (
+        rejected[0]["driftReport"].startswith(f"{NAME}/drift/")
+        and (store / rejected[0]["driftReport"]).exists()
+    )
+    assert rejected[0]["dataSha256"] != history(api, ns)[-1]["dataSha256"], "v2 read the refreshed data"
     assert workflow["status"]["model"]["version"] == "v1"
     assert send(control_plane, ns, regime(300, shifted=True, seed=5)) == "v1", "the champion keeps serving"
 

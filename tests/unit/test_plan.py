@@ -189,6 +189,7 @@ def test_drift_is_recorded_and_triggers_a_retraining_against_the_champion() -> N
     assert drifted is not None and drifted.status == "True" and "petal length (cm)" in drifted.message
     assert result.train is not None
     assert (result.train.version, result.train.trigger, result.train.champion) == ("v2", Trigger.DRIFT, "v1")
+    assert result.train.drift_report == "iris/drift/x/report.html", "lineage: the report that asked for it"
     assert {"DriftDetected", "TrainingStarted"} <= {e.reason for e in result.events}
     # The same check is not acted on twice.
     again = step(

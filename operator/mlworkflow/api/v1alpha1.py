@@ -577,6 +577,12 @@ class ModelRecord(ApiModel):
     )
     trained_at: datetime | None = Field(None, description="When its training finished.")
     message: str = Field("", max_length=4096, description="Why it failed or was rejected.")
+    data_sha256: str | None = Field(
+        None, description="Hash of the data it was trained on (see its model card)."
+    )
+    drift_report: str | None = Field(
+        None, description="The drift check that triggered it, in the artifact store."
+    )
 
 
 class MLWorkflowStatus(ApiModel):

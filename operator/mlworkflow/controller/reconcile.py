@@ -49,7 +49,9 @@ def reconcile(body: dict[str, Any], kube: Kube, config: OperatorConfig, now: dat
     if next_state.train is not None:
         train = next_state.train
         kube.apply(
-            children.training_job(workflow, train.version, train.trigger, config.runtime, train.champion)
+            children.training_job(
+                workflow, train.version, train.trigger, config.runtime, train.champion, train.drift_report
+            )
         )
     if next_state.serve is not None:
         kube.apply(children.serving_service(workflow))

@@ -128,7 +128,12 @@ def _resources(requirements: v1alpha1.ResourceRequirements) -> dict[str, Any]:
 
 
 def training_job(
-    workflow: Workflow, version: str, trigger: Trigger, context: RuntimeContext, champion: str | None = None
+    workflow: Workflow,
+    version: str,
+    trigger: Trigger,
+    context: RuntimeContext,
+    champion: str | None = None,
+    drift_report: str | None = None,
 ) -> Manifest:
     """The Job that trains `version`: one Pod running `python -m mlworkflow.runtime.train` (which also scores
     the served `champion` on its holdout, for the promotion decision)."""
@@ -166,6 +171,7 @@ def training_job(
                                 f"--version={version}",
                                 f"--trigger={trigger}",
                                 *([f"--champion={champion}"] if champion else []),
+                                *([f"--drift-report={drift_report}"] if drift_report else []),
                             ],
                             "env": [
                                 {

@@ -74,6 +74,7 @@ class TrainRequest:
     version: str
     trigger: Trigger
     champion: str | None = None  # the served version the new one must beat
+    drift_report: str | None = None  # the drift check that asked for it (lineage)
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,10 @@ def plan(spec: MLWorkflowSpec, observed: Observed, now: datetime, endpoint: str 
     drift_retrain = _record_drift(spec, status, observed.drift, running, now, events)
     if train is None and drift_retrain and status.model and status.model.version:
         train = TrainRequest(
-            next_version(status, observed.runs), Trigger.DRIFT, champion=status.model.version
+            next_version(status, observed.runs),
+            Trigger.DRIFT,
+            champion=status.model.version,
+            drift_report=status.drift.report if status.drift else None,
         )
     if train is not None:
         events.append(
@@ -207,35 +211,17 @@ def _record_finished_runs(
         if run.state == "Succeeded" and run.result.get("status") == "ok":
             metrics = {k: float(v) for k, v in (run.result.get("metrics") or {}).items()}
             rejection = _challenger_rejection(spec, run, metrics)
-            backend = run.result.get("backend")
             if rejection:
-                record = ModelRecord(
-                    version=run.version,
-                    trigger=run.trigger,
-                    spec_hash=run.spec_hash,
-                    outcome="Rejected",
-                    metrics=metrics,
-                    backend=backend,
-                    trained_at=run.finished_at,
-                    message=rejection,
-                )
+                record = _record(run, "Rejected", metrics, rejection)
                 events.append(Event("Warning", "Rejected", f"{run.version} rejected: {rejection}"))
             else:
-                record = ModelRecord(
-                    version=run.version,
-                    trigger=run.trigger,
-                    spec_hash=run.spec_hash,
-                    outcome="Promoted",
-                    metrics=metrics,
-                    backend=backend,
-                    trained_at=run.finished_at,
-                )
+                record = _record(run, "Promoted", metrics)
                 status.model = ModelStatus(
                     version=run.version,
                     metrics=metrics,
                     trained_at=run.finished_at,
                     trigger=run.trigger,
-                    backend=backend,
+                    backend=record.backend,
                 )
                 events.append(
                     Event("Normal", "Promoted", f"{run.version} trained and promoted: {_brief(metrics)}")
@@ -244,17 +230,28 @@ def _record_finished_runs(
                 status.retrains += 1
         else:
             message = run.result.get("message") or run.message or "the training Job failed"
-            record = ModelRecord(
-                version=run.version,
-                trigger=run.trigger,
-                spec_hash=run.spec_hash,
-                outcome="Failed",
-                trained_at=run.finished_at,
-                message=message[:4096],
-            )
+            record = _record(run, "Failed", {}, message[:4096])
             events.append(Event("Warning", "TrainingFailed", f"{run.version}: {message}"))
         status.history = [record, *status.history][:HISTORY_LIMIT]
     return status
+
+
+def _record(run: TrainingRun, outcome: str, metrics: dict[str, float], message: str = "") -> ModelRecord:
+    """A history entry with the run's lineage: trigger, data hash, the drift report that asked for it."""
+    return ModelRecord.model_validate(
+        {
+            "version": run.version,
+            "trigger": run.trigger,
+            "specHash": run.spec_hash,
+            "outcome": outcome,
+            "metrics": metrics,
+            "backend": run.result.get("backend"),
+            "trainedAt": run.finished_at,
+            "message": message,
+            "dataSha256": run.result.get("dataSha256"),
+            "driftReport": run.result.get("driftReport"),
+        }
+    )
 
 
 def promotion_metric(spec: MLWorkflowSpec) -> str:

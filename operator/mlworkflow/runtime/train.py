@@ -50,6 +50,7 @@ class TrainedModel:
     rows: int
     tag: str
     champion_metrics: dict[str, float] | None = None
+    data_sha256: str = ""
 
 
 def train(
@@ -59,6 +60,7 @@ def train(
     trigger: Trigger,
     allowed_prefixes: Sequence[str] = DEFAULT_ALLOWED_PREFIXES,
     champion: str | None = None,
+    drift_report: str | None = None,
 ) -> TrainedModel:
     """Train, evaluate and save one version; raises DataError or ModelError with a message for the user."""
     assert spec.model is not None
@@ -120,12 +122,21 @@ def train(
         "crossValidation": cv,
         "metrics": metrics,
         "champion": {"version": champion, "metrics": champion_metrics} if champion else None,
+        "lineage": {
+            "trigger": str(trigger),
+            "driftReport": drift_report,
+            "champion": champion,
+            "dataSha256": snapshot.sha256,
+            "files": snapshot.files,
+        },
         "onnx": {"exported": exported is not None, "verified": check.passed, "check": check.detail},
         "backend": backend,
         "libraries": _library_versions(),
     }
     tag = _save(store, version, trigger, model, exported if check.passed else None, card, x_train)
-    return TrainedModel(version, metrics, cv, backend, check.detail, snapshot.rows, tag, champion_metrics)
+    return TrainedModel(
+        version, metrics, cv, backend, check.detail, snapshot.rows, tag, champion_metrics, snapshot.sha256
+    )
 
 
 def _champion_scores(
@@ -264,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", required=True)
     parser.add_argument("--trigger", default=Trigger.INITIAL.value, choices=[t.value for t in Trigger])
     parser.add_argument("--champion", help="the served version, scored on the same holdout for comparison")
+    parser.add_argument("--drift-report", help="the drift check that triggered this training (lineage)")
     parser.add_argument("--termination-log", default=os.environ.get("MLW_TERMINATION_LOG", TERMINATION_LOG))
     args = parser.parse_args(argv)
     prefixes = tuple(p for p in os.environ.get("MLW_ALLOWED_ESTIMATOR_PREFIXES", "").split(",") if p)
@@ -276,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             Trigger(args.trigger),
             prefixes or DEFAULT_ALLOWED_PREFIXES,
             args.champion,
+            args.drift_report,
         )
     except (data.DataError, pipeline.ModelError) as error:
         reason = "DataInvalid" if isinstance(error, data.DataError) else "ModelInvalid"
@@ -292,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
             "backend": result.backend,
             "rows": result.rows,
             "tag": result.tag,
+            "dataSha256": result.data_sha256,
+            "driftReport": args.drift_report,
             "champion": {"version": args.champion, "metrics": result.champion_metrics}
             if args.champion
             else None,
