@@ -76,3 +76,11 @@ def test_a_class_that_needs_arguments_is_not_an_estimator() -> None:
     refusal = check_spec(spec("webservice-iris.yaml", estimator="sklearn.pipeline.Pipeline", params={}))
     assert refusal is not None and refusal.reason == "EstimatorNotFound"
     assert "constructor arguments" in refusal.message
+
+
+def test_a_schedule_the_schema_let_through_is_still_checked() -> None:
+    workflow = spec("webservice-iris.yaml")
+    workflow.training.schedule = "61 * * * *"  # five cron-looking fields, minute out of range
+    refusal = check_spec(workflow)
+    assert refusal is not None and refusal.reason == "InvalidSchedule"
+    assert "spec.training.schedule" in refusal.message and "out of range" in refusal.message

@@ -44,6 +44,7 @@ def reconcile(body: dict[str, Any], kube: Kube, config: OperatorConfig, now: dat
         runs=kube.training_runs(workflow.namespace, workflow.name),
         serving=kube.serving_state(workflow.namespace, children.serving_name(workflow)),
         drift=kube.latest_drift_check(workflow.namespace, workflow.name),
+        created_at=_created_at(body),
     )
     next_state = plan(workflow.spec, observed, now, children.endpoint(workflow))
     if next_state.train is not None:
@@ -64,6 +65,11 @@ def reconcile(body: dict[str, Any], kube: Kube, config: OperatorConfig, now: dat
             kube.apply(autoscaler)
     retrain = next_state.train.trigger if next_state.train and next_state.train.trigger != "Initial" else None
     return Result(next_state.status, next_state.events, str(retrain) if retrain else None)
+
+
+def _created_at(body: dict[str, Any]) -> datetime | None:
+    stamp = body["metadata"].get("creationTimestamp")
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp else None
 
 
 def refuse(raw_spec: dict[str, Any], config: OperatorConfig) -> Outcome | None:

@@ -23,6 +23,7 @@ from mlworkflow.api.v1alpha1 import (
     Pattern,
     Trigger,
 )
+from mlworkflow.desired import cron
 
 HISTORY_LIMIT = 20
 TRAINED, SERVING, DRIFTED = "Trained", "Serving", "Drifted"
@@ -67,6 +68,7 @@ class Observed:
     runs: list[TrainingRun] = field(default_factory=list)
     serving: ServingState = field(default_factory=ServingState)
     drift: DriftCheck | None = None
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,16 @@ def plan(spec: MLWorkflowSpec, observed: Observed, now: datetime, endpoint: str 
         trigger = Trigger.INITIAL if not status.history else Trigger.SPEC_CHANGE
         train = TrainRequest(next_version(status, observed.runs), trigger)
     drift_retrain = _record_drift(spec, status, observed.drift, running, now, events)
+    if (
+        train is None
+        and not running
+        and status.model
+        and status.model.version
+        and _schedule_due(spec, status, observed.created_at, now)
+    ):
+        train = TrainRequest(
+            next_version(status, observed.runs), Trigger.SCHEDULE, champion=status.model.version
+        )
     if train is None and drift_retrain and status.model and status.model.version:
         train = TrainRequest(
             next_version(status, observed.runs),
@@ -343,6 +355,17 @@ def _record_drift(
         events.append(Event("Normal", "RetrainSkipped", blocked))
         return False
     return True
+
+
+def _schedule_due(
+    spec: MLWorkflowSpec, status: MLWorkflowStatus, created_at: datetime | None, now: datetime
+) -> bool:
+    """Whether `training.schedule` fired since the last scheduled training (or since the workflow began)."""
+    if not spec.training.schedule:
+        return False
+    scheduled = [r.trained_at for r in status.history if r.trigger == Trigger.SCHEDULE and r.trained_at]
+    since = max([*scheduled, *([created_at] if created_at else [])], default=now)
+    return cron.last_fire(spec.training.schedule, since, now) is not None
 
 
 def cooldown_seconds(text: str) -> int:

@@ -17,6 +17,7 @@ from typing import Any
 from sklearn.base import is_classifier, is_regressor
 
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Pattern
+from mlworkflow.desired import cron
 
 DEFAULT_ALLOWED_PREFIXES = ("sklearn.",)
 
@@ -33,6 +34,17 @@ def check_spec(
     spec: MLWorkflowSpec, allowed_prefixes: Sequence[str] = DEFAULT_ALLOWED_PREFIXES
 ) -> Refusal | None:
     """The first problem of `spec` that the schema let through, or None."""
+    schedules = {
+        "spec.training.schedule": spec.training.schedule,
+        "spec.monitoring.schedule": spec.monitoring.schedule,
+        "spec.batch.schedule": spec.batch.schedule if spec.batch else None,
+    }
+    for field, schedule in schedules.items():
+        try:
+            if schedule:
+                cron.parse(schedule)
+        except cron.CronError as error:
+            return Refusal("InvalidSchedule", f"{field}: {error}")
     task = spec.model.task if spec.model else "classification"
     for field, estimator, params in _estimators(spec):
         refusal = check_estimator(field, estimator, params, task, allowed_prefixes)
