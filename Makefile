@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test unit lint crds cluster control-plane bench-serving clean
+.PHONY: venv test unit lint crds cluster control-plane bench-serving bench-drift clean
 
 venv: $(STAMP)
 
@@ -45,6 +45,10 @@ cluster: venv control-plane
 ## Serving benchmark (needs Debian's wrk); prints a table against a plain scikit-learn endpoint.
 bench-serving: venv
 	$(BIN)/python bench/serving/run.py
+
+## Drift-check benchmark: our check against a per-column KS floor, 10k to 1M rows.
+bench-drift: venv
+	$(BIN)/python bench/drift/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build operator/*.egg-info

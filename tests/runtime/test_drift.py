@@ -95,3 +95,17 @@ def test_the_window_read_is_a_bounded_uniform_sample(tmp_path: Path) -> None:
     window, seen, newest = drift.read_window(folder, since=1099, max_rows=500)
     assert (len(window), seen, newest) == (500, 4000, 5099)
     assert window["i"].min() >= 1000 and np.ptp(window["i"]) > 3000, "sampled across the window, not its head"
+
+
+def test_skipping_the_widgets_changes_no_verdict(tmp_path: Path) -> None:
+    from mlworkflow.runtime.data import FeatureSchema
+
+    reference = features(2000, seed=21)
+    current = features(2000, seed=22)
+    current["monthly"] = current["monthly"] * 1.5
+    schema = FeatureSchema("churn", ["tenure", "monthly"], ["plan", "region"])
+    plain = drift.compare(current, reference, schema, threshold=0.5)
+    rendered = drift.compare(current, reference, schema, threshold=0.5, html=tmp_path / "report.html")
+    assert plain == rendered
+    assert [c.column for c in plain.columns if c.drifted] == ["monthly"]
+    assert (tmp_path / "report.html").stat().st_size > 10_000
