@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import sys
 import time
 from collections.abc import Iterator
@@ -27,7 +28,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from mlworkflow.runtime.data import FeatureSchema, category
@@ -35,7 +35,7 @@ from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.train import TERMINATION_LOG, report
 
 SEED = 0
-DEFAULT_MAX_ROWS = 20_000
+DEFAULT_MAX_ROWS = 10_000
 
 
 class DriftError(ValueError):
@@ -142,8 +142,8 @@ def _typed(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
 def read_window(samples: Path, since: float, max_rows: int) -> tuple[pd.DataFrame, int, float]:
     """Features recorded after `since`: a uniform reservoir sample of at most `max_rows`, the number of rows
     seen, and the newest timestamp. Memory stays bounded by `max_rows` whatever the files hold."""
-    rng = np.random.default_rng(SEED)
-    reservoir: list[dict[str, Any]] = []
+    rng = random.Random(SEED)
+    reservoir: list[str] = []  # raw lines: only the k that stay are parsed, at the end
     seen, newest = 0, since
     for path in sorted(samples.glob("*.jsonl")):
         with path.open() as lines:
@@ -151,18 +151,19 @@ def read_window(samples: Path, since: float, max_rows: int) -> tuple[pd.DataFram
                 stamp = _timestamp(line)
                 if stamp is None or stamp <= since:
                     continue
-                # Only the rows that enter the reservoir are parsed: about k(1 + ln(n/k)) of n.
-                slot = seen if seen < max_rows else int(rng.integers(0, seen + 1))
+                if seen < max_rows:
+                    reservoir.append(line)
+                else:
+                    slot = rng.randrange(seen + 1)
+                    if slot < max_rows:
+                        reservoir[slot] = line
                 seen += 1
                 newest = max(newest, stamp)
-                if slot < max_rows:
-                    with contextlib.suppress(json.JSONDecodeError, KeyError):
-                        features = json.loads(line)["features"]
-                        if slot >= len(reservoir):
-                            reservoir.append(features)
-                        else:
-                            reservoir[slot] = features
-    return pd.DataFrame.from_records(reservoir), seen, newest
+    rows = []
+    for line in reservoir:
+        with contextlib.suppress(json.JSONDecodeError, KeyError, TypeError):
+            rows.append(json.loads(line)["features"])
+    return pd.DataFrame.from_records(rows), seen, newest
 
 
 def _timestamp(line: str) -> float | None:
