@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test unit lint crds cluster control-plane bench-serving bench-drift clean
+.PHONY: venv demo test unit lint crds cluster control-plane bench-serving bench-drift clean
 
 venv: $(STAMP)
 
@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+## The main job: the whole loop on this machine (train, serve, drift, retrain, champion/challenger), no cluster.
+demo: venv
+	$(BIN)/mlworkflow demo
 
 ## The control plane's binaries, built once from the Go module proxy and cached outside the repo.
 control-plane:

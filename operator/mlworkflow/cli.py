@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -39,6 +40,60 @@ def _operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port_free(port: int) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            raise SystemExit(
+                f"port {port} is in use (another `mlworkflow run`?): pass --port with a free one"
+            )
+
+
+def _load_workflow(path: Path) -> tuple[str, Any]:
+    """The name and spec of the MLWorkflow in `path`, or an exit naming the field that is wrong."""
+    import yaml
+    from pydantic import ValidationError
+
+    from mlworkflow.api.v1alpha1 import MLWorkflow
+
+    if not path.exists():
+        raise SystemExit(f"{path}: no such file")
+    try:
+        workflow = MLWorkflow.model_validate(yaml.safe_load(path.read_text()))
+    except ValidationError as error:
+        problems = "\n".join(f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
+        raise SystemExit(f"{path} is not a valid MLWorkflow:\n{problems}") from None
+    return str(workflow.metadata.get("name", path.stem)), workflow.spec
+
+
+def _run(args: argparse.Namespace) -> int:
+    from mlworkflow.local.runner import LocalRunner, RunnerError
+
+    name, spec = _load_workflow(Path(args.file))
+    store = Path(args.store or (spec.storage.path if spec.storage.path else "mlworkflow-data"))
+    _port_free(args.port)
+    try:
+        runner = LocalRunner(name, spec, store, args.port)
+    except RunnerError as error:
+        raise SystemExit(f"{args.file}: {error}") from None
+    runner.run()
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from mlworkflow.local.demo import run_demo
+
+    _port_free(args.port)
+    outcome = run_demo(Path(args.store), quick=args.quick, port=args.port)
+    complete = (
+        outcome.get("driftDetected")
+        and outcome.get("retrained")
+        and (outcome.get("decision") != "Promoted" or outcome.get("servedBy") == outcome.get("retrained"))
+    )
+    return 0 if complete else 1
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="mlworkflow", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -60,6 +115,18 @@ def parser() -> argparse.ArgumentParser:
     )
     operator.add_argument("--verbose", "-v", action="store_true")
     operator.set_defaults(handler=_operator)
+    run = commands.add_parser("run", help="run an MLWorkflow on this machine, no cluster (Ctrl-C stops it)")
+    run.add_argument("file", help="the MLWorkflow manifest (YAML)")
+    run.add_argument(
+        "--store", help="artifact store folder (default: spec.storage.path, else ./mlworkflow-data)"
+    )
+    run.add_argument("--port", type=int, default=3000, help="local port of the prediction service")
+    run.set_defaults(handler=_run)
+    demo = commands.add_parser("demo", help="the whole loop on generated data: train, serve, drift, retrain")
+    demo.add_argument("--store", default="mlworkflow-data", help="artifact store folder")
+    demo.add_argument("--port", type=int, default=3000, help="local port of the prediction service")
+    demo.add_argument("--quick", action="store_true", help="less data and fewer trees (CI)")
+    demo.set_defaults(handler=_demo)
     return root
 
 

@@ -170,14 +170,24 @@ def test_train_serve_retrain_and_survive_a_failed_training(
 
     # Deleting the workflow deletes its children (ownerReferences, garbage collector).
     objects(api).delete_namespaced_custom_object(v1alpha1.GROUP, v1alpha1.VERSION, ns, v1alpha1.PLURAL, name)
-    wait_for(
-        lambda: (
-            not client.AppsV1Api(api).list_namespaced_deployment(ns).items
-            and not client.BatchV1Api(api).list_namespaced_job(ns).items
-            and not client.CoreV1Api(api).list_namespaced_service(ns).items
-        ),
-        60,
-        "the Deployment, Jobs and Service garbage-collected",
-    )
+
+    def leftovers() -> list[str]:
+        return [
+            *(
+                f"deployment/{d.metadata.name}"
+                for d in client.AppsV1Api(api).list_namespaced_deployment(ns).items
+            ),
+            *(f"job/{j.metadata.name}" for j in client.BatchV1Api(api).list_namespaced_job(ns).items),
+            *(
+                f"cronjob/{c.metadata.name}"
+                for c in client.BatchV1Api(api).list_namespaced_cron_job(ns).items
+            ),
+            *(f"service/{s.metadata.name}" for s in client.CoreV1Api(api).list_namespaced_service(ns).items),
+        ]
+
+    try:
+        wait_for(lambda: not leftovers(), 120, "the children garbage-collected")
+    except pytest.fail.Exception:
+        pytest.fail(f"still there 120 s after the MLWorkflow was deleted: {leftovers()}")
     events = client.CoreV1Api(api).list_namespaced_event(ns).items
     assert {"TrainingStarted", "Promoted", "RolledOut", "TrainingFailed"} <= {e.reason for e in events}

@@ -577,6 +577,10 @@ class ModelRecord(ApiModel):
     )
     trained_at: datetime | None = Field(None, description="When its training finished.")
     message: str = Field("", max_length=4096, description="Why it failed or was rejected.")
+    champion_metrics: dict[str, float] = Field(
+        default_factory=dict,
+        description="The served model's metrics on this version's holdout, when compared.",
+    )
     data_sha256: str | None = Field(
         None, description="Hash of the data it was trained on (see its model card)."
     )

@@ -45,10 +45,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         metrics.serve(port)
 
 
-@kopf.on.delete(*RESOURCE, id="forget", optional=True)
-def forget_workflow(meta: kopf.Meta, **_: Any) -> None:
-    # optional: no finalizer, deletion never waits for the operator; children go by ownerReferences.
-    metrics.forget(str(meta["namespace"]), str(meta["name"]))
+@kopf.on.event(*RESOURCE, id="forget")
+def forget_deleted_workflow(event: kopf.RawEvent, meta: kopf.Meta, **_: Any) -> None:
+    # A raw event, not an on.delete handler: nothing (no finalizer) ever holds a deletion for the operator;
+    # the children go by their ownerReferences.
+    if event["type"] == "DELETED":
+        metrics.forget(str(meta["namespace"]), str(meta["name"]))
 
 
 def _reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:

@@ -262,6 +262,7 @@ def _record(run: TrainingRun, outcome: str, metrics: dict[str, float], message: 
             "message": message,
             "dataSha256": run.result.get("dataSha256"),
             "driftReport": run.result.get("driftReport"),
+            "championMetrics": (run.result.get("champion") or {}).get("metrics") or {},
         }
     )
 

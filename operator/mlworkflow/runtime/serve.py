@@ -174,7 +174,9 @@ class ModelService:
             "predictions": self._answer(records),
         }
 
-    @bentoml.api(route="/predict_batch", batchable=True, batch_dim=0, max_batch_size=512, max_latency_ms=20)
+    # max_latency_ms bounds how long a request may wait to join a batch; BentoML answers 503 past it, so it
+    # is generous (a loaded node must not shed requests that a moment's wait would serve).
+    @bentoml.api(route="/predict_batch", batchable=True, batch_dim=0, max_batch_size=512, max_latency_ms=1000)
     def predict_batch(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The same, batched with concurrent requests; one answer per record."""
         version, backend = self.model.version, self.model.backend

@@ -1,0 +1,349 @@
+"""`mlworkflow run FILE.yaml`: one MLWorkflow on this machine, no cluster.
+
+The same planner as the operator decides; the same runtimes run, as local processes instead of Pods:
+training (`mlworkflow.runtime.train`), serving (`bentoml serve` on 127.0.0.1), drift checks
+(`mlworkflow.runtime.drift`, on the monitoring schedule). The status the operator would write is kept in
+`<store>/<workflow>/status.json`, with a small HTML page beside it (`index.html`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Trigger
+from mlworkflow.desired import cron
+from mlworkflow.desired.children import model_spec_hash
+from mlworkflow.desired.plan import (
+    DriftCheck,
+    Event,
+    Observed,
+    RunState,
+    ServingState,
+    TrainingRun,
+    plan,
+    promotion_metric,
+)
+from mlworkflow.desired.validation import DEFAULT_ALLOWED_PREFIXES, check_spec
+from mlworkflow.runtime.store import WorkflowStore
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Process:
+    """A runtime started locally: its process, its log, and the file its termination message goes to."""
+
+    popen: subprocess.Popen[bytes]
+    log: Path
+    result_file: Path
+    started_at: datetime
+    meta: dict[str, Any] = field(default_factory=dict)
+    finished_at: datetime | None = None
+
+    def poll(self) -> int | None:
+        code = self.popen.poll()
+        if code is not None and self.finished_at is None:
+            self.finished_at = datetime.now(UTC)
+        return code
+
+    def result(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.result_file.read_text().strip().splitlines()[-1]))
+        except (OSError, ValueError, IndexError):
+            tail = self.log.read_text(errors="replace").strip().splitlines()[-5:] if self.log.exists() else []
+            return {"status": "error", "message": "\n".join(tail) or f"exited with {self.popen.returncode}"}
+
+    def stop(self, grace: float = 10) -> None:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+
+
+class RunnerError(RuntimeError):
+    """The workflow cannot run locally as written; the message says what to change."""
+
+
+class LocalRunner:
+    def __init__(
+        self,
+        name: str,
+        spec: MLWorkflowSpec,
+        store_root: Path,
+        port: int = 3000,
+        drift_every: float | None = None,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        refusal = check_spec(spec, DEFAULT_ALLOWED_PREFIXES)
+        if refusal:
+            raise RunnerError(f"{refusal.reason}: {refusal.message}")
+        self.name, self.spec, self.port, self.drift_every, self.say = name, spec, port, drift_every, say
+        self.store = WorkflowStore(store_root.resolve(), name)
+        self.store.base.mkdir(parents=True, exist_ok=True)
+        self.work = self.store.base / "local"
+        self.work.mkdir(exist_ok=True)
+        self.status = MLWorkflowStatus()
+        self.trainings: dict[str, Process] = {}
+        self.serving: Process | None = None
+        self.drift_checks: list[Process] = []
+        self.started_at = datetime.now(UTC)
+        self.last_drift_check = self.started_at
+        self._last_line = ""
+        self._drift_requested = False
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # --- one step, as the operator's reconcile ---------------------------------------------------------
+
+    def tick(self, now: datetime | None = None) -> None:
+        now = now or datetime.now(UTC)
+        observed = Observed(
+            generation=1,
+            spec_hash=model_spec_hash(self.spec),
+            status=self.status,
+            runs=[self._run(version, p) for version, p in self.trainings.items()],
+            serving=self._serving_state(),
+            drift=self._latest_drift(),
+            created_at=self.started_at,
+        )
+        step = plan(self.spec, observed, now, self.endpoint)
+        if step.train is not None:
+            self._train(step.train.version, step.train.trigger, step.train.champion, step.train.drift_report)
+        if step.serve is not None and (
+            self.serving is None
+            or self.serving.meta["version"] != step.serve
+            or self.serving.poll() is not None
+        ):
+            self._serve(step.serve)
+        if step.serve is not None and self._drift_due(now):
+            self._check_drift(step.serve, now)
+        self.status = step.status
+        for event in step.events:
+            self._event(event)
+        self._progress()
+        self._write_status()
+
+    def run(self, until: Callable[[], bool] | None = None, interval: float = 1.0) -> None:
+        """Tick until `until()` says so, or Ctrl-C; then stop every process."""
+        self.say(f"running {self.name}: store {self.store.base}, predictions at {self.endpoint}/predict")
+        try:
+            while until is None or not until():
+                self.tick()
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            self.say("stopping (Ctrl-C)")
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        for process in [
+            *self.trainings.values(),
+            *self.drift_checks,
+            *([self.serving] if self.serving else []),
+        ]:
+            process.stop()
+
+    # --- carrying the plan out ------------------------------------------------------------------------
+
+    def _start(self, kind: str, argv: list[str], env: dict[str, str] | None = None, **meta: Any) -> Process:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        log = self.work / f"{kind}-{stamp}.log"
+        result_file = self.work / f"{kind}-{stamp}.json"
+        with log.open("wb") as out:
+            popen = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env={**os.environ, "MLW_TERMINATION_LOG": str(result_file), **(env or {})},
+            )
+        return Process(popen, log, result_file, datetime.now(UTC), meta)
+
+    def _train(self, version: str, trigger: Trigger, champion: str | None, drift_report: str | None) -> None:
+        argv = [
+            sys.executable,
+            "-m",
+            "mlworkflow.runtime.train",
+            f"--store={self.store.root}",
+            f"--workflow={self.name}",
+            f"--version={version}",
+            f"--trigger={trigger}",
+        ]
+        argv += [f"--champion={champion}"] if champion else []
+        argv += [f"--drift-report={drift_report}"] if drift_report else []
+        env = {"MLW_SPEC": self.spec.model_dump_json(by_alias=True, exclude_none=True)}
+        self.trainings[version] = self._start(
+            "train", argv, env, version=version, trigger=trigger, spec_hash=model_spec_hash(self.spec)
+        )
+
+    def _serve(self, version: str) -> None:
+        if self.serving is not None:
+            self.serving.stop()  # one local port: the old version stops before the new one starts
+        argv = [
+            str(BIN / "bentoml"),
+            "serve",
+            "mlworkflow.runtime.serve:ModelService",
+            "--host=127.0.0.1",
+            f"--port={self.port}",
+        ]
+        env = {
+            "BENTOML_HOME": str(self.store.bentoml_home),
+            "MODEL_TAG": f"{self.name}:{version}",
+            "HOSTNAME": "local",
+            "BENTOML_DO_NOT_TRACK": "true",
+        }
+        self.serving = self._start("serve", argv, env, version=version)
+
+    def _drift_due(self, now: datetime) -> bool:
+        if any(p.poll() is None for p in self.drift_checks):
+            return False
+        if self._drift_requested:
+            self._drift_requested = False
+            return True
+        if self.drift_every is not None:
+            return (now - self.last_drift_check).total_seconds() >= self.drift_every
+        return cron.last_fire(self.spec.monitoring.schedule, self.last_drift_check, now) is not None
+
+    def _check_drift(self, version: str, now: datetime) -> None:
+        self.last_drift_check = now
+        monitoring = self.spec.monitoring
+        argv = [
+            sys.executable,
+            "-m",
+            "mlworkflow.runtime.drift",
+            f"--store={self.store.root}",
+            f"--workflow={self.name}",
+            f"--version={version}",
+            f"--threshold={monitoring.drift_threshold}",
+            f"--min-samples={monitoring.min_samples}",
+            "--html",
+        ]
+        self.drift_checks.append(self._start("drift", argv))
+
+    def request_drift_check(self) -> None:
+        """Check at the next tick, whatever the schedule (the local `kubectl create job --from=cronjob`)."""
+        self._drift_requested = True
+
+    # --- observing --------------------------------------------------------------------------------------
+
+    def _run(self, version: str, process: Process) -> TrainingRun:
+        code = process.poll()
+        meta = process.meta
+        if code is None:
+            return TrainingRun(version, meta["trigger"], meta["spec_hash"], "Running")
+        result = process.result()
+        state: RunState = "Succeeded" if code == 0 and result.get("status") == "ok" else "Failed"
+        return TrainingRun(
+            version,
+            meta["trigger"],
+            meta["spec_hash"],
+            state,
+            result,
+            result.get("message", ""),
+            process.finished_at,
+        )
+
+    def _serving_state(self) -> ServingState:
+        if self.serving is None or self.serving.poll() is not None:
+            return ServingState()
+        try:
+            with urllib.request.urlopen(f"{self.endpoint}/readyz", timeout=1) as response:
+                ready = response.status == 200
+        except OSError:
+            ready = False
+        return ServingState(True, self.serving.meta["version"], ready)
+
+    def _latest_drift(self) -> DriftCheck | None:
+        finished = [p for p in self.drift_checks if p.poll() is not None]
+        if not finished:
+            return None
+        latest = max(finished, key=lambda p: p.finished_at or p.started_at)
+        return DriftCheck(latest.log.stem, latest.finished_at or latest.started_at, latest.result())
+
+    # --- reporting ------------------------------------------------------------------------------------
+
+    def _event(self, event: Event) -> None:
+        mark = "!" if event.type == "Warning" else "·"
+        self.say(f"{datetime.now(UTC):%H:%M:%S} {mark} {event.reason}: {event.message}")
+
+    def _progress(self) -> None:
+        model = self.status.model
+        name = promotion_metric(self.spec)
+        metric = (name, model.metrics[name]) if model and name in model.metrics else None
+        drift = self.status.drift
+        line = (
+            f"phase={self.status.phase} model={model.version if model else '-'}"
+            + (f" {metric[0]}={metric[1]:.3f}" if metric else "")
+            + (f" drift={drift.share:.2f}" if drift and drift.share is not None else "")
+            + f" retrains={self.status.retrains}"
+        )
+        if line != self._last_line:
+            self.say(f"{datetime.now(UTC):%H:%M:%S}   {line}")
+            self._last_line = line
+
+    def _write_status(self) -> None:
+        status = self.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+        (self.store.base / "status.json").write_text(json.dumps(status, indent=2))
+        (self.store.base / "index.html").write_text(status_page(self.name, self.status, self.store))
+
+
+def status_page(name: str, status: MLWorkflowStatus, store: WorkflowStore) -> str:
+    """The workflow at a glance: versions with their cards and metrics, decisions, drift reports."""
+    rows = []
+    for record in status.history:
+        card = store.bentoml_home / "models" / name / record.version / "card.md"
+        metrics = ", ".join(f"{k} {v:.3f}" for k, v in record.metrics.items())
+        report = (
+            f'<a href="../{html.escape(record.drift_report)}">drift report</a>' if record.drift_report else ""
+        )
+        card_link = f'<a href="{card.relative_to(store.base)}">card</a>' if card.exists() else ""
+        rows.append(
+            f"<tr><td>{record.version}</td><td>{record.trigger}</td><td>{record.outcome}</td>"
+            f"<td>{html.escape(metrics)}</td><td>{html.escape(record.message)}</td>"
+            f"<td>{card_link} {report}</td></tr>"
+        )
+    reports = sorted((store.base / "drift").glob("*/report.html"), reverse=True)
+    links = "".join(f'<li><a href="{p.relative_to(store.base)}">{p.parent.name}</a></li>' for p in reports)
+    conditions = "".join(
+        f"<tr><td>{c.type}</td><td>{c.status}</td><td>{c.reason}</td><td>{html.escape(c.message)}</td></tr>"
+        for c in status.conditions
+    )
+    drift = status.drift
+    checked = f"{drift.share:.0%} of columns drifted" if drift and drift.share is not None else "none"
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="5"><title>{name}</title>
+<style>body{{font-family:sans-serif;margin:2em}}
+td,th{{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left}}</style>
+</head><body>
+<h1>{name}: {status.phase or "Pending"}</h1>
+<p>Serving <b>{status.model.version if status.model else "nothing yet"}</b>
+({status.model.backend if status.model else ""}) at {status.endpoint or "-"}; retrains: {status.retrains};
+last drift check: {checked}.</p>
+<h2>Model versions</h2>
+<table><tr><th>version</th><th>trigger</th><th>decision</th><th>holdout metrics</th><th>why</th><th></th></tr>
+{"".join(rows)}</table>
+<h2>Conditions</h2><table><tr><th>type</th><th>status</th><th>reason</th><th>message</th></tr>{conditions}</table>
+<h2>Drift reports (Evidently)</h2><ul>{links or "<li>none yet</li>"}</ul>
+</body></html>
+"""
