@@ -94,6 +94,29 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if complete else 1
 
 
+def _render(args: argparse.Namespace) -> int:
+    """The children the operator would apply for a workflow, as YAML (pure: no cluster is read)."""
+    import yaml
+
+    from mlworkflow.api.v1alpha1 import Pattern, Trigger
+    from mlworkflow.desired import children
+
+    name, spec = _load_workflow(Path(args.file))
+    if spec.pattern != Pattern.WEB_SERVICE:
+        raise SystemExit(f"{args.file}: the {spec.pattern} pattern is not implemented yet: nothing to render")
+    workflow = children.Workflow(name, args.namespace, "00000000-0000-0000-0000-000000000000", spec)
+    context = children.RuntimeContext(image=args.image)
+    manifests = [
+        children.training_job(workflow, args.version, Trigger.INITIAL, context),
+        children.serving_deployment(workflow, args.version, context),
+        children.serving_service(workflow),
+        children.monitoring_cronjob(workflow, args.version, context),
+        children.serving_autoscaler(workflow),
+    ]
+    sys.stdout.write(yaml.safe_dump_all([m for m in manifests if m], sort_keys=False))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="mlworkflow", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -122,6 +145,12 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--port", type=int, default=3000, help="local port of the prediction service")
     run.set_defaults(handler=_run)
+    render = commands.add_parser("render", help="print the children the operator would create (YAML)")
+    render.add_argument("file", help="the MLWorkflow manifest (YAML)")
+    render.add_argument("--namespace", default="default")
+    render.add_argument("--version", default="v1", help="the model version to render serving for")
+    render.add_argument("--image", default="mlworkflow-operator:0.1.0", help="the runtime image")
+    render.set_defaults(handler=_render)
     demo = commands.add_parser("demo", help="the whole loop on generated data: train, serve, drift, retrain")
     demo.add_argument("--store", default="mlworkflow-data", help="artifact store folder")
     demo.add_argument("--port", type=int, default=3000, help="local port of the prediction service")
