@@ -85,7 +85,11 @@ def _demo(args: argparse.Namespace) -> int:
     from mlworkflow.local.demo import run_demo
 
     _port_free(args.port)
-    outcome = run_demo(Path(args.store), quick=args.quick, port=args.port)
+    try:
+        outcome = run_demo(Path(args.store), quick=args.quick, port=args.port)
+    except TimeoutError as error:
+        logs = Path(args.store) / "demo" / "local"
+        raise SystemExit(f"{error}; the runtimes' logs are in {logs}") from None
     complete = (
         outcome.get("driftDetected")
         and outcome.get("retrained")

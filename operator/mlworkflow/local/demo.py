@@ -28,11 +28,12 @@ T = TypeVar("T")
 
 
 def regime(rows: int, shifted: bool, seed: int) -> pd.DataFrame:
-    """Customers before and after a change: usage moves up, and then only the plan decides churn."""
+    """Customers before and after a change: usage and the plan mix move, and only the plan decides churn."""
     rng = np.random.default_rng(seed)
     usage = rng.normal(60 if shifted else 30, 10, rows)
     tenure = rng.normal(24, 8, rows)
-    plan = rng.choice(["basic", "plus", "pro"], rows)
+    # After the change, most new customers take the basic plan.
+    plan = rng.choice(["basic", "plus", "pro"], rows, p=[0.6, 0.25, 0.15] if shifted else None)
     if shifted:
         churn = (plan == "basic") | (rng.random(rows) < 0.05)
     else:
