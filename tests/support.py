@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,3 +27,21 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: fl
             return last
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@contextlib.contextmanager
+def operator_in(
+    namespace: str, kubeconfig: Path, monkeypatch: pytest.MonkeyPatch, **env: str
+) -> Iterator[None]:
+    """The operator in-process (kopf's KopfRunner), watching `namespace` with `kubeconfig`'s credentials."""
+    from kopf.testing import KopfRunner
+    from kubernetes.config import kube_config
+
+    # kopf logs in through the kubernetes client, which read $KUBECONFIG when it was imported.
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    args = ["run", "--standalone", "--namespace", namespace, "-m", "mlworkflow.controller.handlers"]
+    with KopfRunner(args, timeout=60) as runner:
+        yield
+    assert runner.exception is None, runner.output

@@ -12,14 +12,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from kopf.testing import KopfRunner
 from kubernetes import client
-from kubernetes.config import kube_config
 
 from kubelocal.controlplane import ControlPlane
 from kubelocal.net import free_port
 from mlworkflow.api import v1alpha1
-from support import wait_for
+from support import operator_in, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -31,12 +29,9 @@ METRICS_PORT = free_port()
 def operator(
     operator_kubeconfig: Path, process_namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[None]:
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(operator_kubeconfig))
-    monkeypatch.setenv("MLW_METRICS_PORT", str(METRICS_PORT))
-    args = ["run", "--standalone", "--namespace", process_namespace, "-m", "mlworkflow.controller.handlers"]
-    with KopfRunner(args, timeout=60) as runner:
+    """The operator, in-process, as the Helm chart's ServiceAccount."""
+    with operator_in(process_namespace, operator_kubeconfig, monkeypatch, MLW_METRICS_PORT=str(METRICS_PORT)):
         yield
-    assert runner.exception is None, runner.output
 
 
 def regime(rows: int, shifted: bool, seed: int) -> pd.DataFrame:

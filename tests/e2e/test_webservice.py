@@ -13,13 +13,11 @@ from typing import Any
 
 import pytest
 import yaml
-from kopf.testing import KopfRunner
 from kubernetes import client
-from kubernetes.config import kube_config
 
 from kubelocal.controlplane import ControlPlane
 from mlworkflow.api import v1alpha1
-from support import REPO, wait_for
+from support import REPO, operator_in, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -35,11 +33,9 @@ IRIS_ROW = {
 def operator(
     operator_kubeconfig: Path, process_namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[None]:
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(operator_kubeconfig))
-    args = ["run", "--standalone", "--namespace", process_namespace, "-m", "mlworkflow.controller.handlers"]
-    with KopfRunner(args, timeout=60) as runner:
+    """The operator, in-process, as the Helm chart's ServiceAccount."""
+    with operator_in(process_namespace, operator_kubeconfig, monkeypatch):
         yield
-    assert runner.exception is None, runner.output
 
 
 def workflow_manifest() -> dict[str, Any]:

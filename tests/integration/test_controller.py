@@ -10,12 +10,10 @@ from typing import Any
 
 import pytest
 import yaml
-from kopf.testing import KopfRunner
 from kubernetes import client
-from kubernetes.config import kube_config
 
 from mlworkflow.api import v1alpha1
-from support import wait_for
+from support import operator_in, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -23,16 +21,10 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.fixture
-def operator(
-    operator_kubeconfig: Path, namespace: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[KopfRunner]:
+def operator(operator_kubeconfig: Path, namespace: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The operator, in-process, as the Helm chart's ServiceAccount."""
-    # kopf logs in through the kubernetes client, which read $KUBECONFIG when it was imported.
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(operator_kubeconfig))
-    args = ["run", "--standalone", "--namespace", namespace, "-m", "mlworkflow.controller.handlers"]
-    with KopfRunner(args, timeout=60) as runner:
-        yield runner
-    assert runner.exception is None, runner.output
+    with operator_in(namespace, operator_kubeconfig, monkeypatch):
+        yield
 
 
 def objects(api: client.ApiClient) -> client.CustomObjectsApi:
@@ -62,7 +54,7 @@ def workflow(example: str, **model: Any) -> dict[str, Any]:
 
 
 def test_a_valid_workflow_is_reconciling_with_kstatus_conditions(
-    api: client.ApiClient, namespace: str, operator: KopfRunner
+    api: client.ApiClient, namespace: str, operator: None
 ) -> None:
     body = workflow("webservice-iris.yaml")
     objects(api).create_namespaced_custom_object(
@@ -87,7 +79,7 @@ def test_a_valid_workflow_is_reconciling_with_kstatus_conditions(
 
 
 def test_a_disallowed_estimator_stalls_with_a_reason_and_an_event_and_a_fix_recovers(
-    api: client.ApiClient, namespace: str, operator: KopfRunner
+    api: client.ApiClient, namespace: str, operator: None
 ) -> None:
     # xgboost is a valid import path, so the schema lets it through; the operator's allow-list does not.
     body = workflow("webservice-iris.yaml", estimator="xgboost.XGBClassifier", params={})

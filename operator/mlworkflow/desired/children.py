@@ -127,6 +127,43 @@ def _resources(requirements: v1alpha1.ResourceRequirements) -> dict[str, Any]:
     return requirements.model_dump(by_alias=True, exclude_defaults=True)
 
 
+def _runtime_pod(
+    workflow: Workflow,
+    context: RuntimeContext,
+    name: str,
+    module: str,
+    args: list[str],
+    env: dict[str, str] | None = None,
+    resources: v1alpha1.ResourceRequirements | None = None,
+) -> dict[str, Any]:
+    """The Pod of a run-to-completion runtime (`python -m <module>`) with the artifact store mounted.
+
+    It has no API access: its result goes out through its termination message (FallbackToLogsOnError, so a
+    crash still says why)."""
+    spec = workflow.spec
+    return {
+        "restartPolicy": "Never",
+        "serviceAccountName": spec.runtime.service_account_name or "default",
+        "automountServiceAccountToken": False,
+        "securityContext": _pod_security(),
+        "containers": [
+            {
+                "name": name,
+                "image": spec.runtime.image or context.image,
+                "imagePullPolicy": context.image_pull_policy,
+                "command": ["python", "-m", module],
+                "args": args,
+                "env": [{"name": k, "value": v} for k, v in (env or {}).items()],
+                "resources": _resources(resources or v1alpha1.ResourceRequirements()),
+                "securityContext": _container_security(),
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "volumeMounts": [{"name": "store", "mountPath": STORE_MOUNT}],
+            }
+        ],
+        "volumes": [_store_volume(workflow)],
+    }
+
+
 def training_job(
     workflow: Workflow,
     version: str,
@@ -153,44 +190,25 @@ def training_job(
             "ttlSecondsAfterFinished": 86400,
             "template": {
                 "metadata": {"labels": component_labels},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "serviceAccountName": spec.runtime.service_account_name or "default",
-                    # Training needs no API access: its result goes out through the termination message.
-                    "automountServiceAccountToken": False,
-                    "securityContext": _pod_security(),
-                    "containers": [
-                        {
-                            "name": "train",
-                            "image": spec.runtime.image or context.image,
-                            "imagePullPolicy": context.image_pull_policy,
-                            "command": ["python", "-m", "mlworkflow.runtime.train"],
-                            "args": [
-                                f"--store={STORE_MOUNT}",
-                                f"--workflow={workflow.name}",
-                                f"--version={version}",
-                                f"--trigger={trigger}",
-                                *([f"--champion={champion}"] if champion else []),
-                                *([f"--drift-report={drift_report}"] if drift_report else []),
-                            ],
-                            "env": [
-                                {
-                                    "name": "MLW_SPEC",
-                                    "value": spec.model_dump_json(by_alias=True, exclude_none=True),
-                                },
-                                {
-                                    "name": "MLW_ALLOWED_ESTIMATOR_PREFIXES",
-                                    "value": ",".join(context.allowed_estimator_prefixes),
-                                },
-                            ],
-                            "resources": _resources(spec.training.resources),
-                            "securityContext": _container_security(),
-                            "terminationMessagePolicy": "FallbackToLogsOnError",
-                            "volumeMounts": [{"name": "store", "mountPath": STORE_MOUNT}],
-                        }
+                "spec": _runtime_pod(
+                    workflow,
+                    context,
+                    "train",
+                    "mlworkflow.runtime.train",
+                    [
+                        f"--store={STORE_MOUNT}",
+                        f"--workflow={workflow.name}",
+                        f"--version={version}",
+                        f"--trigger={trigger}",
+                        *([f"--champion={champion}"] if champion else []),
+                        *([f"--drift-report={drift_report}"] if drift_report else []),
                     ],
-                    "volumes": [_store_volume(workflow)],
-                },
+                    env={
+                        "MLW_SPEC": spec.model_dump_json(by_alias=True, exclude_none=True),
+                        "MLW_ALLOWED_ESTIMATOR_PREFIXES": ",".join(context.allowed_estimator_prefixes),
+                    },
+                    resources=spec.training.resources,
+                ),
             },
         },
     }
@@ -321,32 +339,20 @@ def monitoring_cronjob(workflow: Workflow, version: str, context: RuntimeContext
                     "activeDeadlineSeconds": 1800,
                     "template": {
                         "metadata": {"labels": {**job_labels, VERSION_LABEL: version}},
-                        "spec": {
-                            "restartPolicy": "Never",
-                            "serviceAccountName": spec.runtime.service_account_name or "default",
-                            "automountServiceAccountToken": False,
-                            "securityContext": _pod_security(),
-                            "containers": [
-                                {
-                                    "name": "drift",
-                                    "image": spec.runtime.image or context.image,
-                                    "imagePullPolicy": context.image_pull_policy,
-                                    "command": ["python", "-m", "mlworkflow.runtime.drift"],
-                                    "args": [
-                                        f"--store={STORE_MOUNT}",
-                                        f"--workflow={workflow.name}",
-                                        f"--version={version}",
-                                        f"--threshold={monitoring.drift_threshold}",
-                                        f"--min-samples={monitoring.min_samples}",
-                                        "--html",
-                                    ],
-                                    "securityContext": _container_security(),
-                                    "terminationMessagePolicy": "FallbackToLogsOnError",
-                                    "volumeMounts": [{"name": "store", "mountPath": STORE_MOUNT}],
-                                }
+                        "spec": _runtime_pod(
+                            workflow,
+                            context,
+                            "drift",
+                            "mlworkflow.runtime.drift",
+                            [
+                                f"--store={STORE_MOUNT}",
+                                f"--workflow={workflow.name}",
+                                f"--version={version}",
+                                f"--threshold={monitoring.drift_threshold}",
+                                f"--min-samples={monitoring.min_samples}",
+                                "--html",
                             ],
-                            "volumes": [_store_volume(workflow)],
-                        },
+                        ),
                     },
                 },
             },
