@@ -55,26 +55,32 @@ def manifest(tmp_path: Path, **spec: object) -> Path:
     return path
 
 
-def test_run_serves_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
-    port = free_port()
+def run_until(path: Path, port: int, phase: str, timeout: float) -> tuple[int, str]:
+    """`mlworkflow run` until the workflow reaches `phase`, then Ctrl-C; its exit code and output."""
     process = subprocess.Popen(
-        [MLWORKFLOW, "run", str(manifest(tmp_path)), f"--port={port}"],
+        [MLWORKFLOW, "run", str(path), f"--port={port}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
     )
-    status_file = tmp_path / "store" / "iris-classifier" / "status.json"
+    status_file = path.parent / "store" / yaml.safe_load(path.read_text())["metadata"]["name"] / "status.json"
     try:
         wait_for(
-            lambda: status_file.exists() and json.loads(status_file.read_text()).get("phase") == "Serving",
-            120,
-            "the workflow serving locally",
+            lambda: status_file.exists() and json.loads(status_file.read_text()).get("phase") == phase,
+            timeout,
+            f"phase {phase}",
         )
     finally:
         os.killpg(process.pid, signal.SIGINT)
         output, _ = process.communicate(timeout=60)
-    assert process.returncode == 0, output
+    return process.returncode, output
+
+
+def test_run_serves_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    port = free_port()
+    code, output = run_until(manifest(tmp_path), port, "Serving", 120)
+    assert code == 0, output
     assert "stopping (Ctrl-C)" in output
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0, "the prediction service outlived Ctrl-C"
@@ -108,23 +114,6 @@ def test_a_missing_file_and_a_busy_port_say_what_to_do(tmp_path: Path) -> None:
 
 
 def test_a_missing_data_file_is_a_training_failure_with_its_message(tmp_path: Path) -> None:
-    port = free_port()
     path = manifest(tmp_path, data={"source": "data/missing.csv", "target": "target"})
-    process = subprocess.Popen(
-        [MLWORKFLOW, "run", str(path), f"--port={port}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    status_file = tmp_path / "store" / "iris-classifier" / "status.json"
-    try:
-        wait_for(
-            lambda: status_file.exists() and json.loads(status_file.read_text()).get("phase") == "Failed",
-            60,
-            "the training to fail",
-        )
-    finally:
-        os.killpg(process.pid, signal.SIGINT)
-        output, _ = process.communicate(timeout=60)
+    _, output = run_until(path, free_port(), "Failed", 60)
     assert "TrainingFailed" in output and "no file matches 'data/missing.csv'" in output

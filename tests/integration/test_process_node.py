@@ -57,45 +57,48 @@ def claim(name: str) -> dict[str, Any]:
     }
 
 
+def job_manifest(
+    name: str, backoff_limit: int, container: dict[str, Any], volumes: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """A Job of one container whose Pods are labelled app=<name>."""
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {
+            "backoffLimit": backoff_limit,
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"restartPolicy": "Never", "containers": [container], "volumes": volumes or []},
+            },
+        },
+    }
+
+
 def test_a_job_really_runs_writes_to_its_claim_and_reports_its_termination_message(
     api: client.ApiClient, process_namespace: str
 ) -> None:
     ns = process_namespace
     create(api, ns, claim("artifacts"))
-    job = {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": "writer"},
-        "spec": {
-            "backoffLimit": 0,
-            "template": {
-                "metadata": {"labels": {"app": "writer"}},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "containers": [
-                        {
-                            "name": "main",
-                            "image": "python:3.11",
-                            "env": [
-                                {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                                {"name": "OUT", "value": "/artifacts/$(POD).txt"},
-                            ],
-                            "command": python(
-                                """
-                                import json, os
-                                open(os.environ["OUT"], "w").write("written by " + os.environ["POD"])
-                                summary = {"status": "ok", "file": os.environ["OUT"]}
-                                open("/dev/termination-log", "w").write(json.dumps(summary))
-                                """
-                            ),
-                            "volumeMounts": [{"name": "store", "mountPath": "/artifacts"}],
-                        }
-                    ],
-                    "volumes": [{"name": "store", "persistentVolumeClaim": {"claimName": "artifacts"}}],
-                },
-            },
-        },
+    container = {
+        "name": "main",
+        "image": "python:3.11",
+        "env": [
+            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "OUT", "value": "/artifacts/$(POD).txt"},
+        ],
+        "command": python(
+            """
+            import json, os
+            open(os.environ["OUT"], "w").write("written by " + os.environ["POD"])
+            summary = {"status": "ok", "file": os.environ["OUT"]}
+            open("/dev/termination-log", "w").write(json.dumps(summary))
+            """
+        ),
+        "volumeMounts": [{"name": "store", "mountPath": "/artifacts"}],
     }
+    volumes = [{"name": "store", "persistentVolumeClaim": {"claimName": "artifacts"}}]
+    job = job_manifest("writer", 0, container, volumes)
     create(api, ns, job)
     assert wait_for(lambda: job_condition(api, ns, "writer"), 60, "Job writer to finish") == "Complete"
 
@@ -115,28 +118,13 @@ def test_a_failing_job_fails_after_its_retries_with_the_log_tail_as_message(
     api: client.ApiClient, process_namespace: str
 ) -> None:
     ns = process_namespace
-    job = {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": "crasher"},
-        "spec": {
-            "backoffLimit": 1,
-            "template": {
-                "metadata": {"labels": {"app": "crasher"}},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "containers": [
-                        {
-                            "name": "main",
-                            "image": "python:3.11",
-                            "terminationMessagePolicy": "FallbackToLogsOnError",
-                            "command": python("import sys; print('column target is missing'); sys.exit(3)"),
-                        }
-                    ],
-                },
-            },
-        },
+    container = {
+        "name": "main",
+        "image": "python:3.11",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "command": python("import sys; print('column target is missing'); sys.exit(3)"),
     }
+    job = job_manifest("crasher", 1, container)
     create(api, ns, job)
     assert wait_for(lambda: job_condition(api, ns, "crasher"), 90, "Job crasher to finish") == "Failed"
     failed = pods(api, ns, "app=crasher")
