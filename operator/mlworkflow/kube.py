@@ -170,7 +170,7 @@ class Kube:
             and status.get("replicas", 0) == wanted
         )
         version = spec["template"]["metadata"]["labels"].get(VERSION_LABEL)
-        return ServingState(exists=True, version=version, ready=rolled_out)
+        return ServingState(version=version, ready=rolled_out)
 
 
 def _termination_message(pod: JSON) -> str:

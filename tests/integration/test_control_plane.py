@@ -9,7 +9,7 @@ import pytest
 from kubernetes import client
 
 from kubelocal.controlplane import ControlPlane
-from support import wait_for
+from support import reader_account, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -83,25 +83,8 @@ def test_a_deployments_pods_become_ready_and_its_children_are_garbage_collected(
 def test_rbac_lets_a_service_account_do_only_what_its_role_allows(
     api: client.ApiClient, control_plane: ControlPlane, namespace: str
 ) -> None:
-    core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
-    core.create_namespaced_service_account(namespace, {"metadata": {"name": "reader"}})
-    rbac.create_namespaced_role(
-        namespace,
-        {
-            "metadata": {"name": "configmap-reader"},
-            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}],
-        },
-    )
-    rbac.create_namespaced_role_binding(
-        namespace,
-        {
-            "metadata": {"name": "reader"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "configmap-reader"},
-            "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}],
-        },
-    )
-    core.create_namespaced_config_map(namespace, {"metadata": {"name": "visible"}, "data": {"k": "v"}})
-    core.create_namespaced_secret(namespace, {"metadata": {"name": "hidden"}, "stringData": {"k": "v"}})
+    reader_account(api, namespace)
+    core = client.CoreV1Api(api)
 
     # A real ServiceAccount token from the TokenRequest API, as a Pod would get it.
     token = core.create_namespaced_service_account_token(

@@ -15,7 +15,7 @@ from kubernetes import client
 from kubernetes.dynamic import DynamicClient
 
 from kubelocal.controlplane import ControlPlane
-from support import wait_for
+from support import reader_account, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -32,6 +32,16 @@ def raw(api: client.ApiClient, path: str) -> dict[str, Any]:
 
 def pods(api: client.ApiClient, namespace: str, selector: str) -> list[dict[str, Any]]:
     return list(raw(api, f"/api/v1/namespaces/{namespace}/pods?labelSelector={selector}")["items"])
+
+
+def pod_in_phase(api: client.ApiClient, namespace: str, name: str, *phases: str) -> dict[str, Any]:
+    """The Pod once it is in one of `phases` (waiting up to a minute)."""
+
+    def current() -> dict[str, Any] | None:
+        pod = raw(api, f"/api/v1/namespaces/{namespace}/pods/{name}")
+        return pod if pod["status"].get("phase") in phases else None
+
+    return wait_for(current, 60, f"Pod {name} in phase {' or '.join(phases)}")
 
 
 def job_condition(api: client.ApiClient, namespace: str, name: str) -> str | None:
@@ -322,15 +332,7 @@ def test_init_containers_volumes_env_and_side_by_side_containers(
         },
     }
     create(api, ns, pod)
-    done = wait_for(
-        lambda: (
-            (p := raw(api, f"/api/v1/namespaces/{ns}/pods/combo"))["status"].get("phase")
-            in ("Succeeded", "Failed")
-            and p
-        ),
-        60,
-        "Pod combo to finish",
-    )
+    done = pod_in_phase(api, ns, "combo", "Succeeded", "Failed")
     assert done["status"]["phase"] == "Succeeded", control_plane.container_log(ns, "combo", "reader")
     statuses = {s["name"]: s for s in done["status"]["containerStatuses"]}
     result = json.loads(statuses["reader"]["state"]["terminated"]["message"])
@@ -388,25 +390,7 @@ def test_a_failing_liveness_probe_restarts_the_container(
 
 def test_a_process_uses_its_service_account_in_cluster(api: client.ApiClient, process_namespace: str) -> None:
     ns = process_namespace
-    core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
-    core.create_namespaced_service_account(ns, {"metadata": {"name": "reader"}})
-    rbac.create_namespaced_role(
-        ns,
-        {
-            "metadata": {"name": "read-configmaps"},
-            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}],
-        },
-    )
-    rbac.create_namespaced_role_binding(
-        ns,
-        {
-            "metadata": {"name": "reader"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-configmaps"},
-            "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": ns}],
-        },
-    )
-    core.create_namespaced_config_map(ns, {"metadata": {"name": "visible"}, "data": {"k": "v"}})
-    core.create_namespaced_secret(ns, {"metadata": {"name": "hidden"}, "stringData": {"k": "v"}})
+    reader_account(api, ns)
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -439,15 +423,7 @@ def test_a_process_uses_its_service_account_in_cluster(api: client.ApiClient, pr
         },
     }
     create(api, ns, pod)
-    done = wait_for(
-        lambda: (
-            (p := raw(api, f"/api/v1/namespaces/{ns}/pods/in-cluster"))["status"].get("phase")
-            in ("Succeeded", "Failed")
-            and p
-        ),
-        60,
-        "Pod in-cluster to finish",
-    )
+    done = pod_in_phase(api, ns, "in-cluster", "Succeeded", "Failed")
     terminated = done["status"]["containerStatuses"][0]["state"]["terminated"]
     assert done["status"]["phase"] == "Succeeded", terminated
     assert json.loads(terminated["message"]) == {"configmap": {"k": "v"}, "secret": 403}
@@ -467,13 +443,7 @@ def test_deleting_a_pod_stops_its_process(
         },
     }
     create(api, ns, pod)
-    running = wait_for(
-        lambda: (
-            (p := raw(api, f"/api/v1/namespaces/{ns}/pods/sleeper"))["status"].get("phase") == "Running" and p
-        ),
-        60,
-        "Pod sleeper running",
-    )
+    running = pod_in_phase(api, ns, "sleeper", "Running")
     pid = int(running["status"]["containerStatuses"][0]["containerID"].removeprefix("process://"))
     assert Path(f"/proc/{pid}").exists()
     client.CoreV1Api(api).delete_namespaced_pod("sleeper", ns)

@@ -51,18 +51,18 @@ def test_the_planner_retrains_on_schedule_against_the_champion() -> None:
     start = datetime(2026, 1, 1, 9, 50, tzinfo=UTC)
     served = plan(
         scheduled,
-        Observed(1, "h1", MLWorkflowStatus(), [ok("v1")], ServingState(True, "v1", True), created_at=start),
+        Observed(1, "h1", MLWorkflowStatus(), [ok("v1")], ServingState("v1", True), created_at=start),
         start + timedelta(minutes=5),
     ).status
     quiet = plan(
         scheduled,
-        Observed(1, "h1", served, [ok("v1")], ServingState(True, "v1", True), created_at=start),
+        Observed(1, "h1", served, [ok("v1")], ServingState("v1", True), created_at=start),
         start + timedelta(minutes=8),
     )
     assert quiet.train is None
     due = plan(
         scheduled,
-        Observed(1, "h1", served, [ok("v1")], ServingState(True, "v1", True), created_at=start),
+        Observed(1, "h1", served, [ok("v1")], ServingState("v1", True), created_at=start),
         start + timedelta(minutes=11),
     )
     assert due.train is not None and (due.train.trigger, due.train.champion) == (Trigger.SCHEDULE, "v1")

@@ -76,26 +76,26 @@ def test_a_finished_training_is_promoted_and_rolled_out() -> None:
 
 def test_ready_once_serving_runs_the_version() -> None:
     first = step(Observed(1, "h1", MLWorkflowStatus(), [ok("v1")]))
-    done = step(Observed(1, "h1", first.status, [ok("v1")], ServingState(True, "v1", True)))
+    done = step(Observed(1, "h1", first.status, [ok("v1")], ServingState("v1", True)))
     assert done.status.phase == "Serving"
     assert is_true(done.status.conditions, "Ready") and is_true(done.status.conditions, "Serving")
     assert not is_true(done.status.conditions, "Reconciling")
     assert [e.reason for e in done.events] == ["RolledOut"], (
         "a run already in the history is not recorded twice"
     )
-    again = step(Observed(1, "h1", done.status, [ok("v1")], ServingState(True, "v1", True)))
+    again = step(Observed(1, "h1", done.status, [ok("v1")], ServingState("v1", True)))
     assert again.events == [], "a steady state posts no events"
 
 
 def test_serving_of_an_older_version_is_not_ready() -> None:
     first = step(Observed(1, "h1", MLWorkflowStatus(), [ok("v1")]))
-    rolling = step(Observed(1, "h1", first.status, [ok("v1")], ServingState(True, "v0", True)))
+    rolling = step(Observed(1, "h1", first.status, [ok("v1")], ServingState("v0", True)))
     assert rolling.status.phase == "Deploying" and not is_true(rolling.status.conditions, "Ready")
 
 
 def test_a_spec_change_retrains_with_the_next_version() -> None:
     first = step(Observed(1, "h1", MLWorkflowStatus(), [ok("v1")]))
-    changed = step(Observed(2, "h2", first.status, [ok("v1")], ServingState(True, "v1", True)))
+    changed = step(Observed(2, "h2", first.status, [ok("v1")], ServingState("v1", True)))
     assert changed.train is not None and (changed.train.version, changed.train.trigger) == (
         "v2",
         Trigger.SPEC_CHANGE,
@@ -107,10 +107,8 @@ def test_a_spec_change_retrains_with_the_next_version() -> None:
 
 
 def test_a_failed_training_stalls_and_the_old_version_keeps_serving() -> None:
-    first = step(Observed(1, "h1", MLWorkflowStatus(), [ok("v1")], ServingState(True, "v1", True)))
-    result = step(
-        Observed(2, "h2", first.status, [ok("v1"), failed("v2", "h2")], ServingState(True, "v1", True))
-    )
+    first = step(Observed(1, "h1", MLWorkflowStatus(), [ok("v1")], ServingState("v1", True)))
+    result = step(Observed(2, "h2", first.status, [ok("v1"), failed("v2", "h2")], ServingState("v1", True)))
     assert result.train is None, "the same spec is not retried: a human must act"
     assert result.serve == "v1"
     stalled = find(result.status.conditions, "Stalled")
@@ -118,9 +116,7 @@ def test_a_failed_training_stalls_and_the_old_version_keeps_serving() -> None:
     assert "column 'x' is missing" in stalled.message
     assert not is_true(result.status.conditions, "Ready")
     assert [e.type for e in result.events] == ["Warning"]
-    fixed = step(
-        Observed(3, "h3", result.status, [ok("v1"), failed("v2", "h2")], ServingState(True, "v1", True))
-    )
+    fixed = step(Observed(3, "h3", result.status, [ok("v1"), failed("v2", "h2")], ServingState("v1", True)))
     assert fixed.train is not None and fixed.train.version == "v3"
 
 
@@ -163,7 +159,7 @@ def test_history_is_bounded() -> None:
 
 def serving(version: str = "v1") -> tuple[MLWorkflowStatus, list[TrainingRun]]:
     runs = [ok("v1")]
-    status = step(Observed(1, "h1", MLWorkflowStatus(), runs, ServingState(True, version, True))).status
+    status = step(Observed(1, "h1", MLWorkflowStatus(), runs, ServingState(version, True))).status
     return status, runs
 
 
@@ -182,7 +178,7 @@ def drift_check(share: float, drifted: bool, at: datetime = NOW, status: str = "
 
 def test_drift_is_recorded_and_triggers_a_retraining_against_the_champion() -> None:
     status, runs = serving()
-    result = step(Observed(1, "h1", status, runs, ServingState(True, "v1", True), drift_check(0.5, True)))
+    result = step(Observed(1, "h1", status, runs, ServingState("v1", True), drift_check(0.5, True)))
     assert result.status.drift is not None and result.status.drift.drifted is True
     assert result.status.drift.share == 0.5 and result.status.drift.report == "iris/drift/x/report.html"
     drifted = find(result.status.conditions, "Drifted")
@@ -192,15 +188,13 @@ def test_drift_is_recorded_and_triggers_a_retraining_against_the_champion() -> N
     assert result.train.drift_report == "iris/drift/x/report.html", "lineage: the report that asked for it"
     assert {"DriftDetected", "TrainingStarted"} <= {e.reason for e in result.events}
     # The same check is not acted on twice.
-    again = step(
-        Observed(1, "h1", result.status, runs, ServingState(True, "v1", True), drift_check(0.5, True))
-    )
+    again = step(Observed(1, "h1", result.status, runs, ServingState("v1", True), drift_check(0.5, True)))
     assert again.train is None
 
 
 def test_no_drift_and_not_enough_data_do_not_retrain() -> None:
     status, runs = serving()
-    calm = step(Observed(1, "h1", status, runs, ServingState(True, "v1", True), drift_check(0.1, False)))
+    calm = step(Observed(1, "h1", status, runs, ServingState("v1", True), drift_check(0.1, False)))
     assert calm.train is None and find(calm.status.conditions, "Drifted").status == "False"  # type: ignore[union-attr]
     thin = step(
         Observed(
@@ -208,7 +202,7 @@ def test_no_drift_and_not_enough_data_do_not_retrain() -> None:
             "h1",
             status,
             runs,
-            ServingState(True, "v1", True),
+            ServingState("v1", True),
             drift_check(0, False, status="insufficient"),
         )
     )
@@ -221,9 +215,7 @@ def test_alert_only_records() -> None:
     status, runs = serving()
     alert = spec()
     alert.monitoring.on_drift = "Alert"
-    result = step(
-        Observed(1, "h1", status, runs, ServingState(True, "v1", True), drift_check(0.9, True)), alert
-    )
+    result = step(Observed(1, "h1", status, runs, ServingState("v1", True), drift_check(0.9, True)), alert)
     assert result.train is None and result.status.drift.drifted is True  # type: ignore[union-attr]
 
 
@@ -280,7 +272,7 @@ def test_cooldown_and_daily_cap_hold_back_drift_retraining() -> None:
             "h1",
             done.status,
             [*runs],
-            ServingState(True, "v2", True),
+            ServingState("v2", True),
             drift_check(0.6, True, at=NOW + timedelta(seconds=1)),
         )
     )
@@ -295,7 +287,7 @@ def test_cooldown_and_daily_cap_hold_back_drift_retraining() -> None:
             "h1",
             done.status,
             [*runs],
-            ServingState(True, "v2", True),
+            ServingState("v2", True),
             drift_check(0.6, True, at=NOW + timedelta(seconds=1)),
         ),
         capped_spec,

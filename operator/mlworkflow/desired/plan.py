@@ -55,7 +55,6 @@ class DriftCheck:
 
 @dataclass(frozen=True)
 class ServingState:
-    exists: bool = False
     version: str | None = None
     ready: bool = False  # rolled out: every replica updated and available
 

@@ -272,7 +272,7 @@ class LocalRunner:
                 ready = response.status == 200
         except OSError:
             ready = False
-        return ServingState(True, self.serving.meta["version"], ready)
+        return ServingState(self.serving.meta["version"], ready)
 
     def _latest_drift(self) -> DriftCheck | None:
         finished = [p for p in self.drift_checks if p.poll() is not None]

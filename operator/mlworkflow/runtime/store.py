@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-MOUNT_PATH = "/artifacts"  # where runtime Pods mount the store
-
 
 @dataclass(frozen=True)
 class WorkflowStore:
