@@ -6,8 +6,10 @@ One model (ColumnTransformer: impute + scale numerics, one-hot categoricals; Ran
 generated data with numeric and categorical columns and missing values, trained by our training runtime.
 Measured: in-process scikit-learn and onnxruntime (the floors), a plain Starlette/uvicorn endpoint calling
 scikit-learn, and our service (`bentoml serve`); p50/p99 latency at 1 client (keep-alive HTTP) and
-throughput at 32 concurrent connections (wrk), for 1 and 100 rows per request. Ratios are against the plain
-endpoint measured in the same run.
+throughput at 32 concurrent connections (wrk), for 1 and 100 rows per request, in both protocols the service
+speaks: JSON records (`/predict`) and the Open Inference Protocol's columns (`/v2/models/<name>/infer`). The
+plain endpoint reads both too; each ratio is against the plain endpoint on the same protocol in the same run.
+Neither server records samples (the plain one has no drift monitor to feed).
 """
 
 from __future__ import annotations
@@ -48,6 +50,22 @@ def generated(rows: int, seed: int = 0) -> pd.DataFrame:
     return frame
 
 
+def inference_request(records: list[dict[str, object]]) -> dict[str, object]:
+    """Records as Open Inference Protocol columns (numbers FP64, the rest BYTES)."""
+    names = list(records[0])
+    return {
+        "inputs": [
+            {
+                "name": name,
+                "datatype": "FP64" if name.startswith("x") else "BYTES",
+                "shape": [len(records)],
+                "data": [r[name] for r in records],
+            }
+            for name in names
+        ]
+    }
+
+
 def percentiles(samples: list[float]) -> tuple[float, float]:
     return float(np.percentile(samples, 50)) * 1000, float(np.percentile(samples, 99)) * 1000
 
@@ -62,13 +80,13 @@ def in_process(fn, repeat: int) -> tuple[float, float]:  # type: ignore[no-untyp
     return percentiles(samples)
 
 
-def http_latency(port: int, body: bytes, repeat: int) -> tuple[float, float]:
+def http_latency(port: int, path: str, body: bytes, repeat: int) -> tuple[float, float]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     headers = {"Content-Type": "application/json"}
     samples = []
     for i in range(repeat + 20):
         started = time.perf_counter()
-        connection.request("POST", "/predict", body, headers)
+        connection.request("POST", path, body, headers)
         response = connection.getresponse()
         response.read()
         assert response.status == 200, response.status
@@ -78,14 +96,14 @@ def http_latency(port: int, body: bytes, repeat: int) -> tuple[float, float]:
     return percentiles(samples)
 
 
-def wrk_throughput(port: int, body: bytes, seconds: int, folder: Path) -> float:
+def wrk_throughput(port: int, path: str, body: bytes, seconds: int, folder: Path) -> float:
     script = folder / "post.lua"
     script.write_text(
         'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
         f"wrk.body = {json.dumps(body.decode())}\n"
     )
     out = subprocess.run(
-        ["wrk", "-t2", "-c32", f"-d{seconds}s", "-s", str(script), f"http://127.0.0.1:{port}/predict"],
+        ["wrk", "-t2", "-c32", f"-d{seconds}s", "-s", str(script), f"http://127.0.0.1:{port}{path}"],
         capture_output=True,
         text=True,
         check=True,
@@ -162,29 +180,31 @@ def main() -> None:
 
     import joblib
 
-    from mlworkflow.runtime.data import FeatureSchema
-    from mlworkflow.runtime.onnx_export import OnnxPredictor
+    from mlworkflow.runtime.serve import LoadedModel
 
     pipeline = joblib.load(model_dir / "pipeline.joblib")
     features = frame.drop(columns=["label"]).sample(200, random_state=1)
     records = json.loads(features.to_json(orient="records"))
-    bodies = {n: json.dumps({"records": records[:n]}).encode() for n in (1, 100)}
-    results: dict[str, dict[int, tuple[float, float, float | None]]] = {}
+    # Each protocol: its path on both servers, and its body for 1 and 100 rows.
+    protocols = {
+        "records": ("/predict", {n: {"records": records[:n]} for n in (1, 100)}),
+        "open inference": ("/v2/models/bench/infer", {n: inference_request(records[:n]) for n in (1, 100)}),
+    }
+    results: dict[tuple[str, str], dict[int, tuple[float, float, float | None]]] = {}
 
     for n in (1, 100):
         rows = pd.DataFrame.from_records(records[:n])
-        results.setdefault("scikit-learn in-process (floor)", {})[n] = (
+        results.setdefault(("scikit-learn in-process (floor)", "-"), {})[n] = (
             *in_process(lambda rows=rows: pipeline.predict(rows), args.requests),
             None,
         )
     if (model_dir / "model.onnx").exists():
-        card = json.loads((model_dir / "card.json").read_text())
-        onnx = OnnxPredictor(
-            (model_dir / "model.onnx").read_bytes(), FeatureSchema.from_json(card["schema"]), True
-        )
+        model = LoadedModel(model_dir)
         for n in (1, 100):
-            results.setdefault("onnxruntime in-process (floor)", {})[n] = (
-                *in_process(lambda n=n: onnx.run(onnx.feed_records(records[:n])), args.requests),
+            batch = model.checker.from_records(records[:n])
+            feed = model.onnx.feed(batch.numeric, batch.categorical)  # type: ignore[union-attr]
+            results.setdefault(("onnxruntime in-process (floor)", "-"), {})[n] = (
+                *in_process(lambda feed=feed: model.onnx.run(feed), args.requests),  # type: ignore[union-attr]
                 None,
             )
 
@@ -227,25 +247,25 @@ def main() -> None:
         port = free_port()
         process = start([*argv, "--port", str(port)], env, port, ready, folder / f"{port}.log")
         try:
-            for n in (1, 100):
-                p50, p99 = http_latency(port, bodies[n], args.requests)
-                results.setdefault(name, {})[n] = (
-                    p50,
-                    p99,
-                    wrk_throughput(port, bodies[n], args.duration, folder),
-                )
+            for protocol, (path, bodies) in protocols.items():
+                for n, request in bodies.items():
+                    body = json.dumps(request).encode()
+                    p50, p99 = http_latency(port, path, body, args.requests)
+                    rps = wrk_throughput(port, path, body, args.duration, folder)
+                    results.setdefault((name, protocol), {})[n] = (p50, p99, rps)
         finally:
             stop(process)
 
-    baseline = results["plain Starlette + scikit-learn"]
     print()
-    columns = ["implementation", "rows/request", "p50 ms (1 client)", "p99 ms (1 client)", "req/s (32 conns)"]
-    print("| " + " | ".join([*columns, "vs plain"]) + " |")
-    print("|---|---|---|---|---|---|")
-    for name, by_rows in results.items():
+    columns = ["implementation", "protocol", "rows/request", "p50 ms (1 client)", "p99 ms (1 client)"]
+    print("| " + " | ".join([*columns, "req/s (32 conns)", "vs plain"]) + " |")
+    print("|---|---|---|---|---|---|---|")
+    for (name, protocol), by_rows in results.items():
+        baseline = results.get(("plain Starlette + scikit-learn", protocol), {})
         for n, (p50, p99, rps) in by_rows.items():
-            ratio = f"{rps / baseline[n][2]:.1f}x" if rps and baseline[n][2] else "-"
-            print(f"| {name} | {n} | {p50:.2f} | {p99:.2f} | {f'{rps:.0f}' if rps else '-'} | {ratio} |")
+            ratio = f"{rps / baseline[n][2]:.1f}x" if rps and baseline.get(n, (0, 0, None))[2] else "-"
+            throughput = f"{rps:.0f}" if rps else "-"
+            print(f"| {name} | {protocol} | {n} | {p50:.2f} | {p99:.2f} | {throughput} | {ratio} |")
     shutil.rmtree(folder, ignore_errors=True)
 
 

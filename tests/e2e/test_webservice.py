@@ -115,6 +115,17 @@ def test_train_serve_retrain_and_survive_a_failed_training(
     assert ready["status"]["model"]["metrics"]["f1_macro"] > 0.8
     answer = wait_for(lambda: predict(control_plane, ns, name), 60, "a prediction from v1")
     assert answer["model"] == "v1" and answer["predictions"] == [2]
+    # The same model through the Open Inference Protocol, as a KServe or Triton client would ask.
+    (url,) = control_plane.service_urls(ns, name)
+    inputs = [{"name": k, "datatype": "FP64", "shape": [1], "data": [v]} for k, v in IRIS_ROW.items()]
+    request = urllib.request.Request(
+        f"{url}/v2/models/{name}/infer",
+        json.dumps({"inputs": inputs}).encode(),
+        {"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        inferred = json.loads(response.read())
+    assert inferred["model_version"] == "v1" and inferred["outputs"][0]["data"] == [2]
     table = control_plane.kubectl("get", "mlw", name, "-n", ns).stdout.splitlines()[1].split()
     assert table[1:4] == ["WebService", "Serving", "v1"]
 

@@ -140,3 +140,83 @@ def test_metrics_and_recorded_samples(server: str, churn_store: tuple[WorkflowSt
     assert rows and {"ts", "model", "features", "prediction"} <= set(rows[-1])
     # MLW_SAMPLE_MAX_ROWS=50: a file rotates past 50 rows, so a Pod never keeps more than twice that.
     assert all(len(f.read_text().splitlines()) <= 50 for f in files)
+
+
+def columns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Open Inference Protocol inputs, one per feature column."""
+    numeric = {"tenure", "monthly"}
+    return [
+        {
+            "name": name,
+            "datatype": "FP64" if name in numeric else "BYTES",
+            "shape": [len(rows)],
+            "data": [r[name] for r in rows],
+        }
+        for name in ROW
+    ]
+
+
+def test_the_open_inference_protocol_answers_like_predict(server: str) -> None:
+    rows = [ROW, {**ROW, "monthly": None, "plan": None}, {**ROW, "tenure": 40.0, "monthly": 20.0}]
+    _, expected = post(f"{server}/predict", {"records": rows})
+    code, answer = post(f"{server}/v2/models/churn/infer", {"id": "req-1", "inputs": columns(rows)})
+    assert code == 200, answer
+    assert answer["model_name"] == "churn" and answer["model_version"] == "v1" and answer["id"] == "req-1"
+    (output,) = answer["outputs"]
+    assert output == {"name": "predict", "datatype": "BYTES", "shape": [3], "data": expected["predictions"]}
+    assert answer["parameters"]["backend"] == expected["backend"]
+
+    nested = [{**tensor, "shape": [3, 1], "data": [[v] for v in tensor["data"]]} for tensor in columns(rows)]
+    code, answer = post(f"{server}/v2/models/churn/versions/v1/infer", {"inputs": nested})
+    assert code == 200 and answer["outputs"][0]["data"] == expected["predictions"]
+
+
+def test_the_open_inference_protocol_health_and_metadata(server: str) -> None:
+    assert status(f"{server}/v2/health/live") == 200 and status(f"{server}/v2/health/ready") == 200
+    assert status(f"{server}/v2/models/churn/ready") == 200
+    with urllib.request.urlopen(f"{server}/v2/models/churn", timeout=5) as response:
+        metadata = json.loads(response.read())
+    assert metadata["name"] == "churn" and metadata["versions"] == ["v1"]
+    assert {i["name"]: i["datatype"] for i in metadata["inputs"]} == {
+        "tenure": "FP64",
+        "monthly": "FP64",
+        "plan": "BYTES",
+        "region": "BYTES",
+    }
+    assert status(f"{server}/v2/models/other") == 404
+    code, answer = post(f"{server}/v2/models/churn/versions/v7/infer", {"inputs": columns([ROW])})
+    assert code == 404 and "'v1'" in answer["error"]
+
+
+@pytest.mark.parametrize(
+    ("inputs", "names"),
+    [
+        (columns([ROW])[1:], "input 'tenure' is missing"),
+        (
+            [*columns([ROW]), {"name": "colour", "datatype": "BYTES", "shape": [1], "data": ["red"]}],
+            "'colour'",
+        ),
+        ([{**columns([ROW])[0], "datatype": "BYTES"}, *columns([ROW])[1:]], "'tenure' is numeric"),
+        ([{**columns([ROW])[0], "shape": [2]}, *columns([ROW])[1:]], "shape [2]"),
+        ([*columns([ROW])[:3], columns([ROW, ROW])[3]], "'region' has 2 rows"),
+        ([{**columns([ROW])[0], "data": ["three"]}, *columns([ROW])[1:]], "row 0: 'tenure' must be a finite"),
+        ([{**columns([ROW])[0], "data": [True]}, *columns([ROW])[1:]], "'tenure' must be a finite number"),
+        ([*columns([ROW])[:2], {**columns([ROW])[2], "data": [{"tier": 1}]}, columns([ROW])[3]], "'plan'"),
+    ],
+)
+def test_open_inference_protocol_bad_requests_are_400_naming_the_problem(
+    server: str, inputs: list[dict[str, Any]], names: str
+) -> None:
+    code, answer = post(f"{server}/v2/models/churn/infer", {"inputs": inputs})
+    assert code == 400, answer
+    assert names.lower() in answer["error"].lower()
+
+
+def test_open_inference_protocol_refuses_what_is_not_a_request(server: str) -> None:
+    for body in (b"{not json", {"inputs": []}, {"instances": [ROW]}):
+        code, answer = post(f"{server}/v2/models/churn/infer", body)
+        assert code == 400 and answer["error"], answer
+    code, answer = post(
+        f"{server}/v2/models/churn/infer", {"inputs": columns([ROW]), "outputs": [{"name": "p"}]}
+    )
+    assert code == 400 and "'predict'" in answer["error"]

@@ -7,9 +7,8 @@ convert, or whose check fails, keeps scikit-learn: never a silent difference.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -65,25 +64,19 @@ class OnnxPredictor:
             zip(self.numeric + self.categorical, (i.name for i in self.session.get_inputs()), strict=True)
         )
 
-    def feed_records(self, records: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-        """Typed column arrays straight from JSON records: no pandas on the request path."""
-        feed: dict[str, np.ndarray] = {}
-        for column in self.numeric:
-            values = [r.get(column) for r in records]
-            feed[self.names[column]] = np.array(
-                [[np.nan if v is None else v] for v in values], dtype=np.float32
-            )
-        for column in self.categorical:
-            feed[self.names[column]] = np.array([[category(r.get(column))] for r in records], dtype=object)
+    def feed(
+        self, numeric: Mapping[str, np.ndarray], categorical: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """The graph's inputs from typed columns (floats with NaN for missing, category strings)."""
+        feed = {self.names[c]: numeric[c].astype(np.float32).reshape(-1, 1) for c in self.numeric}
+        feed.update({self.names[c]: categorical[c].reshape(-1, 1) for c in self.categorical})
         return feed
 
     def feed_frame(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-        feed: dict[str, np.ndarray] = {}
-        for column in self.numeric:
-            feed[self.names[column]] = frame[column].to_numpy(dtype=np.float32).reshape(-1, 1)
-        for column in self.categorical:
-            feed[self.names[column]] = frame[column].map(category).to_numpy(dtype=object).reshape(-1, 1)
-        return feed
+        return self.feed(
+            {c: frame[c].to_numpy(dtype=np.float64) for c in self.numeric},
+            {c: frame[c].map(category).to_numpy(dtype=object) for c in self.categorical},
+        )
 
     def run(self, feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """Predictions, and class probabilities when the model gives them."""

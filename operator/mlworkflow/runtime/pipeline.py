@@ -6,7 +6,6 @@ import importlib
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
@@ -100,8 +99,3 @@ def cv_scoring(task: str) -> dict[str, str]:
     if task == "regression":
         return {"mse": "neg_mean_squared_error", "mae": "neg_mean_absolute_error", "r2": "r2"}
     return {"accuracy": "accuracy", "f1_macro": "f1_macro"}
-
-
-def to_plain(value: Any) -> Any:
-    """A prediction as JSON wants it (numpy scalars become Python ones)."""
-    return value.item() if isinstance(value, np.generic) else value

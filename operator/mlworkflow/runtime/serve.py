@@ -4,7 +4,8 @@
         bentoml serve mlworkflow.runtime.serve:ModelService --host 0.0.0.0 --port 3000
 
 `/predict` takes JSON records and answers at once; `/predict_batch` takes the same records but lets BentoML
-batch concurrent requests (adaptive batching). Every answer names the model version and the backend
+batch concurrent requests (adaptive batching); `/v2/...` speaks the Open Inference Protocol (see
+`inference_protocol`). Every answer names the model version and the backend
 (onnxruntime when the version has a verified ONNX model, scikit-learn otherwise). Requests are checked
 against the model card's feature schema: a problem is a 400 naming the column, never a 500. A bounded
 sample of the inputs and predictions is recorded in the artifact store for the drift monitor.
@@ -13,12 +14,10 @@ sample of the inputs and predictions is recorded in the artifact store for the d
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +25,12 @@ import bentoml
 import joblib
 import numpy as np
 import pandas as pd
-from bentoml.exceptions import InvalidArgument
 
-from mlworkflow.runtime.data import FeatureSchema, category
+from mlworkflow.runtime import inference_protocol
+from mlworkflow.runtime.data import FeatureSchema
+from mlworkflow.runtime.features import FeatureBatch, FeatureChecker
 from mlworkflow.runtime.onnx_export import OnnxPredictor
-from mlworkflow.runtime.pipeline import to_plain
 
-MAX_RECORDS = 10_000
 PREDICTIONS = bentoml.metrics.Counter(
     name="mlworkflow_predictions_total",
     documentation="Rows predicted, by model version and backend",
@@ -40,19 +38,16 @@ PREDICTIONS = bentoml.metrics.Counter(
 )
 
 
-class RequestError(InvalidArgument):
-    """A request that does not fit the model's feature schema (HTTP 400)."""
-
-
 class LoadedModel:
-    """One model version, loaded for inference, with the schema its requests must follow."""
+    """One model version, loaded for inference, with the checker its requests must pass."""
 
     def __init__(self, path: Path) -> None:
         card = json.loads((path / "card.json").read_text())
+        self.name: str = card["workflow"]
         self.version: str = card["version"]
         self.schema = FeatureSchema.from_json(card["schema"])
         self.task: str = card["task"]
-        self.impute: bool = card["pipeline"]["preprocessing"]["impute"]
+        self.checker = FeatureChecker(self.schema, card["pipeline"]["preprocessing"]["impute"])
         one_hot = card["pipeline"]["preprocessing"]["oneHot"]
         onnx_path = path / "model.onnx"
         self.onnx = (
@@ -61,48 +56,14 @@ class LoadedModel:
         self.pipeline = None if self.onnx else joblib.load(path / "pipeline.joblib")
         self.backend = "onnxruntime" if self.onnx else "sklearn"
 
-    def validate(self, records: Any) -> list[dict[str, Any]]:
-        """The records, or a RequestError naming the first problem."""
-        if not isinstance(records, list) or not records:
-            raise RequestError("`records` must be a non-empty list of objects, one per row")
-        if len(records) > MAX_RECORDS:
-            raise RequestError(f"at most {MAX_RECORDS} records per request, got {len(records)}")
-        for index, record in enumerate(records):
-            if not isinstance(record, dict):
-                raise RequestError(f"records[{index}] must be an object of feature values")
-            for column in self.schema.numeric:
-                if column not in record:
-                    raise RequestError(f"records[{index}]: feature {column!r} is missing")
-                value = record[column]
-                if value is None:
-                    if not self.impute:
-                        raise RequestError(
-                            f"records[{index}]: {column!r} is null and this model has no imputer"
-                        )
-                    continue
-                if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                    raise RequestError(f"records[{index}]: {column!r} must be a finite number, got {value!r}")
-            for column in self.schema.categorical:
-                if column not in record:
-                    raise RequestError(f"records[{index}]: feature {column!r} is missing")
-                if not (record[column] is None or isinstance(record[column], str | int | float)):
-                    raise RequestError(
-                        f"records[{index}]: {column!r} must be a string, got {record[column]!r}"
-                    )
-        return records
-
-    def predict(self, records: Sequence[dict[str, Any]]) -> list[Any]:
+    def predict(self, batch: FeatureBatch) -> np.ndarray:
         if self.onnx is not None:
-            predictions, _ = self.onnx.run(self.onnx.feed_records(records))
+            predictions, _ = self.onnx.run(self.onnx.feed(batch.numeric, batch.categorical))
         else:
-            frame = pd.DataFrame.from_records(records, columns=self.schema.features)
-            for column in self.schema.numeric:
-                frame[column] = frame[column].astype("float64")
-            for column in self.schema.categorical:
-                frame[column] = frame[column].map(category)
+            frame = pd.DataFrame({**batch.numeric, **batch.categorical}, columns=self.schema.features)
             predictions = self.pipeline.predict(frame)  # type: ignore[union-attr]
-        PREDICTIONS.labels(model_version=self.version, backend=self.backend).inc(len(records))
-        return [to_plain(p) for p in np.asarray(predictions)]
+        PREDICTIONS.labels(model_version=self.version, backend=self.backend).inc(batch.rows)
+        return np.asarray(predictions)
 
 
 class SampleRecorder:
@@ -118,14 +79,19 @@ class SampleRecorder:
         self.rows = sum(1 for _ in self.path.open()) if self.path.exists() else 0
         self.file = self.path.open("a")
 
-    def record(self, version: str, records: Sequence[dict[str, Any]], predictions: Sequence[Any]) -> None:
+    def record(self, version: str, batch: FeatureBatch, predictions: list[Any]) -> None:
         if self.max_rows <= 0:
             return
         now = time.time()
+        rows = (
+            range(batch.rows)
+            if self.rate >= 1.0
+            else [i for i in range(batch.rows) if random.random() < self.rate]
+        )
         lines = [
-            json.dumps({"ts": now, "model": version, "features": r, "prediction": p}, default=str) + "\n"
-            for r, p in zip(records, predictions, strict=True)
-            if self.rate >= 1.0 or random.random() < self.rate
+            json.dumps({"ts": now, "model": version, "features": features, "prediction": predictions[i]})
+            + "\n"
+            for i, features in zip(rows, batch.records(rows), strict=True)
         ]
         with self.lock:
             if self.rows + len(lines) > self.max_rows:
@@ -151,6 +117,7 @@ def _load() -> tuple[LoadedModel, SampleRecorder]:
 
 
 # One worker per core the Pod may use: each has its own single-threaded onnxruntime session.
+@bentoml.asgi_app(inference_protocol.app, path="/v2")
 @bentoml.service(
     name="mlworkflow-model", workers=int(os.environ.get("MLW_SERVING_WORKERS", "1")), traffic={"timeout": 30}
 )
@@ -159,25 +126,28 @@ class ModelService:
         # Loaded before the worker reports ready: /readyz answers only once the model can predict.
         self.model, self.recorder = _load()
 
-    def _answer(self, records: Any) -> list[Any]:
-        rows = self.model.validate(records)
-        predictions = self.model.predict(rows)
-        self.recorder.record(self.model.version, rows, predictions)
+    def answer(self, batch: FeatureBatch) -> list[Any]:
+        """Predictions for checked features (JSON-ready), counted and sampled for the drift monitor."""
+        predictions: list[Any] = self.model.predict(batch).tolist()
+        self.recorder.record(self.model.version, batch, predictions)
         return predictions
 
+    # Async: the model takes about a millisecond of CPU and its session one thread, so answering on the
+    # event loop costs less than a hop to BentoML's thread pool and serves just as many requests.
     @bentoml.api(route="/predict")
-    def predict(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+    async def predict(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         """Predictions for JSON records, with the model version and backend that made them."""
         return {
             "model": self.model.version,
             "backend": self.model.backend,
-            "predictions": self._answer(records),
+            "predictions": self.answer(self.model.checker.from_records(records)),
         }
 
     # max_latency_ms bounds how long a request may wait to join a batch; BentoML answers 503 past it, so it
     # is generous (a loaded node must not shed requests that a moment's wait would serve).
     @bentoml.api(route="/predict_batch", batchable=True, batch_dim=0, max_batch_size=512, max_latency_ms=1000)
-    def predict_batch(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def predict_batch(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The same, batched with concurrent requests; one answer per record."""
         version, backend = self.model.version, self.model.backend
-        return [{"prediction": p, "model": version, "backend": backend} for p in self._answer(records)]
+        predictions = self.answer(self.model.checker.from_records(records))
+        return [{"prediction": p, "model": version, "backend": backend} for p in predictions]

@@ -1,0 +1,129 @@
+"""A request's features, checked against the model card's schema and turned into typed columns.
+
+Both request shapes end here: JSON records (one object per row) and the Open Inference Protocol's named
+columns. The checks look at whole columns at once (the set of value types, one finiteness test), so a
+clean request costs a few passes in C rather than a Python test per cell; only a failing column is
+scanned again to name the first offending row.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from bentoml.exceptions import InvalidArgument
+
+from mlworkflow.runtime.data import FeatureSchema, category
+
+MAX_ROWS = 10_000
+ABSENT = object()  # a feature a record leaves out (unlike null, which is a missing value)
+NUMBER_TYPES = frozenset({int, float})  # type(True) is bool, so booleans are refused
+CATEGORY_TYPES = frozenset({str, int, float})
+NULL = type(None)
+
+
+class RequestError(InvalidArgument):
+    """A request that does not fit the model's feature schema (HTTP 400)."""
+
+
+@dataclass(frozen=True)
+class FeatureBatch:
+    """Checked feature columns: float64 numbers (NaN where null) and category strings ("" where null)."""
+
+    numeric: dict[str, np.ndarray]
+    categorical: dict[str, np.ndarray]
+    rows: int
+
+    def records(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """Rows as the model saw them, JSON-ready (null for a missing number), for the sample recorder."""
+        columns: dict[str, list[Any]] = {
+            name: [None if math.isnan(v) else v for v in values.tolist()]
+            for name, values in self.numeric.items()
+        }
+        columns.update({name: values.tolist() for name, values in self.categorical.items()})
+        return [{name: values[i] for name, values in columns.items()} for i in indices]
+
+
+class FeatureChecker:
+    """Checks requests against one model's schema; `impute` says whether a null number is allowed."""
+
+    def __init__(self, schema: FeatureSchema, impute: bool) -> None:
+        self.schema, self.impute = schema, impute
+
+    def from_records(self, records: Any) -> FeatureBatch:
+        """A batch from `{"records": [...]}`; errors name `records[i]`."""
+        if not isinstance(records, list) or not records:
+            raise RequestError("`records` must be a non-empty list of objects, one per row")
+        self._check_size(len(records))
+        if any(type(r) is not dict for r in records):
+            index = next(i for i, r in enumerate(records) if type(r) is not dict)
+            raise RequestError(f"records[{index}] must be an object of feature values")
+        columns = {c: [r.get(c, ABSENT) for r in records] for c in self.schema.features}
+        return self.from_columns(columns, len(records), lambda i: f"records[{i}]")
+
+    def from_columns(
+        self, columns: dict[str, list[Any]], rows: int, where: Callable[[int], str]
+    ) -> FeatureBatch:
+        """A batch from one list of values per feature, each `rows` long; `where(i)` names row i."""
+        self._check_size(rows)
+        numeric = {c: self._numeric(c, columns[c], where) for c in self.schema.numeric}
+        categorical = {c: self._categorical(c, columns[c], where) for c in self.schema.categorical}
+        return FeatureBatch(numeric, categorical, rows)
+
+    def _check_size(self, rows: int) -> None:
+        if rows > MAX_ROWS:
+            raise RequestError(f"at most {MAX_ROWS} rows per request, got {rows}")
+
+    def _numeric(self, column: str, values: list[Any], where: Callable[[int], str]) -> np.ndarray:
+        types = set(map(type, values))
+        if not types <= NUMBER_TYPES | {NULL}:
+            index = _first(values, lambda v: type(v) not in NUMBER_TYPES and v is not None)
+            self._absent(column, values[index], where(index))
+            raise RequestError(f"{where(index)}: {column!r} must be a finite number, got {values[index]!r}")
+        if NULL in types and not self.impute:
+            index = values.index(None)
+            raise RequestError(f"{where(index)}: {column!r} is null and this model has no imputer")
+        try:
+            array = np.array(values, dtype=np.float64)  # null -> NaN
+        except OverflowError:
+            index = _first(values, _beyond_float)
+            raise RequestError(
+                f"{where(index)}: {column!r} must be a finite number, got {values[index]!r}"
+            ) from None
+        not_finite = ~np.isfinite(array)
+        for index in np.flatnonzero(not_finite).tolist():
+            if values[index] is not None:  # NaN or Infinity sent as a number, not as null
+                raise RequestError(
+                    f"{where(index)}: {column!r} must be a finite number, got {values[index]!r}"
+                )
+        return array
+
+    def _categorical(self, column: str, values: list[Any], where: Callable[[int], str]) -> np.ndarray:
+        types = set(map(type, values))
+        if types == {str}:
+            return np.array(values, dtype=object)
+        if not types <= CATEGORY_TYPES | {NULL}:
+            index = _first(values, lambda v: type(v) not in CATEGORY_TYPES and v is not None)
+            self._absent(column, values[index], where(index))
+            raise RequestError(f"{where(index)}: {column!r} must be a string, got {values[index]!r}")
+        return np.array([category(v) for v in values], dtype=object)
+
+    @staticmethod
+    def _absent(column: str, value: Any, row: str) -> None:
+        if value is ABSENT:
+            raise RequestError(f"{row}: feature {column!r} is missing")
+
+
+def _first(values: list[Any], bad: Callable[[Any], bool]) -> int:
+    return next(i for i, v in enumerate(values) if bad(v))
+
+
+def _beyond_float(value: Any) -> bool:
+    try:
+        float(value)
+    except (OverflowError, TypeError):
+        return True
+    return False
