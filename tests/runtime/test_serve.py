@@ -109,6 +109,23 @@ def test_the_batch_endpoint_answers_each_record(server: str) -> None:
         assert all(a["model"] == "v1" and a["prediction"] in ("yes", "no") for a in answer)
 
 
+def test_a_bad_record_in_a_batch_fails_only_itself(server: str) -> None:
+    """Concurrent requests share a batch; a bad one is answered with its error, the others predicted."""
+
+    def one(i: int) -> tuple[int, Any]:
+        record = {**ROW, "tenure": "soon"} if i % 4 == 0 else {**ROW, "tenure": float(i)}
+        return post(f"{server}/predict_batch", {"records": [record]})
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(16)))
+    for i, (code, answer) in enumerate(results):
+        assert code == 200 and len(answer) == 1, answer
+        if i % 4 == 0:
+            assert "'tenure' must be a finite number" in answer[0]["error"] and "prediction" not in answer[0]
+        else:
+            assert answer[0]["prediction"] in ("yes", "no") and "error" not in answer[0]
+
+
 @pytest.mark.parametrize(
     ("body", "names"),
     [

@@ -53,16 +53,16 @@ class FeatureChecker:
     def __init__(self, schema: FeatureSchema, impute: bool) -> None:
         self.schema, self.impute = schema, impute
 
-    def from_records(self, records: Any) -> FeatureBatch:
-        """A batch from `{"records": [...]}`; errors name `records[i]`."""
+    def from_records(self, records: Any, where: Callable[[int], str] = "records[{}]".format) -> FeatureBatch:
+        """A batch from `{"records": [...]}`; errors name record i as `where(i)`."""
         if not isinstance(records, list) or not records:
             raise RequestError("`records` must be a non-empty list of objects, one per row")
         self._check_size(len(records))
         if any(type(r) is not dict for r in records):
             index = next(i for i, r in enumerate(records) if type(r) is not dict)
-            raise RequestError(f"records[{index}] must be an object of feature values")
+            raise RequestError(f"{where(index)} must be an object of feature values")
         columns = {c: [r.get(c, ABSENT) for r in records] for c in self.schema.features}
-        return self.from_columns(columns, len(records), lambda i: f"records[{i}]")
+        return self.from_columns(columns, len(records), where)
 
     def from_columns(
         self, columns: dict[str, list[Any]], rows: int, where: Callable[[int], str]

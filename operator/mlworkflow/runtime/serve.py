@@ -28,7 +28,7 @@ import pandas as pd
 
 from mlworkflow.runtime import inference_protocol
 from mlworkflow.runtime.data import FeatureSchema
-from mlworkflow.runtime.features import FeatureBatch, FeatureChecker
+from mlworkflow.runtime.features import FeatureBatch, FeatureChecker, RequestError
 from mlworkflow.runtime.onnx_export import OnnxPredictor
 
 PREDICTIONS = bentoml.metrics.Counter(
@@ -147,7 +147,27 @@ class ModelService:
     # is generous (a loaded node must not shed requests that a moment's wait would serve).
     @bentoml.api(route="/predict_batch", batchable=True, batch_dim=0, max_batch_size=512, max_latency_ms=1000)
     async def predict_batch(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The same, batched with concurrent requests; one answer per record."""
+        """The same, batched with concurrent requests; one answer per record.
+
+        A batch mixes the records of several clients, so one bad record must not fail the others: when the
+        batch does not pass its check, each record is checked alone and a bad one is answered with `error`.
+        """
         version, backend = self.model.version, self.model.backend
-        predictions = self.answer(self.model.checker.from_records(records))
-        return [{"prediction": p, "model": version, "backend": backend} for p in predictions]
+        try:
+            predictions = self.answer(self.model.checker.from_records(records))
+            return [{"prediction": p, "model": version, "backend": backend} for p in predictions]
+        except RequestError:
+            pass
+        answers: list[dict[str, Any]] = [{} for _ in records]
+        good: list[int] = []
+        for index, record in enumerate(records):
+            try:
+                self.model.checker.from_records([record], lambda _: "record")
+                good.append(index)
+            except RequestError as error:
+                answers[index] = {"error": str(error), "model": version}
+        if good:
+            batch = self.model.checker.from_records([records[i] for i in good])
+            for index, prediction in zip(good, self.answer(batch), strict=True):
+                answers[index] = {"prediction": prediction, "model": version, "backend": backend}
+        return answers
