@@ -73,6 +73,15 @@ def test_serving_rolls_out_readiness_gated_with_probes() -> None:
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["MODEL_TAG"] == "iris:v2" and env["BENTOML_HOME"] == "/artifacts/iris/bentoml"
     assert "--port=$(HTTP_PORT)" in container["args"]
+    assert env["MLW_ACCESS_LOG"] == "false"
+
+
+def test_the_admin_may_turn_the_serving_access_log_on() -> None:
+    context = children.RuntimeContext(serving_access_log=True)
+    container = children.serving_deployment(workflow(), "v1", context)["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    assert {"name": "MLW_ACCESS_LOG", "value": "true"} in container["env"]
 
 
 def test_autoscaling_gives_an_hpa_and_leaves_replicas_to_it() -> None:

@@ -46,6 +46,7 @@ class RuntimeContext:
     image: str = "mlworkflow-operator:0.1.0"
     image_pull_policy: str = "IfNotPresent"
     allowed_estimator_prefixes: Sequence[str] = DEFAULT_ALLOWED_PREFIXES
+    serving_access_log: bool = False
 
 
 def model_spec_hash(spec: MLWorkflowSpec) -> str:
@@ -241,6 +242,7 @@ def serving_deployment(workflow: Workflow, version: str, context: RuntimeContext
                             {"name": "MODEL_TAG", "value": f"{workflow.name}:{version}"},
                             {"name": "BENTOML_HOME", "value": f"{STORE_MOUNT}/{workflow.name}/bentoml"},
                             {"name": "BENTOML_DO_NOT_TRACK", "value": "true"},
+                            {"name": "MLW_ACCESS_LOG", "value": str(context.serving_access_log).lower()},
                         ],
                         "ports": [{"name": "http", "containerPort": HTTP_PORT}],
                         "readinessProbe": {

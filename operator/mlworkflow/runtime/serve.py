@@ -126,12 +126,14 @@ JSON = ContentType("application/json")
 UNTRACED_ROUTES = [] if os.environ.get("MLW_TRACE_PREDICTIONS") == "true" else ["/predict", "/v2/models/"]
 
 
-# One worker per core the Pod may use: each has its own single-threaded onnxruntime session.
+# Worker processes per server, each with its own single-threaded onnxruntime session: the operator's Pods run
+# one and scale by replicas; `bentoml serve` elsewhere may set one per core.
 @bentoml.asgi_app(inference_protocol.app, path="/v2")
 @bentoml.service(
     name="mlworkflow-model",
     workers=int(os.environ.get("MLW_SERVING_WORKERS", "1")),
     traffic={"timeout": 30},
+    logging={"access": {"enabled": os.environ.get("MLW_ACCESS_LOG", "false") == "true"}},
     tracing={"excluded_urls": UNTRACED_ROUTES},
 )
 class ModelService:
