@@ -173,7 +173,10 @@ def columns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def test_the_open_inference_protocol_answers_like_predict(server: str) -> None:
+def test_the_open_inference_protocol_answers_like_predict(
+    server: str, churn_store: tuple[WorkflowStore, TrainedModel]
+) -> None:
+    store, _ = churn_store
     rows = [ROW, {**ROW, "monthly": None, "plan": None}, {**ROW, "tenure": 40.0, "monthly": 20.0}]
     _, expected = post(f"{server}/predict", {"records": rows})
     code, answer = post(f"{server}/v2/models/churn/infer", {"id": "req-1", "inputs": columns(rows)})
@@ -182,6 +185,22 @@ def test_the_open_inference_protocol_answers_like_predict(server: str) -> None:
     (output,) = answer["outputs"]
     assert output == {"name": "predict", "datatype": "BYTES", "shape": [3], "data": expected["predictions"]}
     assert answer["parameters"]["backend"] == expected["backend"]
+
+    # Its inputs feed the drift monitor like any other: recorded as the model saw them.
+    assert (
+        post(
+            f"{server}/v2/models/churn/infer", {"inputs": columns([{**ROW, "tenure": 777.0, "plan": None}])}
+        )[0]
+        == 200
+    )
+    recorded = [
+        json.loads(line)
+        for f in Path(store.samples).glob("test-pod-*.jsonl")
+        for line in f.read_text().splitlines()
+    ]
+    assert {"tenure": 3.0, "monthly": None, "plan": "", "region": "north"} in [
+        r["features"] for r in recorded
+    ]
 
     nested = [{**tensor, "shape": [3, 1], "data": [[v] for v in tensor["data"]]} for tensor in columns(rows)]
     code, answer = post(f"{server}/v2/models/churn/versions/v1/infer", {"inputs": nested})
