@@ -256,3 +256,21 @@ def test_open_inference_protocol_refuses_what_is_not_a_request(server: str) -> N
         f"{server}/v2/models/churn/infer", {"inputs": columns([ROW]), "outputs": [{"name": "p"}]}
     )
     assert code == 400 and "'predict'" in answer["error"]
+
+
+def test_the_sample_recorder_keeps_a_bounded_rate(tmp_path: Path) -> None:
+    """A burst is recorded up to the bucket (ten seconds' worth); past it, only what the rate refills."""
+    from mlworkflow.runtime.data import FeatureSchema
+    from mlworkflow.runtime.features import FeatureChecker
+    from mlworkflow.runtime.serve import SampleRecorder
+
+    checker = FeatureChecker(FeatureSchema("label", ["x"], []), impute=True)
+    recorder = SampleRecorder(tmp_path, "pod", max_rows=10_000, rows_per_second=10)
+    batch = checker.from_records([{"x": float(i)} for i in range(150)])
+    recorder.record("v1", batch, list(range(150)))
+    recorder.record("v1", batch, list(range(150)))
+    lines = [json.loads(line) for line in (tmp_path / "pod.jsonl").read_text().splitlines()]
+    assert 100 <= len(lines) <= 102, len(lines)
+    xs = [line["features"]["x"] for line in lines[:100]]
+    assert xs == sorted(xs) and max(xs) > 100, "a random sample of the request, in its order"
+    assert all(line["prediction"] == int(line["features"]["x"]) for line in lines)

@@ -68,27 +68,43 @@ class LoadedModel:
 
 
 class SampleRecorder:
-    """Appends a sample of served rows (JSON lines) to the artifact store, bounded: past `max_rows` the file
-    becomes `<name>.1.jsonl` (replacing the older one), so each Pod keeps at most twice max_rows rows."""
+    """Appends a sample of served rows (JSON lines) to the artifact store for the drift monitor.
 
-    def __init__(self, folder: Path, name: str, max_rows: int, rate: float) -> None:
+    Bounded in rate and in size. At most `rows_per_second` rows a second on average (a token bucket holding
+    `BURST_SECONDS` of them, so a quiet Pod records every row of a burst), picked at random within each
+    request: a busy Pod keeps a thin uniform sample instead of serialising every row it serves, which would
+    cost as much CPU as the prediction. Past `max_rows` the file becomes `<name>.1.jsonl` (replacing the
+    older one), so each Pod keeps at most twice max_rows rows.
+    """
+
+    BURST_SECONDS = 10.0
+
+    def __init__(self, folder: Path, name: str, max_rows: int, rows_per_second: float) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / f"{name}.jsonl"
         self.rotated = folder / f"{name}.1.jsonl"
-        self.max_rows, self.rate = max_rows, rate
+        self.max_rows, self.rows_per_second = max_rows, rows_per_second
+        self.capacity = rows_per_second * self.BURST_SECONDS
+        self.tokens, self.refilled = self.capacity, time.monotonic()
         self.lock = threading.Lock()
         self.rows = sum(1 for _ in self.path.open()) if self.path.exists() else 0
         self.file = self.path.open("a")
 
+    def allowance(self, rows: int) -> int:
+        """How many of a request's `rows` to record now, taken from the bucket."""
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.capacity, self.tokens + (now - self.refilled) * self.rows_per_second)
+            self.refilled = now
+            taken = min(rows, int(self.tokens))
+            self.tokens -= taken
+            return taken
+
     def record(self, version: str, batch: FeatureBatch, predictions: list[Any]) -> None:
-        if self.max_rows <= 0:
+        if self.max_rows <= 0 or not (taken := self.allowance(batch.rows)):
             return
+        rows = range(batch.rows) if taken == batch.rows else sorted(random.sample(range(batch.rows), taken))
         now = time.time()
-        rows = (
-            range(batch.rows)
-            if self.rate >= 1.0
-            else [i for i in range(batch.rows) if random.random() < self.rate]
-        )
         lines = [
             json.dumps({"ts": now, "model": version, "features": features, "prediction": predictions[i]})
             + "\n"
@@ -112,7 +128,7 @@ def _load() -> tuple[LoadedModel, SampleRecorder]:
         store / "samples",
         f"{os.environ.get('HOSTNAME', 'local')}-{os.getpid()}",
         int(os.environ.get("MLW_SAMPLE_MAX_ROWS", "50000")),
-        float(os.environ.get("MLW_SAMPLE_RATE", "1.0")),
+        float(os.environ.get("MLW_SAMPLE_ROWS_PER_SECOND", "100")),
     )
     return model, recorder
 
