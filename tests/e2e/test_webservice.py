@@ -3,30 +3,21 @@ training Jobs and BentoML Deployment really running on the process node."""
 
 from __future__ import annotations
 
-import copy
 import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 
 from kubelocal.controlplane import ControlPlane
 from mlworkflow.api import v1alpha1
-from support import REPO, operator_in, wait_for
+from support import operator_in, wait_for
+from workflows import IRIS_ROW, condition, create_workflow, get, objects, patch_spec, predict
 
 pytestmark = pytest.mark.cluster
-
-IRIS_ROW = {
-    "sepal length (cm)": 6.3,
-    "sepal width (cm)": 3.3,
-    "petal length (cm)": 6.0,
-    "petal width (cm)": 2.5,
-}
 
 
 @pytest.fixture
@@ -38,69 +29,11 @@ def operator(
         yield
 
 
-def workflow_manifest() -> dict[str, Any]:
-    document = copy.deepcopy(yaml.safe_load((REPO / "examples" / "webservice-iris.yaml").read_text()))
-    document["spec"]["model"]["params"] = {"n_estimators": 20, "max_depth": 4}
-    document["spec"]["training"]["crossValidation"] = 3
-    document["spec"]["serving"] = {"replicas": 1}
-    return dict(document)
-
-
-def objects(api: client.ApiClient) -> client.CustomObjectsApi:
-    return client.CustomObjectsApi(api)
-
-
-def get(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
-    return dict(
-        objects(api).get_namespaced_custom_object(
-            v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, name
-        )
-    )
-
-
-def patch_spec(api: client.ApiClient, namespace: str, name: str, spec: dict[str, Any]) -> None:
-    objects(api).patch_namespaced_custom_object(
-        v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, name, {"spec": spec}
-    )
-
-
-def condition(workflow: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in workflow.get("status", {}).get("conditions", []) if c["type"] == type_), {})
-
-
-def predict(control_plane: ControlPlane, namespace: str, service: str) -> dict[str, Any] | None:
-    """A prediction through the Service's (single) ready endpoint, or None while there is none."""
-    urls = control_plane.service_urls(namespace, service)
-    if len(urls) != 1:
-        return None
-    request = urllib.request.Request(
-        f"{urls[0]}/predict",
-        json.dumps({"records": [IRIS_ROW]}).encode(),
-        {"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return dict(json.loads(response.read()))
-    except (urllib.error.URLError, OSError):
-        return None
-
-
 def test_train_serve_retrain_and_survive_a_failed_training(
     api: client.ApiClient, control_plane: ControlPlane, process_namespace: str, operator: None
 ) -> None:
     ns = process_namespace
-    client.CoreV1Api(api).create_namespaced_persistent_volume_claim(
-        ns,
-        {
-            "metadata": {"name": "ml-artifacts"},
-            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
-        },
-    )
-    manifest = workflow_manifest()
-    name = manifest["metadata"]["name"]
-    objects(api).create_namespaced_custom_object(
-        v1alpha1.GROUP, v1alpha1.VERSION, ns, v1alpha1.PLURAL, manifest
-    )
+    name = create_workflow(api, ns)
 
     # kubectl wait reads the Ready condition, as a user (or Flux, Argo CD) would.
     waited = control_plane.kubectl(

@@ -19,6 +19,7 @@ from mlworkflow.kube import Kube
 
 RESOURCE = (v1alpha1.GROUP, v1alpha1.VERSION, v1alpha1.PLURAL)
 CONFIG = OperatorConfig.from_env()
+MAX_RETRY_SECONDS = 60
 
 
 def _api_client() -> client.ApiClient:
@@ -53,13 +54,17 @@ def forget_deleted_workflow(event: kopf.RawEvent, meta: kopf.Meta, **_: Any) -> 
         metrics.forget(str(meta["namespace"]), str(meta["name"]))
 
 
-def _reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
+def _reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, logger: kopf.Logger) -> None:
     with metrics.RECONCILE_DURATION.time():
         try:
             result = reconcile(dict(body), memo.kube, CONFIG, datetime.now(UTC))
-        except Exception:
+        except Exception as error:
             metrics.RECONCILES.labels("error").inc()
-            raise  # kopf retries with back-off
+            # A reconcile is idempotent, so it is retried soon, backing off exponentially: kopf's fixed minute
+            # would outlast a blip of the API server by far.
+            delay = min(MAX_RETRY_SECONDS, 2**retry)
+            logger.warning(f"reconcile failed, retrying in {delay}s", exc_info=True)
+            raise kopf.TemporaryError(f"{type(error).__name__}: {error}", delay=delay) from error
     metrics.RECONCILES.labels("success").inc()
     before = MLWorkflowStatus.model_validate(body.get("status") or {})
     meta = body["metadata"]
@@ -77,10 +82,14 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
 @kopf.on.resume(*RESOURCE, id="reconcile")
 @kopf.on.create(*RESOURCE, id="reconcile")
 @kopf.on.update(*RESOURCE, id="reconcile")
-def reconcile_on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    _reconcile(body, patch, memo)
+def reconcile_on_change(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, logger: kopf.Logger, **_: Any
+) -> None:
+    _reconcile(body, patch, memo, retry, logger)
 
 
 @kopf.timer(*RESOURCE, id="resync", interval=CONFIG.resync_seconds)
-def reconcile_periodically(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    _reconcile(body, patch, memo)
+def reconcile_periodically(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
+) -> None:
+    _reconcile(body, patch, memo, kwargs["retry"], logger)

@@ -1,0 +1,86 @@
+"""WebService workflows for the end-to-end tests: the manifest, and reading, patching and asking them."""
+
+from __future__ import annotations
+
+import copy
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+import yaml
+from kubernetes import client
+
+from kubelocal.controlplane import ControlPlane
+from mlworkflow.api import v1alpha1
+from support import REPO
+
+IRIS_ROW = {
+    "sepal length (cm)": 6.3,
+    "sepal width (cm)": 3.3,
+    "petal length (cm)": 6.0,
+    "petal width (cm)": 2.5,
+}
+
+
+def workflow_manifest() -> dict[str, Any]:
+    document = copy.deepcopy(yaml.safe_load((REPO / "examples" / "webservice-iris.yaml").read_text()))
+    document["spec"]["model"]["params"] = {"n_estimators": 20, "max_depth": 4}
+    document["spec"]["training"]["crossValidation"] = 3
+    document["spec"]["serving"] = {"replicas": 1}
+    return dict(document)
+
+
+def objects(api: client.ApiClient) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api)
+
+
+def get(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    return dict(
+        objects(api).get_namespaced_custom_object(
+            v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, name
+        )
+    )
+
+
+def patch_spec(api: client.ApiClient, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    objects(api).patch_namespaced_custom_object(
+        v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, name, {"spec": spec}
+    )
+
+
+def condition(workflow: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in workflow.get("status", {}).get("conditions", []) if c["type"] == type_), {})
+
+
+def predict(control_plane: ControlPlane, namespace: str, service: str) -> dict[str, Any] | None:
+    """A prediction through the Service's (single) ready endpoint, or None while there is none."""
+    urls = control_plane.service_urls(namespace, service)
+    if len(urls) != 1:
+        return None
+    request = urllib.request.Request(
+        f"{urls[0]}/predict",
+        json.dumps({"records": [IRIS_ROW]}).encode(),
+        {"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return dict(json.loads(response.read()))
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def create_workflow(api: client.ApiClient, namespace: str) -> str:
+    """The artifact store's claim and a small iris WebService workflow in `namespace`; returns its name."""
+    client.CoreV1Api(api).create_namespaced_persistent_volume_claim(
+        namespace,
+        {
+            "metadata": {"name": "ml-artifacts"},
+            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+        },
+    )
+    manifest = workflow_manifest()
+    objects(api).create_namespaced_custom_object(
+        v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, manifest
+    )
+    return str(manifest["metadata"]["name"])
