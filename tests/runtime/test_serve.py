@@ -98,6 +98,23 @@ def test_predicts_with_the_version_and_backend(
     assert len(answer["predictions"]) == 2 and set(answer["predictions"]) <= {"yes", "no"}
 
 
+def test_class_probabilities_on_request(server: str) -> None:
+    rows = [ROW, {**ROW, "tenure": 40.0, "monthly": 20.0}]
+    code, answer = post(f"{server}/predict", {"records": rows, "probabilities": True})
+    assert code == 200 and answer["classes"] == ["no", "yes"]
+    for prediction, row in zip(answer["predictions"], answer["probabilities"], strict=True):
+        assert abs(sum(row) - 1) < 1e-6 and answer["classes"][row.index(max(row))] == prediction
+
+    inputs = columns(rows)
+    outputs = [{"name": "predict_proba"}, {"name": "predict"}]
+    code, inferred = post(f"{server}/v2/models/churn/infer", {"inputs": inputs, "outputs": outputs})
+    assert code == 200, inferred
+    proba, predict = inferred["outputs"]
+    assert predict["data"] == answer["predictions"]
+    assert proba["shape"] == [2, 2] and proba["parameters"]["classes"] == ["no", "yes"]
+    assert proba["data"] == [p for row in answer["probabilities"] for p in row]
+
+
 def test_the_batch_endpoint_answers_each_record(server: str) -> None:
     def one(i: int) -> tuple[int, Any]:
         return post(f"{server}/predict_batch", {"records": [{**ROW, "tenure": float(i)}] * 3})
@@ -213,6 +230,10 @@ def test_the_open_inference_protocol_health_and_metadata(server: str) -> None:
     with urllib.request.urlopen(f"{server}/v2/models/churn", timeout=5) as response:
         metadata = json.loads(response.read())
     assert metadata["name"] == "churn" and metadata["versions"] == ["v1"]
+    assert metadata["outputs"] == [
+        {"name": "predict", "datatype": "BYTES", "shape": [-1]},
+        {"name": "predict_proba", "datatype": "FP64", "shape": [-1, 2]},
+    ]
     assert {i["name"]: i["datatype"] for i in metadata["inputs"]} == {
         "tenure": "FP64",
         "monthly": "FP64",

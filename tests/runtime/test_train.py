@@ -95,6 +95,10 @@ def test_regression_on_a_bundled_dataset(tmp_path: Path) -> None:
     trained = train(spec, WorkflowStore(tmp_path, "diabetes"), "v1", "Initial")  # type: ignore[arg-type]
     assert set(trained.metrics) == {"mse", "mae", "r2"} and trained.metrics["r2"] > 0.3
     assert trained.backend == "onnxruntime", "a linear pipeline converts exactly"
+    import bentoml  # the store this process saved to (BentoML fixes it at first use)
+
+    card = json.loads((Path(bentoml.models.get(trained.tag).path) / "card.json").read_text())
+    assert card["classes"] is None and card["probabilities"] is False
 
 
 def run_trainer(tmp_path: Path, spec_json: str) -> tuple[int, dict[str, Any]]:

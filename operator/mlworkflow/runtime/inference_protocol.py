@@ -32,6 +32,7 @@ NUMERIC_DATATYPES = frozenset(
     {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 )
 OUTPUT = "predict"
+PROBABILITIES = "predict_proba"  # a classifier's, as in MLServer's scikit-learn runtime
 
 
 class ServedModel(Protocol):
@@ -45,6 +46,12 @@ class ServedModel(Protocol):
     def schema(self) -> FeatureSchema: ...
     @property
     def checker(self) -> FeatureChecker: ...
+    @property
+    def task(self) -> str: ...
+    @property
+    def classes(self) -> list[Any] | None: ...
+    @property
+    def probabilities(self) -> bool: ...
 
 
 class ModelServer(Protocol):
@@ -52,7 +59,9 @@ class ModelServer(Protocol):
 
     @property
     def model(self) -> ServedModel: ...
-    def answer(self, batch: FeatureBatch) -> list[Any]: ...
+    def answer(
+        self, batch: FeatureBatch, probabilities: bool = False
+    ) -> tuple[list[Any], list[list[float]] | None]: ...
 
 
 class NotServed(Exception):
@@ -96,6 +105,9 @@ async def metadata(request: Request) -> Response:
     except NotServed as error:
         return _error(404, str(error))
     schema = model.schema
+    outputs = [{"name": OUTPUT, "datatype": _prediction_datatype(model), "shape": [-1]}]
+    if model.probabilities:
+        outputs.append({"name": PROBABILITIES, "datatype": "FP64", "shape": [-1, len(model.classes or [])]})
     return JSONResponse(
         {
             "name": model.name,
@@ -103,9 +115,7 @@ async def metadata(request: Request) -> Response:
             "platform": model.backend,
             "inputs": [{"name": c, "datatype": "FP64", "shape": [-1]} for c in schema.numeric]
             + [{"name": c, "datatype": "BYTES", "shape": [-1]} for c in schema.categorical],
-            "outputs": [
-                {"name": OUTPUT, "datatype": "BYTES" if schema.categorical else "FP64", "shape": [-1]}
-            ],
+            "outputs": outputs,
         }
     )
 
@@ -123,8 +133,9 @@ async def infer(request: Request) -> Response:
     try:
         model = _served(request)
         body = json.loads(await request.body())
+        outputs = _outputs(body, model)
         batch = _batch(body, model)
-        predictions = _server().answer(batch)
+        predictions, probabilities = _server().answer(batch, PROBABILITIES in outputs)
     except NotServed as error:
         return _error(404, str(error))
     except (RequestError, ValueError) as error:  # ValueError: the body is not JSON
@@ -135,11 +146,33 @@ async def infer(request: Request) -> Response:
         "parameters": {"backend": model.backend},
         "outputs": [
             {"name": OUTPUT, "datatype": _datatype(predictions), "shape": [batch.rows], "data": predictions}
+            if name == OUTPUT
+            else {
+                "name": PROBABILITIES,
+                "datatype": "FP64",
+                "shape": [batch.rows, len(model.classes or [])],
+                "data": [p for row in probabilities or [] for p in row],  # row-major, as the protocol wants
+                "parameters": {"classes": model.classes},
+            }
+            for name in outputs
         ],
     }
     if isinstance(body.get("id"), str):
         answer["id"] = body["id"]
     return JSONResponse(answer)
+
+
+def _outputs(body: Any, model: ServedModel) -> list[str]:
+    """The outputs asked for, in order: `predict` unless the request names others."""
+    offered = [OUTPUT, PROBABILITIES] if model.probabilities else [OUTPUT]
+    requested = body.get("outputs") if isinstance(body, dict) else None
+    if not requested:
+        return [OUTPUT]
+    names = [o.get("name") if isinstance(o, dict) else o for o in requested]
+    for name in names:
+        if name not in offered:
+            raise RequestError(f"unknown output {name!r}: this model has {', '.join(map(repr, offered))}")
+    return [str(name) for name in names]
 
 
 def _batch(body: Any, model: ServedModel) -> FeatureBatch:
@@ -148,9 +181,6 @@ def _batch(body: Any, model: ServedModel) -> FeatureBatch:
         raise RequestError(
             "the body must be an object with a non-empty `inputs` list (Open Inference Protocol)"
         )
-    for output in body.get("outputs") or []:
-        if not isinstance(output, dict) or output.get("name") != OUTPUT:
-            raise RequestError(f"unknown output {output!r}: this model has one output, {OUTPUT!r}")
     schema = model.schema
     columns: dict[str, list[Any]] = {}
     rows: int | None = None
@@ -195,6 +225,12 @@ def _column(tensor: dict[str, Any], name: str, numeric: bool) -> list[Any]:
             f"input {name!r}: shape {shape!r} does not fit {len(data)} values; use [N] or [N, 1]"
         )
     return data
+
+
+def _prediction_datatype(model: ServedModel) -> str:
+    if model.task == "regression":
+        return "FP64"
+    return _datatype(model.classes) if model.classes else "BYTES"
 
 
 def _datatype(predictions: list[Any]) -> str:

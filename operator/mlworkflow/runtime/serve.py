@@ -19,7 +19,7 @@ import random
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import bentoml
 import joblib
@@ -39,6 +39,11 @@ PREDICTIONS = bentoml.metrics.Counter(
 )
 
 
+class Answer(NamedTuple):
+    predictions: list[Any]
+    probabilities: list[list[float]] | None
+
+
 class LoadedModel:
     """One model version, loaded for inference, with the checker its requests must pass."""
 
@@ -48,6 +53,8 @@ class LoadedModel:
         self.version: str = card["version"]
         self.schema = FeatureSchema.from_json(card["schema"])
         self.task: str = card["task"]
+        self.classes: list[Any] | None = card.get("classes")  # a classifier's, in probability-column order
+        self.probabilities: bool = card.get("probabilities", False)
         self.checker = FeatureChecker(self.schema, card["pipeline"]["preprocessing"]["impute"])
         one_hot = card["pipeline"]["preprocessing"]["oneHot"]
         onnx_path = path / "model.onnx"
@@ -57,14 +64,20 @@ class LoadedModel:
         self.pipeline = None if self.onnx else joblib.load(path / "pipeline.joblib")
         self.backend = "onnxruntime" if self.onnx else "sklearn"
 
-    def predict(self, batch: FeatureBatch) -> np.ndarray:
+    def predict(
+        self, batch: FeatureBatch, probabilities: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predictions, and the class probabilities (columns in `classes` order) when asked for."""
+        if probabilities and not self.probabilities:
+            raise RequestError(f"model {self.name} {self.version} gives no class probabilities ({self.task})")
         if self.onnx is not None:
-            predictions, _ = self.onnx.run(self.onnx.feed(batch.numeric, batch.categorical))
+            predictions, proba = self.onnx.run(self.onnx.feed(batch.numeric, batch.categorical))
         else:
             frame = pd.DataFrame({**batch.numeric, **batch.categorical}, columns=self.schema.features)
             predictions = self.pipeline.predict(frame)  # type: ignore[union-attr]
+            proba = self.pipeline.predict_proba(frame) if probabilities else None  # type: ignore[union-attr]
         PREDICTIONS.labels(model_version=self.version, backend=self.backend).inc(batch.rows)
-        return np.asarray(predictions)
+        return np.asarray(predictions), proba if probabilities else None
 
 
 class SampleRecorder:
@@ -157,22 +170,30 @@ class ModelService:
         # Loaded before the worker reports ready: /readyz answers only once the model can predict.
         self.model, self.recorder = _load()
 
-    def answer(self, batch: FeatureBatch) -> list[Any]:
+    def answer(self, batch: FeatureBatch, probabilities: bool = False) -> Answer:
         """Predictions for checked features (JSON-ready), counted and sampled for the drift monitor."""
-        predictions: list[Any] = self.model.predict(batch).tolist()
+        predicted, proba = self.model.predict(batch, probabilities)
+        predictions: list[Any] = predicted.tolist()
         self.recorder.record(self.model.version, batch, predictions)
-        return predictions
+        return Answer(predictions, None if proba is None else np.asarray(proba, dtype=np.float64).tolist())
 
     # Async: the model takes about a millisecond of CPU and its session one thread, so answering on the
     # event loop costs less than a hop to BentoML's thread pool and serves just as many requests.
     @bentoml.api(route="/predict")
-    async def predict(self, records: list[dict[str, Any]]) -> Annotated[dict[str, Any], JSON]:
-        """Predictions for JSON records, with the model version and backend that made them."""
-        return {
+    async def predict(
+        self, records: list[dict[str, Any]], probabilities: bool = False
+    ) -> Annotated[dict[str, Any], JSON]:
+        """Predictions for JSON records, with the model version and backend that made them; with
+        `probabilities`, a classifier's class probabilities too (one row per record, columns `classes`)."""
+        answer = self.answer(self.model.checker.from_records(records), probabilities)
+        body: dict[str, Any] = {
             "model": self.model.version,
             "backend": self.model.backend,
-            "predictions": self.answer(self.model.checker.from_records(records)),
+            "predictions": answer.predictions,
         }
+        if answer.probabilities is not None:
+            body |= {"classes": self.model.classes, "probabilities": answer.probabilities}
+        return body
 
     # max_latency_ms bounds how long a request may wait to join a batch; BentoML answers 503 past it, so it
     # is generous (a loaded node must not shed requests that a moment's wait would serve).
@@ -185,7 +206,7 @@ class ModelService:
         """
         version, backend = self.model.version, self.model.backend
         try:
-            predictions = self.answer(self.model.checker.from_records(records))
+            predictions = self.answer(self.model.checker.from_records(records)).predictions
             return [{"prediction": p, "model": version, "backend": backend} for p in predictions]
         except RequestError:
             pass
@@ -199,6 +220,6 @@ class ModelService:
                 answers[index] = {"error": str(error), "model": version}
         if good:
             batch = self.model.checker.from_records([records[i] for i in good])
-            for index, prediction in zip(good, self.answer(batch), strict=True):
+            for index, prediction in zip(good, self.answer(batch).predictions, strict=True):
                 answers[index] = {"prediction": prediction, "model": version, "backend": backend}
         return answers

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import joblib
+import numpy as np
 import pandas as pd
 import sklearn
 from sklearn.model_selection import KFold, StratifiedKFold, cross_validate, train_test_split
@@ -112,6 +113,9 @@ def train(
         },
         "schema": schema.to_json(),
         "task": task,
+        # A classifier's classes, in the order of its probability columns (when it gives probabilities).
+        "classes": np.asarray(model.classes_).tolist() if task == "classification" else None,
+        "probabilities": hasattr(model, "predict_proba"),
         "pipeline": {
             "estimator": spec.model.estimator,
             "params": spec.model.params,
