@@ -20,6 +20,7 @@ from kubelocal.controlplane import ControlPlane
 from kubelocal.net import free_port
 from mlworkflow.api import v1alpha1
 from support import operator_in, wait_for
+from workflows import get, patch_spec
 
 pytestmark = pytest.mark.cluster
 
@@ -65,20 +66,6 @@ def manifest() -> dict[str, Any]:
             "storage": {"pvc": {"claimName": "store"}},
         },
     }
-
-
-def get(api: client.ApiClient, ns: str) -> dict[str, Any]:
-    return dict(
-        client.CustomObjectsApi(api).get_namespaced_custom_object(
-            v1alpha1.GROUP, v1alpha1.VERSION, ns, v1alpha1.PLURAL, NAME
-        )
-    )
-
-
-def patch_spec(api: client.ApiClient, ns: str, spec: dict[str, Any]) -> None:
-    client.CustomObjectsApi(api).patch_namespaced_custom_object(
-        v1alpha1.GROUP, v1alpha1.VERSION, ns, v1alpha1.PLURAL, NAME, {"spec": spec}
-    )
 
 
 def send(control_plane: ControlPlane, ns: str, frame: pd.DataFrame) -> set[str]:
@@ -133,7 +120,7 @@ def run_drift_check(api: client.ApiClient, ns: str, number: int) -> None:
 
 
 def history(api: client.ApiClient, ns: str) -> list[dict[str, Any]]:
-    return list(get(api, ns).get("status", {}).get("history", []))
+    return list(get(api, ns, NAME).get("status", {}).get("history", []))
 
 
 def test_drift_retrains_and_champion_challenger_decides(
@@ -160,7 +147,7 @@ def test_drift_retrains_and_champion_challenger_decides(
     client.CustomObjectsApi(api).create_namespaced_custom_object(
         v1alpha1.GROUP, v1alpha1.VERSION, ns, v1alpha1.PLURAL, manifest()
     )
-    wait_for(lambda: get(api, ns).get("status", {}).get("phase") == "Serving", 180, "v1 serving")
+    wait_for(lambda: get(api, ns, NAME).get("status", {}).get("phase") == "Serving", 180, "v1 serving")
     assert send(control_plane, ns, regime(50, shifted=False, seed=2)) == {"v1"}
 
     # The world changes: shifted traffic, and the data pipeline delivers labelled data of the new regime.
@@ -171,7 +158,7 @@ def test_drift_retrains_and_champion_challenger_decides(
     rejected = wait_for(
         lambda: (h := history(api, ns)) and h[0]["version"] == "v2" and h, 180, "v2 trained after the drift"
     )
-    workflow = get(api, ns)
+    workflow = get(api, ns, NAME)
     assert workflow["status"]["drift"]["drifted"] is True and workflow["status"]["drift"]["share"] >= 0.5
     drifted = next(c for c in workflow["status"]["conditions"] if c["type"] == "Drifted")
     assert drifted["status"] == "True" and "x1" in drifted["message"]
@@ -187,16 +174,16 @@ def test_drift_retrains_and_champion_challenger_decides(
     assert send(control_plane, ns, regime(300, shifted=True, seed=5)) == {"v1"}, "the champion keeps serving"
 
     # Now a better model is enough: the next drift check's retraining is promoted and rolled out.
-    patch_spec(api, ns, {"promotion": {"minImprovement": 0.0}})
+    patch_spec(api, ns, NAME, {"promotion": {"minImprovement": 0.0}})
     run_drift_check(api, ns, 2)
     promoted = wait_for(lambda: (h := history(api, ns)) and h[0]["version"] == "v3" and h, 180, "v3 trained")
     assert promoted[0]["outcome"] == "Promoted" and promoted[0]["trigger"] == "Drift"
     assert promoted[0]["metrics"]["f1_macro"] > rejected[0]["metrics"]["f1_macro"] - 0.05
     wait_for(lambda: settles_on(control_plane, ns, "v3"), 120, "v3 serving alone")
-    assert get(api, ns)["status"]["retrains"] == 2
+    assert get(api, ns, NAME)["status"]["retrains"] == 2
 
     # Cooldown: a drift right after a drift retraining waits.
-    patch_spec(api, ns, {"monitoring": {"cooldown": "1h"}})
+    patch_spec(api, ns, NAME, {"monitoring": {"cooldown": "1h"}})
     send(control_plane, ns, regime(300, shifted=False, seed=7))  # back to the old world: drift against v3
     run_drift_check(api, ns, 3)
     events = wait_for(

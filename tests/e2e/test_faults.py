@@ -107,7 +107,13 @@ def test_a_restarted_operator_picks_up_a_training_it_did_not_see_finish(
     ns = process_namespace
     with operator_in(ns, operator_kubeconfig, monkeypatch):
         name = create_workflow(api, ns)
-        wait_for(lambda: training_jobs(api, ns), 60, "the v1 training Job")
+        wait_for(
+            lambda: (
+                training_jobs(api, ns) and get(api, ns, name).get("status", {}).get("phase") == "Training"
+            ),
+            60,
+            "the v1 training Job, recorded in status",
+        )
     # The operator is gone; the Job it started runs on and finishes without it.
     batch = client.BatchV1Api(api)
     wait_for(lambda: batch.read_namespaced_job(f"{name}-train-v1", ns).status.succeeded, 180, "v1 trained")

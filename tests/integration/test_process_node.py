@@ -58,6 +58,10 @@ def create(api: client.ApiClient, namespace: str, manifest: dict[str, Any]) -> N
     )
 
 
+def pod_manifest(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+
+
 def claim(name: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -265,11 +269,9 @@ def test_init_containers_volumes_env_and_side_by_side_containers(
     core = client.CoreV1Api(api)
     core.create_namespaced_config_map(ns, {"metadata": {"name": "settings"}, "data": {"mode": "fast"}})
     core.create_namespaced_secret(ns, {"metadata": {"name": "creds"}, "stringData": {"password": "s3cret"}})
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "combo", "labels": {"app": "combo"}},
-        "spec": {
+    pod = pod_manifest(
+        "combo",
+        {
             "restartPolicy": "Never",
             "initContainers": [
                 {
@@ -298,20 +300,20 @@ def test_init_containers_volumes_env_and_side_by_side_containers(
                     "envFrom": [{"configMapRef": {"name": "settings"}, "prefix": "CFG_"}],
                     "command": python(
                         """
-                        import json, os, time
-                        deadline = time.time() + 20
-                        while not os.path.exists("/shared/peer") and time.time() < deadline:
-                            time.sleep(0.1)
-                        result = {
-                            "order": open("/shared/order").read().split(),
-                            "mode_file": open("/config/mode").read(),
-                            "mode_env": os.environ["CFG_mode"],
-                            "password": os.environ["PASSWORD"],
-                            "peer": open("/shared/peer").read(),
-                            "readonly": not os.access("/config/mode", os.W_OK),
-                        }
-                        open("/dev/termination-log", "w").write(json.dumps(result))
-                        """
+                    import json, os, time
+                    deadline = time.time() + 20
+                    while not os.path.exists("/shared/peer") and time.time() < deadline:
+                        time.sleep(0.1)
+                    result = {
+                        "order": open("/shared/order").read().split(),
+                        "mode_file": open("/config/mode").read(),
+                        "mode_env": os.environ["CFG_mode"],
+                        "password": os.environ["PASSWORD"],
+                        "peer": open("/shared/peer").read(),
+                        "readonly": not os.access("/config/mode", os.W_OK),
+                    }
+                    open("/dev/termination-log", "w").write(json.dumps(result))
+                    """
                     ),
                     "volumeMounts": [
                         {"name": "shared", "mountPath": "/shared"},
@@ -330,7 +332,7 @@ def test_init_containers_volumes_env_and_side_by_side_containers(
                 {"name": "config", "configMap": {"name": "settings"}},
             ],
         },
-    }
+    )
     create(api, ns, pod)
     done = pod_in_phase(api, ns, "combo", "Succeeded", "Failed")
     assert done["status"]["phase"] == "Succeeded", control_plane.container_log(ns, "combo", "reader")
@@ -348,14 +350,12 @@ def test_init_containers_volumes_env_and_side_by_side_containers(
 
 
 def test_a_failing_liveness_probe_restarts_the_container(
-    api: client.ApiClient, control_plane: ControlPlane, process_namespace: str
+    api: client.ApiClient, process_namespace: str
 ) -> None:
     ns = process_namespace
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "flaky"},
-        "spec": {
+    pod = pod_manifest(
+        "flaky",
+        {
             "restartPolicy": "Always",
             "terminationGracePeriodSeconds": 2,
             "containers": [
@@ -374,7 +374,7 @@ def test_a_failing_liveness_probe_restarts_the_container(
             ],
             "volumes": [{"name": "tmp", "emptyDir": {}}],
         },
-    }
+    )
     create(api, ns, pod)
 
     def restarted() -> dict[str, Any] | None:
@@ -391,11 +391,9 @@ def test_a_failing_liveness_probe_restarts_the_container(
 def test_a_process_uses_its_service_account_in_cluster(api: client.ApiClient, process_namespace: str) -> None:
     ns = process_namespace
     reader_account(api, ns)
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "in-cluster"},
-        "spec": {
+    pod = pod_manifest(
+        "in-cluster",
+        {
             "restartPolicy": "Never",
             "serviceAccountName": "reader",
             "containers": [
@@ -404,24 +402,24 @@ def test_a_process_uses_its_service_account_in_cluster(api: client.ApiClient, pr
                     "image": "x",
                     "command": python(
                         """
-                        import json
-                        from kubernetes import client, config
-                        config.load_incluster_config()
-                        core = client.CoreV1Api()
-                        namespace = open("/var/run/secrets/kubernetes.io/serviceaccount/namespace").read()
-                        result = {"configmap": core.read_namespaced_config_map("visible", namespace).data}
-                        try:
-                            core.read_namespaced_secret("hidden", namespace)
-                            result["secret"] = "readable"
-                        except client.ApiException as error:
-                            result["secret"] = error.status
-                        open("/dev/termination-log", "w").write(json.dumps(result))
-                        """
+                    import json
+                    from kubernetes import client, config
+                    config.load_incluster_config()
+                    core = client.CoreV1Api()
+                    namespace = open("/var/run/secrets/kubernetes.io/serviceaccount/namespace").read()
+                    result = {"configmap": core.read_namespaced_config_map("visible", namespace).data}
+                    try:
+                        core.read_namespaced_secret("hidden", namespace)
+                        result["secret"] = "readable"
+                    except client.ApiException as error:
+                        result["secret"] = error.status
+                    open("/dev/termination-log", "w").write(json.dumps(result))
+                    """
                     ),
                 }
             ],
         },
-    }
+    )
     create(api, ns, pod)
     done = pod_in_phase(api, ns, "in-cluster", "Succeeded", "Failed")
     terminated = done["status"]["containerStatuses"][0]["state"]["terminated"]
@@ -429,19 +427,15 @@ def test_a_process_uses_its_service_account_in_cluster(api: client.ApiClient, pr
     assert json.loads(terminated["message"]) == {"configmap": {"k": "v"}, "secret": 403}
 
 
-def test_deleting_a_pod_stops_its_process(
-    api: client.ApiClient, control_plane: ControlPlane, process_namespace: str
-) -> None:
+def test_deleting_a_pod_stops_its_process(api: client.ApiClient, process_namespace: str) -> None:
     ns = process_namespace
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "sleeper"},
-        "spec": {
+    pod = pod_manifest(
+        "sleeper",
+        {
             "terminationGracePeriodSeconds": 1,
             "containers": [{"name": "main", "image": "x", "command": ["sleep", "600"]}],
         },
-    }
+    )
     create(api, ns, pod)
     running = pod_in_phase(api, ns, "sleeper", "Running")
     pid = int(running["status"]["containerStatuses"][0]["containerID"].removeprefix("process://"))

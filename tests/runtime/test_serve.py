@@ -277,6 +277,8 @@ def test_open_inference_protocol_refuses_what_is_not_a_request(server: str) -> N
         f"{server}/v2/models/churn/infer", {"inputs": columns([ROW]), "outputs": [{"name": "p"}]}
     )
     assert code == 400 and "'predict'" in answer["error"]
+    code, answer = post(f"{server}/v2/models/churn/infer", {"inputs": columns([ROW]), "outputs": "predict"})
+    assert code == 400 and "list of objects" in answer["error"]
 
 
 def test_the_sample_recorder_keeps_a_bounded_rate(tmp_path: Path) -> None:

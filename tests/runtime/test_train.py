@@ -99,6 +99,13 @@ def test_regression_on_a_bundled_dataset(tmp_path: Path) -> None:
 
     card = json.loads((Path(bentoml.models.get(trained.tag).path) / "card.json").read_text())
     assert card["classes"] is None and card["probabilities"] is False
+    from mlworkflow.runtime.features import RequestError
+    from mlworkflow.runtime.serve import LoadedModel
+
+    model = LoadedModel(Path(bentoml.models.get(trained.tag).path))
+    row = {name: 0.0 for name in model.schema.features}
+    with pytest.raises(RequestError, match=r"gives no class probabilities.*ask for predictions only"):
+        model.predict(model.checker.from_records([row]), probabilities=True)
 
 
 def run_trainer(tmp_path: Path, spec_json: str) -> tuple[int, dict[str, Any]]:

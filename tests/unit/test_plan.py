@@ -266,32 +266,21 @@ def test_cooldown_and_daily_cap_hold_back_drift_retraining() -> None:
     done = step(
         Observed(1, "h1", status, [*runs, challenger("v2", 0.9, 0.8, finished=NOW - timedelta(minutes=20))])
     )
-    held = step(
-        Observed(
-            1,
-            "h1",
-            done.status,
-            [*runs],
-            ServingState("v2", True),
-            drift_check(0.6, True, at=NOW + timedelta(seconds=1)),
-        )
+    drifted = Observed(
+        1,
+        "h1",
+        done.status,
+        [*runs],
+        ServingState("v2", True),
+        drift_check(0.6, True, at=NOW + timedelta(seconds=1)),
     )
+    held = step(drifted)
     assert held.train is None
     assert any(e.reason == "RetrainSkipped" and "cooldown" in e.message for e in held.events)
     capped_spec = spec()
     capped_spec.monitoring.cooldown = "1s"
     capped_spec.monitoring.max_retrains_per_day = 1
-    capped = step(
-        Observed(
-            1,
-            "h1",
-            done.status,
-            [*runs],
-            ServingState("v2", True),
-            drift_check(0.6, True, at=NOW + timedelta(seconds=1)),
-        ),
-        capped_spec,
-    )
+    capped = step(drifted, capped_spec)
     assert capped.train is None and any("daily cap" in e.message for e in capped.events)
 
 

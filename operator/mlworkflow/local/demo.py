@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from mlworkflow.api import v1alpha1
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec
 from mlworkflow.local.runner import LocalRunner
 
@@ -43,8 +44,8 @@ def regime(rows: int, shifted: bool, seed: int) -> pd.DataFrame:
 
 def manifest(quick: bool) -> dict[str, Any]:
     return {
-        "apiVersion": "mlworkflow.io/v1alpha1",
-        "kind": "MLWorkflow",
+        "apiVersion": v1alpha1.API_VERSION,
+        "kind": v1alpha1.KIND,
         "metadata": {"name": NAME},
         "spec": {
             "pattern": "WebService",

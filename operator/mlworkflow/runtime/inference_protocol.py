@@ -168,7 +168,9 @@ def _outputs(body: Any, model: ServedModel) -> list[str]:
     requested = body.get("outputs") if isinstance(body, dict) else None
     if not requested:
         return [OUTPUT]
-    names = [o.get("name") if isinstance(o, dict) else o for o in requested]
+    if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
+        raise RequestError('`outputs` must be a list of objects such as {"name": "predict"}')
+    names = [o.get("name") for o in requested]
     for name in names:
         if name not in offered:
             raise RequestError(f"unknown output {name!r}: this model has {', '.join(map(repr, offered))}")

@@ -69,7 +69,10 @@ class LoadedModel:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Predictions, and the class probabilities (columns in `classes` order) when asked for."""
         if probabilities and not self.probabilities:
-            raise RequestError(f"model {self.name} {self.version} gives no class probabilities ({self.task})")
+            raise RequestError(
+                f"model {self.name} {self.version} gives no class probabilities ({self.task}, or an "
+                "estimator without predict_proba): ask for predictions only"
+            )
         if self.onnx is not None:
             predictions, proba = self.onnx.run(self.onnx.feed(batch.numeric, batch.categorical))
         else:
