@@ -81,6 +81,21 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retrain(args: argparse.Namespace) -> int:
+    """Ask `mlworkflow run` for a retraining: a new value in the store, read as the retrain annotation."""
+    import time
+
+    from mlworkflow.runtime.store import WorkflowStore
+
+    name, spec = _load_workflow(Path(args.file))
+    store = WorkflowStore(Path(args.store or spec.storage.path or "mlworkflow-data").resolve(), name)
+    if not store.base.exists():
+        raise SystemExit(f"{store.base}: no such workflow in the store (is `mlworkflow run` using --store?)")
+    store.retrain_request.write_text(f"{time.time_ns()}\n")
+    print(f"asked {name} for a retraining (trigger Manual); `mlworkflow run` starts it at its next step")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from mlworkflow.local.demo import run_demo
 
@@ -104,6 +119,7 @@ def _render(args: argparse.Namespace) -> int:
 
     from mlworkflow.api.v1alpha1 import Pattern, Trigger
     from mlworkflow.desired import children
+    from mlworkflow.desired.plan import TrainRequest
 
     name, spec = _load_workflow(Path(args.file))
     if spec.pattern != Pattern.WEB_SERVICE:
@@ -111,7 +127,7 @@ def _render(args: argparse.Namespace) -> int:
     workflow = children.Workflow(name, args.namespace, "00000000-0000-0000-0000-000000000000", spec)
     context = children.RuntimeContext(image=args.image)
     manifests = [
-        children.training_job(workflow, args.version, Trigger.INITIAL, context),
+        children.training_job(workflow, TrainRequest(args.version, Trigger.INITIAL), context),
         children.serving_deployment(workflow, args.version, context),
         children.serving_service(workflow),
         children.monitoring_cronjob(workflow, args.version, context),
@@ -149,6 +165,13 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--port", type=int, default=3000, help="local port of the prediction service")
     run.set_defaults(handler=_run)
+    retrain = commands.add_parser(
+        "retrain",
+        help="ask a running `mlworkflow run` for a retraining (as the mlworkflow.io/retrain annotation)",
+    )
+    retrain.add_argument("file", help="the MLWorkflow manifest (YAML) that `mlworkflow run` runs")
+    retrain.add_argument("--store", help="artifact store folder (as given to `mlworkflow run`)")
+    retrain.set_defaults(handler=_retrain)
     render = commands.add_parser("render", help="print the children the operator would create (YAML)")
     render.add_argument("file", help="the MLWorkflow manifest (YAML)")
     render.add_argument("--namespace", default="default")

@@ -17,6 +17,7 @@ from mlworkflow.api.v1alpha1 import Trigger
 from mlworkflow.desired.children import (
     MANAGER,
     MONITORING,
+    RETRAIN_REQUEST_ANNOTATION,
     SERVING,
     SPEC_HASH_ANNOTATION,
     TRAINING,
@@ -126,6 +127,7 @@ class Kube:
             result=result,
             message=message,
             finished_at=finished_at,
+            retrain_request=annotations.get(RETRAIN_REQUEST_ANNOTATION),
         )
 
     def latest_drift_check(self, namespace: str, workflow: str) -> DriftCheck | None:

@@ -8,6 +8,7 @@ import yaml
 
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Trigger
 from mlworkflow.desired import children
+from mlworkflow.desired.plan import TrainRequest
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "webservice-iris.yaml"
 CONTEXT = children.RuntimeContext(image="registry.invalid/mlw:1", allowed_estimator_prefixes=("sklearn.",))
@@ -22,7 +23,7 @@ def workflow(**spec_changes: object) -> children.Workflow:
 def test_every_child_is_owned_and_labelled() -> None:
     wf = workflow()
     for manifest in (
-        children.training_job(wf, "v1", Trigger.INITIAL, CONTEXT),
+        children.training_job(wf, TrainRequest("v1", Trigger.INITIAL), CONTEXT),
         children.serving_deployment(wf, "v1", CONTEXT),
         children.serving_service(wf),
     ):
@@ -43,9 +44,10 @@ def test_every_child_is_owned_and_labelled() -> None:
 
 
 def test_training_job_runs_the_trainer_non_root_with_the_spec() -> None:
-    job = children.training_job(workflow(), "v3", Trigger.SPEC_CHANGE, CONTEXT)
+    job = children.training_job(workflow(), TrainRequest("v3", Trigger.SPEC_CHANGE), CONTEXT)
     assert job["metadata"]["name"] == "iris-train-v3"
     assert job["metadata"]["annotations"][children.TRIGGER_ANNOTATION] == "SpecChange"
+    assert children.RETRAIN_REQUEST_ANNOTATION not in job["metadata"]["annotations"]
     pod = job["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
     container = pod["containers"][0]
@@ -100,3 +102,11 @@ def test_only_model_shaping_fields_change_the_spec_hash() -> None:
     assert changed.spec.model is not None
     changed.spec.model.params = {"n_estimators": 10}
     assert children.model_spec_hash(changed.spec) != base
+
+
+def test_a_manual_training_job_carries_the_request_it_answers() -> None:
+    job = children.training_job(
+        workflow(), TrainRequest("v4", Trigger.MANUAL, champion="v3", retrain_request="1764500000"), CONTEXT
+    )
+    assert job["metadata"]["annotations"][children.RETRAIN_REQUEST_ANNOTATION] == "1764500000"
+    assert "--champion=v3" in job["spec"]["template"]["spec"]["containers"][0]["args"]

@@ -15,8 +15,8 @@ from mlworkflow.desired.plan import (
     Observed,
     ServingState,
     TrainingRun,
-    _challenger_rejection,
     cooldown_seconds,
+    decide,
     next_version,
     plan,
 )
@@ -219,12 +219,15 @@ def test_alert_only_records() -> None:
     assert result.train is None and result.status.drift.drifted is True  # type: ignore[union-attr]
 
 
-def challenger(version: str, f1: float, champion_f1: float, finished: datetime = NOW) -> TrainingRun:
+def challenger(
+    version: str, f1: float, champion_f1: float, finished: datetime = NOW, rows: int = 300
+) -> TrainingRun:
     result = {
         "status": "ok",
         "metrics": {"f1_macro": f1},
         "backend": "sklearn",
         "champion": {"version": "v1", "metrics": {"f1_macro": champion_f1}},
+        "holdout": {"rows": rows, "excludedRows": 1200, "split": "Random"},
     }
     return TrainingRun(version, Trigger.DRIFT, "h1", "Succeeded", result, finished_at=finished)
 
@@ -238,6 +241,11 @@ def test_a_better_challenger_is_promoted_and_a_worse_one_rejected() -> None:
     assert worse.status.model.version == "v1" and worse.serve == "v1"  # type: ignore[union-attr]
     record = worse.status.history[0]
     assert record.outcome == "Rejected" and "0.7000" in record.message and "0.8000" in record.message
+    assert record.reason == "NotBetter" and record.champion == "v1"
+    assert record.holdout is not None and (record.holdout.rows, record.holdout.excluded_rows) == (300, 1200)
+    promoted = better.status.history[0]
+    assert promoted.reason == "Better" and "300 held-out rows" in promoted.message
+    assert "1200 rows excluded as seen by v1" in promoted.message, "a promotion says what it was based on"
     assert [e.reason for e in worse.events] == ["Rejected"]
     assert worse.status.retrains == 1, "a rejected retraining is still a retraining"
 
@@ -257,8 +265,8 @@ def test_min_improvement_and_error_metrics() -> None:
         "Succeeded",
         {"status": "ok", "metrics": {"mse": 10.0}, "champion": {"version": "v1", "metrics": {"mse": 12.0}}},
     )
-    assert _challenger_rejection(regression, run, {"mse": 10.0}) is None, "a lower error is better"
-    assert _challenger_rejection(regression, run, {"mse": 13.0}) is not None
+    assert decide(regression, run, {"mse": 10.0}).outcome == "Promoted", "a lower error is better"
+    assert decide(regression, run, {"mse": 13.0}).outcome == "Rejected"
 
 
 def test_cooldown_and_daily_cap_hold_back_drift_retraining() -> None:
@@ -302,3 +310,75 @@ def test_a_spec_change_is_promoted_whatever_the_champion() -> None:
 
 def test_cooldown_parsing() -> None:
     assert cooldown_seconds("1h30m") == 5400 and cooldown_seconds("45s") == 45
+
+
+def test_too_few_unseen_rows_keep_the_champion_and_say_how_many() -> None:
+    status, runs = serving()
+    thin = step(Observed(1, "h1", status, [*runs, challenger("v2", 0.99, 0.50, rows=40)]))
+    assert thin.status.model.version == "v1" and thin.serve == "v1"  # type: ignore[union-attr]
+    record = thin.status.history[0]
+    assert (record.outcome, record.reason) == ("Rejected", "InsufficientHoldout")
+    [event] = [e for e in thin.events if e.reason == "InsufficientHoldout"]
+    assert (
+        event.type == "Warning"
+        and "only 40 held-out rows" in event.message
+        and "at least 100" in event.message
+    )
+    enough = spec()
+    enough.promotion.min_holdout_rows = 40
+    assert (
+        step(Observed(1, "h1", status, [*runs, challenger("v2", 0.99, 0.50, rows=40)]), enough).serve == "v2"
+    )
+
+
+def test_a_retrain_request_trains_once_per_value_against_the_champion() -> None:
+    status, runs = serving()
+    asked = step(Observed(1, "h1", status, runs, ServingState("v1", True), retrain_request="1"))
+    assert asked.train is not None
+    assert (asked.train.trigger, asked.train.champion, asked.train.retrain_request) == (
+        Trigger.MANUAL,
+        "v1",
+        "1",
+    )
+    assert asked.status.last_handled_retrain == "1"
+    again = step(Observed(1, "h1", asked.status, runs, ServingState("v1", True), retrain_request="1"))
+    assert again.train is None, "the same value asks once"
+    # An operator that restarted before writing the status finds the request answered by the Job.
+    running = TrainingRun("v2", Trigger.MANUAL, "h1", "Running", retrain_request="1")
+    restarted = step(
+        Observed(1, "h1", status, [*runs, running], ServingState("v1", True), retrain_request="1")
+    )
+    assert restarted.train is None and restarted.status.last_handled_retrain == "1"
+    newer = step(Observed(1, "h1", asked.status, runs, ServingState("v1", True), retrain_request="2"))
+    assert newer.train is not None and newer.train.version == "v2" and newer.train.retrain_request == "2"
+
+
+def test_a_retrain_request_retries_a_failed_training() -> None:
+    first = step(Observed(1, "h1", MLWorkflowStatus(), [failed("v1", "h1")]))
+    assert first.train is None and first.status.phase == "Failed", "a failed training waits for a human"
+    retried = step(Observed(1, "h1", first.status, [failed("v1", "h1")], retrain_request="fixed"))
+    assert retried.train is not None and retried.train.trigger == Trigger.MANUAL
+    assert retried.train.champion is None, "nothing serves: no champion to beat"
+    assert retried.status.phase == "Training" and not is_true(retried.status.conditions, "Stalled")
+    done = step(
+        Observed(
+            1, "h1", retried.status, [failed("v1", "h1"), ok("v2", Trigger.MANUAL)], retrain_request="fixed"
+        )
+    )
+    assert done.status.model.version == "v2" and done.status.history[0].reason == "NoChampion"  # type: ignore[union-attr]
+
+
+def test_the_champion_of_another_spec_is_not_a_yardstick() -> None:
+    status, runs = serving()
+    changed = step(Observed(2, "h2", status, [*runs, failed("v2", "h2")], ServingState("v1", True)))
+    retried = step(
+        Observed(
+            2,
+            "h2",
+            changed.status,
+            [*runs, failed("v2", "h2")],
+            ServingState("v1", True),
+            retrain_request="x",
+        )
+    )
+    assert retried.train is not None and retried.train.champion is None, "v1 was trained for another spec"

@@ -22,6 +22,10 @@ SINGULAR = "mlworkflow"
 SHORT_NAMES = ["mlw"]
 CATEGORIES = ["ml"]
 
+# `kubectl annotate mlw NAME mlworkflow.io/retrain="$(date +%s)"`: any new value asks for one retraining
+# (trigger Manual), as `kubectl rollout restart` does for a Deployment; it also retries a failed training.
+RETRAIN_ANNOTATION = f"{GROUP}/retrain"
+
 # Children are named "<workflow>-<role>-<suffix>"; 40 characters keep them under the 63 of a label value.
 MAX_NAME_LENGTH = 40
 
@@ -119,6 +123,13 @@ class DataSpec(ApiModel):
                 "spec.data.target must not also be listed as a feature",
                 ".target",
             ),
+            rule(
+                "!has(self.timeColumn) || (self.timeColumn != self.target"
+                " && !(self.timeColumn in self.features.numeric)"
+                " && !(self.timeColumn in self.features.categorical))",
+                "spec.data.timeColumn orders the rows: it must be neither the target nor a feature",
+                ".timeColumn",
+            ),
         )
     )
 
@@ -150,6 +161,16 @@ class DataSpec(ApiModel):
     )
     target: str = Field(description="The column to predict.", min_length=1, max_length=253)
     features: Features = section(Features, "Feature columns and their types.")
+    time_column: str | None = Field(
+        None,
+        description=(
+            "Column with each row's event time (a date-time or a number). When set, the holdout is the "
+            "newest rows (an out-of-time split: the model is judged on the future it will meet) and "
+            "cross-validation folds train on the past and validate on what follows. Never a feature."
+        ),
+        min_length=1,
+        max_length=253,
+    )
 
 
 class Preprocessing(ApiModel):
@@ -311,6 +332,15 @@ class PromotionSpec(ApiModel):
     )
     min_improvement: float = Field(
         0.0, ge=0, le=1, description="A challenger must beat the champion by at least this much to be served."
+    )
+    min_holdout_rows: int = Field(
+        100,
+        ge=1,
+        le=10_000_000,
+        description=(
+            "Fewest held-out rows, seen by neither model, that can decide between champion and challenger. "
+            "With fewer, the champion stays and the challenger is Rejected (reason InsufficientHoldout)."
+        ),
     )
 
 
@@ -562,6 +592,25 @@ class DriftStatus(ApiModel):
     report: str | None = Field(None, description="The Evidently report, relative to the artifact store.")
 
 
+class HoldoutRecord(ApiModel):
+    """The rows a version was judged on."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    rows: int = Field(ge=0, description="Held-out rows: trained on by neither this version nor the champion.")
+    excluded_rows: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Rows of the data kept out of the holdout because the champion was trained on them; "
+            "absent when the champion's training rows are not recorded."
+        ),
+    )
+    split: Literal["Random", "OutOfTime"] = Field(
+        "Random", description="Random (seeded, stratified for classes), or the newest rows (timeColumn)."
+    )
+
+
 class ModelRecord(ApiModel):
     """One trained model version and what became of it."""
 
@@ -576,11 +625,22 @@ class ModelRecord(ApiModel):
         None, description="onnxruntime when a verified ONNX model serves it, else sklearn."
     )
     trained_at: datetime | None = Field(None, description="When its training finished.")
-    message: str = Field("", max_length=4096, description="Why it failed or was rejected.")
+    reason: str | None = Field(
+        None,
+        max_length=64,
+        description=(
+            "Why this outcome, in one word: Initial, SpecChange, Better, NoChampion, ChampionUnscored "
+            "(Promoted); NotBetter, InsufficientHoldout (Rejected); DataInvalid, ModelInvalid, JobFailed "
+            "(Failed)."
+        ),
+    )
+    message: str = Field("", max_length=4096, description="The decision or failure, for a human.")
+    champion: str | None = Field(None, description="The served version it was compared with.")
     champion_metrics: dict[str, float] = Field(
         default_factory=dict,
-        description="The served model's metrics on this version's holdout, when compared.",
+        description="The champion's metrics on this version's holdout, when compared.",
     )
+    holdout: HoldoutRecord | None = Field(None, description="The rows its metrics were measured on.")
     data_sha256: str | None = Field(
         None, description="Hash of the data it was trained on (see its model card)."
     )
@@ -609,6 +669,11 @@ class MLWorkflowStatus(ApiModel):
         default_factory=list,
         description="The latest trained versions, newest first (at most 20).",
         max_length=20,
+    )
+    last_handled_retrain: str | None = Field(
+        None,
+        max_length=1024,
+        description=f"The value of the {RETRAIN_ANNOTATION} annotation whose retraining was started last.",
     )
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from mlworkflow.api import v1alpha1
 from mlworkflow.api.conditions import Outcome, Progress, apply_outcome
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus
 from mlworkflow.controller.config import OperatorConfig
@@ -45,15 +46,11 @@ def reconcile(body: dict[str, Any], kube: Kube, config: OperatorConfig, now: dat
         serving=kube.serving_state(workflow.namespace, children.serving_name(workflow)),
         drift=kube.latest_drift_check(workflow.namespace, workflow.name),
         created_at=_created_at(body),
+        retrain_request=(body["metadata"].get("annotations") or {}).get(v1alpha1.RETRAIN_ANNOTATION),
     )
     next_state = plan(workflow.spec, observed, now, children.endpoint(workflow))
     if next_state.train is not None:
-        train = next_state.train
-        kube.apply(
-            children.training_job(
-                workflow, train.version, train.trigger, config.runtime, train.champion, train.drift_report
-            )
-        )
+        kube.apply(children.training_job(workflow, next_state.train, config.runtime))
     if next_state.serve is not None:
         kube.apply(children.serving_service(workflow))
         kube.apply(children.serving_deployment(workflow, next_state.serve, config.runtime))

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlworkflow.api import v1alpha1
-from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Trigger
+from mlworkflow.api.v1alpha1 import MLWorkflowSpec
+from mlworkflow.desired.plan import TrainRequest
 from mlworkflow.desired.validation import DEFAULT_ALLOWED_PREFIXES
 
 Manifest = dict[str, Any]
@@ -19,6 +20,9 @@ WORKFLOW_LABEL = "mlworkflow.io/workflow"
 VERSION_LABEL = "mlworkflow.io/model-version"
 SPEC_HASH_ANNOTATION = "mlworkflow.io/spec-hash"
 TRIGGER_ANNOTATION = "mlworkflow.io/trigger"
+# On a training Job: the workflow's retrain annotation value it answers (so that a restarted operator does not
+# answer it twice).
+RETRAIN_REQUEST_ANNOTATION = "mlworkflow.io/retrain-request"
 STORE_MOUNT = "/artifacts"
 HTTP_PORT = 3000
 TRAINING, SERVING, MONITORING = "training", "serving", "monitoring"
@@ -165,24 +169,26 @@ def _runtime_pod(
     }
 
 
-def training_job(
-    workflow: Workflow,
-    version: str,
-    trigger: Trigger,
-    context: RuntimeContext,
-    champion: str | None = None,
-    drift_report: str | None = None,
-) -> Manifest:
-    """The Job that trains `version`: one Pod running `python -m mlworkflow.runtime.train` (which also scores
-    the served `champion` on its holdout, for the promotion decision)."""
+def training_job(workflow: Workflow, train: TrainRequest, context: RuntimeContext) -> Manifest:
+    """The Job that trains `train.version`: one Pod running `python -m mlworkflow.runtime.train` (which also
+    scores the served `train.champion` on its holdout, for the promotion decision)."""
     spec = workflow.spec
+    version, trigger, champion, drift_report = (
+        train.version,
+        train.trigger,
+        train.champion,
+        train.drift_report,
+    )
     component_labels = {**labels(workflow, TRAINING), VERSION_LABEL: version}
+    annotations = {SPEC_HASH_ANNOTATION: model_spec_hash(spec), TRIGGER_ANNOTATION: str(trigger)}
+    if train.retrain_request is not None:
+        annotations[RETRAIN_REQUEST_ANNOTATION] = train.retrain_request
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
             **metadata(workflow, training_job_name(workflow, version), TRAINING, **{VERSION_LABEL: version}),
-            "annotations": {SPEC_HASH_ANNOTATION: model_spec_hash(spec), TRIGGER_ANNOTATION: str(trigger)},
+            "annotations": annotations,
         },
         "spec": {
             "backoffLimit": spec.training.backoff_limit,

@@ -42,6 +42,7 @@ class TrainingRun:
     result: dict[str, Any] = field(default_factory=dict)  # the termination message, parsed
     message: str = ""  # why it failed, for a human
     finished_at: datetime | None = None
+    retrain_request: str | None = None  # the retrain annotation's value this run answers
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class Observed:
     serving: ServingState = field(default_factory=ServingState)
     drift: DriftCheck | None = None
     created_at: datetime | None = None
+    retrain_request: str | None = None  # the value of the workflow's retrain annotation
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,16 @@ class TrainRequest:
     trigger: Trigger
     champion: str | None = None  # the served version the new one must beat
     drift_report: str | None = None  # the drift check that asked for it (lineage)
+    retrain_request: str | None = None  # the retrain annotation's value it answers
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What becomes of a trained version: its outcome, a one-word reason and a sentence."""
+
+    outcome: Literal["Promoted", "Rejected"]
+    reason: str
+    message: str
 
 
 @dataclass(frozen=True)
@@ -118,36 +130,38 @@ def plan(spec: MLWorkflowSpec, observed: Observed, now: datetime, endpoint: str 
     events: list[Event] = []
     status = _record_finished_runs(spec, status, observed.runs, events)
 
-    # Training: one run at a time; a spec whose latest training failed waits for a change.
+    # Training: one run at a time; a spec whose latest training failed waits for a change or a retrain
+    # request. The served model is a champion to beat only for a retraining of the spec it was trained for.
     running = [r for r in observed.runs if r.state == "Running"]
     tried = [r for r in status.history if r.spec_hash == observed.spec_hash]
+    served = status.model.version if status.model else None
+    champion = served if served and served in {r.version for r in tried} else None
+    request = _pending_retrain_request(status, observed)
     train: TrainRequest | None = None
     if not running and not tried:
         trigger = Trigger.INITIAL if not status.history else Trigger.SPEC_CHANGE
-        train = TrainRequest(next_version(status, observed.runs), trigger)
+        train = TrainRequest(next_version(status, observed.runs), trigger, retrain_request=request)
     drift_retrain = _record_drift(spec, status, observed.drift, running, now, events)
-    if (
-        train is None
-        and not running
-        and status.model
-        and status.model.version
-        and _schedule_due(spec, status, observed.created_at, now)
-    ):
+    if train is None and request is not None and not running:
         train = TrainRequest(
-            next_version(status, observed.runs), Trigger.SCHEDULE, champion=status.model.version
+            next_version(status, observed.runs), Trigger.MANUAL, champion=champion, retrain_request=request
         )
-    if train is None and drift_retrain and status.model and status.model.version:
+    if train is None and not running and champion and _schedule_due(spec, status, observed.created_at, now):
+        train = TrainRequest(next_version(status, observed.runs), Trigger.SCHEDULE, champion=champion)
+    if train is None and drift_retrain and champion:
         train = TrainRequest(
             next_version(status, observed.runs),
             Trigger.DRIFT,
-            champion=status.model.version,
+            champion=champion,
             drift_report=status.drift.report if status.drift else None,
         )
     if train is not None:
+        if train.retrain_request is not None:
+            status.last_handled_retrain = train.retrain_request
         events.append(
             Event("Normal", "TrainingStarted", f"training {train.version} (trigger {train.trigger})")
         )
-    failed_for_spec = bool(tried) and tried[0].outcome == "Failed" and not running
+    failed_for_spec = bool(tried) and tried[0].outcome == "Failed" and not running and train is None
 
     # Serving: the pinned version, else the promoted one.
     pinned = spec.serving.model_version if spec.serving else None
@@ -210,6 +224,18 @@ def _trained_condition(
     return ConditionStatus.FALSE, "NotTrained", "no model trained yet"
 
 
+def _pending_retrain_request(status: MLWorkflowStatus, observed: Observed) -> str | None:
+    """The retrain annotation's value when no training answered it yet (none started for it, and the
+    status does not record it as handled: either survives an operator restart)."""
+    request = observed.retrain_request
+    if not request or request == status.last_handled_retrain:
+        return None
+    if any(run.retrain_request == request for run in observed.runs):
+        status.last_handled_retrain = request
+        return None
+    return request
+
+
 def _record_finished_runs(
     spec: MLWorkflowSpec, status: MLWorkflowStatus, runs: list[TrainingRun], events: list[Event]
 ) -> MLWorkflowStatus:
@@ -221,12 +247,12 @@ def _record_finished_runs(
     ):
         if run.state == "Succeeded" and run.result.get("status") == "ok":
             metrics = {k: float(v) for k, v in (run.result.get("metrics") or {}).items()}
-            rejection = _challenger_rejection(spec, run, metrics)
-            if rejection:
-                record = _record(run, "Rejected", metrics, rejection)
-                events.append(Event("Warning", "Rejected", f"{run.version} rejected: {rejection}"))
+            decision = decide(spec, run, metrics)
+            record = _record(run, decision.outcome, metrics, decision.reason, decision.message)
+            if decision.outcome == "Rejected":
+                reason = "InsufficientHoldout" if decision.reason == "InsufficientHoldout" else "Rejected"
+                events.append(Event("Warning", reason, f"{run.version} rejected: {decision.message}"))
             else:
-                record = _record(run, "Promoted", metrics)
                 status.model = ModelStatus(
                     version=run.version,
                     metrics=metrics,
@@ -234,34 +260,41 @@ def _record_finished_runs(
                     trigger=run.trigger,
                     backend=record.backend,
                 )
-                events.append(
-                    Event("Normal", "Promoted", f"{run.version} trained and promoted: {_brief(metrics)}")
-                )
+                events.append(Event("Normal", "Promoted", f"{run.version} promoted: {decision.message}"))
             if run.trigger != Trigger.INITIAL:
                 status.retrains += 1
         else:
             message = run.result.get("message") or run.message or "the training Job failed"
-            record = _record(run, "Failed", {}, message[:4096])
+            reason = run.result.get("reason") or "JobFailed"
+            record = _record(run, "Failed", {}, reason, message[:4096])
             events.append(Event("Warning", "TrainingFailed", f"{run.version}: {message}"))
         status.history = [record, *status.history][:HISTORY_LIMIT]
     return status
 
 
-def _record(run: TrainingRun, outcome: str, metrics: dict[str, float], message: str = "") -> ModelRecord:
-    """A history entry with the run's lineage: trigger, data hash, the drift report that asked for it."""
+def _record(
+    run: TrainingRun, outcome: str, metrics: dict[str, float], reason: str, message: str
+) -> ModelRecord:
+    """A history entry with the run's lineage: trigger, data hash, the drift report that asked for it, and
+    the rows it was judged on."""
+    champion = run.result.get("champion") or {}
+    judged = run.result.get("holdout")
     return ModelRecord.model_validate(
         {
             "version": run.version,
             "trigger": run.trigger,
             "specHash": run.spec_hash,
             "outcome": outcome,
+            "reason": reason,
             "metrics": metrics,
             "backend": run.result.get("backend"),
             "trainedAt": run.finished_at,
             "message": message,
             "dataSha256": run.result.get("dataSha256"),
             "driftReport": run.result.get("driftReport"),
-            "championMetrics": (run.result.get("champion") or {}).get("metrics") or {},
+            "champion": champion.get("version"),
+            "championMetrics": champion.get("metrics") or {},
+            "holdout": judged if isinstance(judged, dict) else None,
         }
     )
 
@@ -271,27 +304,65 @@ def promotion_metric(spec: MLWorkflowSpec) -> str:
     return spec.promotion.metric or ("r2" if task == "regression" else "f1_macro")
 
 
-def _challenger_rejection(spec: MLWorkflowSpec, run: TrainingRun, metrics: dict[str, float]) -> str | None:
-    """Why a retrained model must not replace the served one, or None.
+def decide(spec: MLWorkflowSpec, run: TrainingRun, metrics: dict[str, float]) -> Decision:
+    """Champion/challenger: whether a trained version replaces the served one.
 
-    A spec change always promotes (the user changed what the model is); a retraining of the same spec
-    (drift, schedule, manual) must beat the champion, scored on the same fresh holdout, by minImprovement.
+    A first version, or one trained for a changed spec, is promoted as it is (the user changed what the
+    model is). A retraining of the same spec (drift, schedule, manual) is judged against the champion on
+    held-out rows that neither was trained on: with fewer than `promotion.minHoldoutRows` of them the
+    champion stays (InsufficientHoldout); otherwise the challenger must be at least
+    `promotion.minImprovement` better on `promotion.metric` (mse and mae: lower is better).
     """
     champion = run.result.get("champion") or {}
-    if run.trigger == Trigger.SPEC_CHANGE or not champion.get("metrics"):
-        return None
+    judged = run.result.get("holdout") or {}
+    rows = judged.get("rows")
     metric = promotion_metric(spec)
-    if metric not in metrics or metric not in champion["metrics"]:
-        return None
-    new, old = metrics[metric], float(champion["metrics"][metric])
-    lower_is_better = metric in ("mse", "mae")
-    gain = (old - new) if lower_is_better else (new - old)
-    if gain >= spec.promotion.min_improvement:
-        return None
-    return (
-        f"{metric} {new:.4f} against the served {champion['version']}'s {old:.4f} on the same holdout; "
-        f"at least {spec.promotion.min_improvement} better is required"
+    if run.trigger == Trigger.INITIAL:
+        return Decision("Promoted", "Initial", f"the first version; {_on_rows(metric, metrics, rows)}")
+    if run.trigger == Trigger.SPEC_CHANGE:
+        return Decision("Promoted", "SpecChange", f"the spec changed; {_on_rows(metric, metrics, rows)}")
+    if not champion.get("version"):
+        return Decision("Promoted", "NoChampion", f"no champion to beat; {_on_rows(metric, metrics, rows)}")
+    version = champion["version"]
+    excluded = judged.get("excludedRows")
+    seen = (
+        f"{excluded} rows excluded as seen by {version}"
+        if excluded is not None
+        else f"{version}'s training rows are not recorded, none excluded"
     )
+    needed = spec.promotion.min_holdout_rows
+    if rows is not None and rows < needed:
+        return Decision(
+            "Rejected",
+            "InsufficientHoldout",
+            f"only {rows} held-out rows that neither it nor {version} was trained on ({seen}); at least "
+            f"{needed} are needed to decide (spec.promotion.minHoldoutRows): {version} keeps serving",
+        )
+    old_metrics = champion.get("metrics") or {}
+    if metric not in metrics or metric not in old_metrics:
+        return Decision(
+            "Promoted",
+            "ChampionUnscored",
+            f"{version} could not be scored on the holdout; {_on_rows(metric, metrics, rows)}",
+        )
+    new, old = metrics[metric], float(old_metrics[metric])
+    gain = (old - new) if metric in ("mse", "mae") else (new - old)
+    compared = (
+        f"{metric} {new:.4f} against {version}'s {old:.4f} on the same {rows} held-out rows, trained on by "
+        f"neither ({seen})"
+    )
+    if gain >= spec.promotion.min_improvement:
+        return Decision("Promoted", "Better", compared)
+    return Decision(
+        "Rejected",
+        "NotBetter",
+        f"{compared}; at least {spec.promotion.min_improvement} better is required",
+    )
+
+
+def _on_rows(metric: str, metrics: dict[str, float], rows: int | None) -> str:
+    value = f"{metric} {metrics[metric]:.4f}" if metric in metrics else f"no {metric}"
+    return f"{value} on {rows} held-out rows" if rows is not None else value
 
 
 def _record_drift(
@@ -387,7 +458,3 @@ def _retrain_blocked(
         cap = spec.monitoring.max_retrains_per_day
         return f"{len(today)} drift retrainings in 24 hours: the daily cap is {cap}"
     return None
-
-
-def _brief(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{k}={v:.3f}" for k, v in list(metrics.items())[:3])

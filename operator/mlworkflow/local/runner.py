@@ -4,6 +4,10 @@ The same planner as the operator decides; the same runtimes run, as local proces
 training (`mlworkflow.runtime.train`), serving (`bentoml serve` on 127.0.0.1), drift checks
 (`mlworkflow.runtime.drift`, on the monitoring schedule). The status the operator would write is kept in
 `<store>/<workflow>/status.json`, with a small HTML page beside it (`index.html`).
+
+`mlworkflow retrain FILE.yaml` asks a running runner for a retraining (trigger Manual), as the
+`mlworkflow.io/retrain` annotation asks the operator: it writes a new value to `<store>/<workflow>/retrain`,
+which the runner reads as the annotation.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Trigger
+from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus
 from mlworkflow.desired import cron
 from mlworkflow.desired.children import model_spec_hash
 from mlworkflow.desired.plan import (
@@ -33,6 +37,7 @@ from mlworkflow.desired.plan import (
     RunState,
     ServingState,
     TrainingRun,
+    TrainRequest,
     plan,
     promotion_metric,
 )
@@ -125,10 +130,11 @@ class LocalRunner:
             serving=self._serving_state(),
             drift=self._latest_drift(),
             created_at=self.started_at,
+            retrain_request=self._retrain_request(),
         )
         step = plan(self.spec, observed, now, self.endpoint)
         if step.train is not None:
-            self._train(step.train.version, step.train.trigger, step.train.champion, step.train.drift_report)
+            self._train(step.train)
         if step.serve is not None and (
             self.serving is None
             or self.serving.meta["version"] != step.serve
@@ -180,21 +186,21 @@ class LocalRunner:
             )
         return Process(popen, log, result_file, datetime.now(UTC), meta)
 
-    def _train(self, version: str, trigger: Trigger, champion: str | None, drift_report: str | None) -> None:
+    def _train(self, train: TrainRequest) -> None:
         argv = [
             sys.executable,
             "-m",
             "mlworkflow.runtime.train",
             f"--store={self.store.root}",
             f"--workflow={self.name}",
-            f"--version={version}",
-            f"--trigger={trigger}",
+            f"--version={train.version}",
+            f"--trigger={train.trigger}",
         ]
-        argv += [f"--champion={champion}"] if champion else []
-        argv += [f"--drift-report={drift_report}"] if drift_report else []
+        argv += [f"--champion={train.champion}"] if train.champion else []
+        argv += [f"--drift-report={train.drift_report}"] if train.drift_report else []
         env = {"MLW_SPEC": self.spec.model_dump_json(by_alias=True, exclude_none=True)}
-        self.trainings[version] = self._start(
-            "train", argv, env, version=version, trigger=trigger, spec_hash=model_spec_hash(self.spec)
+        self.trainings[train.version] = self._start(
+            "train", argv, env, request=train, spec_hash=model_spec_hash(self.spec)
         )
 
     def _serve(self, version: str) -> None:
@@ -249,20 +255,30 @@ class LocalRunner:
 
     def _run(self, version: str, process: Process) -> TrainingRun:
         code = process.poll()
-        meta = process.meta
+        request: TrainRequest = process.meta["request"]
+        trigger, spec_hash = request.trigger, process.meta["spec_hash"]
         if code is None:
-            return TrainingRun(version, meta["trigger"], meta["spec_hash"], "Running")
+            return TrainingRun(
+                version, trigger, spec_hash, "Running", retrain_request=request.retrain_request
+            )
         result = process.result()
         state: RunState = "Succeeded" if code == 0 and result.get("status") == "ok" else "Failed"
         return TrainingRun(
             version,
-            meta["trigger"],
-            meta["spec_hash"],
+            trigger,
+            spec_hash,
             state,
             result,
             result.get("message", ""),
             process.finished_at,
+            request.retrain_request,
         )
+
+    def _retrain_request(self) -> str | None:
+        """The local retrain annotation: what `mlworkflow retrain` wrote last."""
+        with contextlib.suppress(OSError):
+            return self.store.retrain_request.read_text().strip() or None
+        return None
 
     def _serving_state(self) -> ServingState:
         if self.serving is None or self.serving.poll() is not None:
@@ -305,23 +321,34 @@ class LocalRunner:
     def _write_status(self) -> None:
         status = self.status.model_dump(by_alias=True, exclude_none=True, mode="json")
         (self.store.base / "status.json").write_text(json.dumps(status, indent=2))
-        (self.store.base / "index.html").write_text(status_page(self.name, self.status, self.store))
+        (self.store.base / "index.html").write_text(
+            status_page(self.name, self.status, self.store, promotion_metric(self.spec))
+        )
 
 
-def status_page(name: str, status: MLWorkflowStatus, store: WorkflowStore) -> str:
-    """The workflow at a glance: versions with their cards and metrics, decisions, drift reports."""
+def status_page(name: str, status: MLWorkflowStatus, store: WorkflowStore, metric: str) -> str:
+    """The workflow at a glance: versions with their cards and metrics, decisions (both models' `metric` on
+    the rows that decided), drift reports."""
     rows = []
     for record in status.history:
         card = store.bentoml_home / "models" / name / record.version / "card.md"
-        metrics = ", ".join(f"{k} {v:.3f}" for k, v in record.metrics.items())
         report = (
             f'<a href="../{html.escape(record.drift_report)}">drift report</a>' if record.drift_report else ""
         )
         card_link = f'<a href="{card.relative_to(store.base)}">card</a>' if card.exists() else ""
+        judged, champion = record.holdout, record.champion
+        held_out = (
+            f"{judged.rows}"
+            + (f" ({judged.excluded_rows} seen by {record.champion})" if record.champion else "")
+            if judged
+            else ""
+        )
         rows.append(
-            f"<tr><td>{record.version}</td><td>{record.trigger}</td><td>{record.outcome}</td>"
-            f"<td>{html.escape(metrics)}</td><td>{html.escape(record.message)}</td>"
-            f"<td>{card_link} {report}</td></tr>"
+            f"<tr><td>{record.version}</td><td>{record.trigger}</td>"
+            f"<td>{record.outcome}{f' ({record.reason})' if record.reason else ''}</td>"
+            f"<td>{_score(record.metrics, metric)}</td>"
+            f"<td>{_score(record.champion_metrics, metric)}{f' ({champion})' if champion else ''}</td>"
+            f"<td>{held_out}</td><td>{html.escape(record.message)}</td><td>{card_link} {report}</td></tr>"
         )
     reports = sorted((store.base / "drift").glob("*/report.html"), reverse=True)
     links = "".join(f'<li><a href="{p.relative_to(store.base)}">{p.parent.name}</a></li>' for p in reports)
@@ -341,9 +368,15 @@ td,th{{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left}}</style>
 ({status.model.backend if status.model else ""}) at {status.endpoint or "-"}; retrains: {status.retrains};
 last drift check: {checked}.</p>
 <h2>Model versions</h2>
-<table><tr><th>version</th><th>trigger</th><th>decision</th><th>holdout metrics</th><th>why</th><th></th></tr>
+<p>Each retraining is judged against the champion on held-out rows that neither model was trained on.</p>
+<table><tr><th>version</th><th>trigger</th><th>decision</th><th>{metric}</th><th>champion's {metric}</th>
+<th>held-out rows (excluded)</th><th>why</th><th></th></tr>
 {"".join(rows)}</table>
 <h2>Conditions</h2><table><tr><th>type</th><th>status</th><th>reason</th><th>message</th></tr>{conditions}</table>
 <h2>Drift reports (Evidently)</h2><ul>{links or "<li>none yet</li>"}</ul>
 </body></html>
 """
+
+
+def _score(metrics: dict[str, float], metric: str) -> str:
+    return f"{metrics[metric]:.4f}" if metric in metrics else ""

@@ -110,11 +110,12 @@ def category(value: Any) -> str:
 
 
 def resolve_schema(frame: pd.DataFrame, spec: DataSpec) -> FeatureSchema:
-    """The feature columns: as declared, or every column but the target, typed by its values."""
+    """The feature columns: as declared, or every column but the target (and the time column), typed by its
+    values."""
     numeric, categorical = list(spec.features.numeric), list(spec.features.categorical)
     if not numeric and not categorical:
         for column in frame.columns:
-            if column == spec.target:
+            if column in (spec.target, spec.time_column):
                 continue
             (
                 numeric
@@ -128,6 +129,31 @@ def resolve_schema(frame: pd.DataFrame, spec: DataSpec) -> FeatureSchema:
         if column in frame.columns
     }
     return FeatureSchema(spec.target, numeric, categorical, categories)
+
+
+def event_times(frame: pd.DataFrame, column: str) -> pd.Series:
+    """`spec.data.timeColumn` as sortable values: numbers as they are, anything else parsed as date-times
+    (mixed time zones are converted to UTC). Raises DataError naming the column when it is missing, has a
+    gap, or holds a value that is neither."""
+    if column not in frame.columns:
+        raise DataError(
+            f"column {column!r} (spec.data.timeColumn) is missing; the data has: "
+            + ", ".join(map(str, frame.columns))
+        )
+    values = frame[column]
+    if values.isna().any():
+        raise DataError(
+            f"column {column!r} (spec.data.timeColumn) has {int(values.isna().sum())} missing values"
+        )
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return values.astype("float64")
+    try:
+        return pd.to_datetime(values, utc=True, format="mixed")
+    except (ValueError, TypeError) as error:
+        raise DataError(
+            f"column {column!r} (spec.data.timeColumn) holds values that are neither numbers nor "
+            f"date-times: {error}"
+        ) from None
 
 
 def check(frame: pd.DataFrame, schema: FeatureSchema, task: str, folds: int) -> pd.DataFrame:

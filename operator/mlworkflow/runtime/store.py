@@ -3,6 +3,7 @@
 <root>/                      data sources are paths relative to here (`data/train-*.csv`)
 <root>/<workflow>/bentoml/   the BentoML model store of the workflow (BENTOML_HOME)
 <root>/<workflow>/samples/   inputs and predictions recorded by the serving Pods
+<root>/<workflow>/retrain    the local runner's retrain request (`mlworkflow retrain`)
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ class WorkflowStore:
     @property
     def samples(self) -> Path:
         return self.base / "samples"
+
+    @property
+    def retrain_request(self) -> Path:
+        return self.base / "retrain"
 
     def model_name(self) -> str:
         """The BentoML model name of the workflow's versions (a workflow name is already a valid one)."""

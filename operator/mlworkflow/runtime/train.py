@@ -19,7 +19,7 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,16 +28,22 @@ import joblib
 import numpy as np
 import pandas as pd
 import sklearn
-from sklearn.model_selection import KFold, StratifiedKFold, cross_validate, train_test_split
+from sklearn.model_selection import (
+    BaseCrossValidator,
+    KFold,
+    StratifiedKFold,
+    TimeSeriesSplit,
+    cross_validate,
+)
 
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Trigger
 from mlworkflow.desired.validation import DEFAULT_ALLOWED_PREFIXES
-from mlworkflow.runtime import data, onnx_export, pipeline
+from mlworkflow.runtime import data, holdout, onnx_export, pipeline
 from mlworkflow.runtime.store import WorkflowStore
 
 TERMINATION_LOG = "/dev/termination-log"
 REFERENCE_ROWS = 5000
-# One seed for every split: a challenger and its champion are judged on the same holdout of the same data.
+# One seed for every split: the same data gives the same holdout.
 SEED = 0
 
 
@@ -52,6 +58,7 @@ class TrainedModel:
     tag: str
     champion_metrics: dict[str, float] | None = None
     data_sha256: str = ""
+    holdout: dict[str, Any] = field(default_factory=dict)
 
 
 def train(
@@ -63,29 +70,56 @@ def train(
     champion: str | None = None,
     drift_report: str | None = None,
 ) -> TrainedModel:
-    """Train, evaluate and save one version; raises DataError or ModelError with a message for the user."""
+    """Train, evaluate and save one version; raises DataError or ModelError with a message for the user.
+
+    With a `champion` (the served version), the holdout is made of rows the champion was not trained on,
+    and both are scored on it (see `mlworkflow.runtime.holdout`).
+    """
     assert spec.model is not None
     started = time.monotonic()
     snapshot = data.load(spec.data.source, store.root)
     schema = data.resolve_schema(snapshot.frame, spec.data)
     task = spec.model.task
     frame = data.check(snapshot.frame, schema, task, spec.training.cross_validation)
+    times = data.event_times(snapshot.frame, spec.data.time_column) if spec.data.time_column else None
     model = pipeline.build(spec.model, schema, allowed_prefixes)
 
     x, y = frame[schema.features], frame[schema.target]
-    stratify = y if task == "classification" and y.value_counts().min() >= 2 else None
-    x_train, x_holdout, y_train, y_holdout = train_test_split(
-        x, y, test_size=spec.training.holdout, random_state=SEED, stratify=stratify
+    hashes = holdout.row_hashes(frame[[*schema.features, schema.target]])
+    seen = holdout.load_rows(_model_dir(store, champion)) if champion else None
+    split = holdout.choose(
+        hashes,
+        spec.training.holdout,
+        SEED,
+        seen=seen,
+        times=times,
+        stratify=y if task == "classification" else None,
     )
+    train_rows = split.train
+    if times is not None:  # in time order, so that cross-validation folds validate on what follows
+        train_rows = train_rows[np.argsort(times.to_numpy()[train_rows], kind="stable")]
+    x_train, y_train = x.iloc[train_rows], y.iloc[train_rows]
+    x_holdout, y_holdout = x.iloc[split.holdout], y.iloc[split.holdout]
     try:
-        cv = _cross_validate(model, x_train, y_train, task, spec.training.cross_validation)
+        cv = _cross_validate(
+            model, x_train, y_train, task, spec.training.cross_validation, forward=times is not None
+        )
         model.fit(x_train, y_train)
     except (ValueError, TypeError) as error:
         # The data passed its checks: what fails now is the estimator with these parameters.
         raise pipeline.ModelError(f"spec.model: fitting {spec.model.estimator} failed: {error}") from None
-    metrics = pipeline.scores(task, model, x_holdout, y_holdout)
-    # Champion and challenger are judged on the same, fresh holdout: the one this data just gave.
-    champion_metrics = _champion_scores(store, champion, task, x_holdout, y_holdout) if champion else None
+    # Fewer than two rows give no metric (R² is undefined); the decision then says the holdout was too small.
+    scorable = len(x_holdout) >= 2
+    metrics = pipeline.scores(task, model, x_holdout, y_holdout) if scorable else {}
+    champion_metrics = (
+        _champion_scores(store, champion, task, x_holdout, y_holdout) if champion and scorable else None
+    )
+    judged = {
+        "rows": len(x_holdout),
+        "excludedRows": split.excluded,
+        "split": split.split,
+        "champion": champion,
+    }
 
     one_hot = spec.model.preprocessing.one_hot
     exported = onnx_export.convert(model, schema, one_hot)
@@ -93,7 +127,10 @@ def train(
         check = onnx_export.Verification(False, "skl2onnx does not support a step of this pipeline")
     else:
         check = onnx_export.verify(
-            model, onnx_export.OnnxPredictor(exported, schema, one_hot), x_holdout, task
+            model,
+            onnx_export.OnnxPredictor(exported, schema, one_hot),
+            x_holdout if len(x_holdout) else x_train,
+            task,
         )
     backend = "onnxruntime" if check.passed else "sklearn"
 
@@ -110,7 +147,15 @@ def train(
             "rows": snapshot.rows,
             "trainRows": len(x_train),
             "holdoutRows": len(x_holdout),
+            "timeColumn": spec.data.time_column,
+            # Which rows trained this version: a later retraining keeps them out of its holdout.
+            "trainedRows": {
+                "file": holdout.ROWS_FILE,
+                "method": "pandas.util.hash_pandas_object(index=False) of the checked feature and target "
+                "columns; sorted, unique uint64",
+            },
         },
+        "holdout": judged,
         "schema": schema.to_json(),
         "task": task,
         # A classifier's classes, in the order of its probability columns (when it gives probabilities).
@@ -137,17 +182,32 @@ def train(
         "backend": backend,
         "libraries": _library_versions(),
     }
-    tag = _save(store, version, trigger, model, exported if check.passed else None, card, x_train)
-    return TrainedModel(
-        version, metrics, cv, backend, check.detail, snapshot.rows, tag, champion_metrics, snapshot.sha256
+    tag = _save(
+        store, version, trigger, model, exported if check.passed else None, card, x_train, hashes[split.train]
     )
+    return TrainedModel(
+        version,
+        metrics,
+        cv,
+        backend,
+        check.detail,
+        snapshot.rows,
+        tag,
+        champion_metrics,
+        snapshot.sha256,
+        judged,
+    )
+
+
+def _model_dir(store: WorkflowStore, version: str) -> Path:
+    return store.bentoml_home / "models" / store.model_name() / version
 
 
 def _champion_scores(
     store: WorkflowStore, champion: str, task: str, x: pd.DataFrame, y: pd.Series
 ) -> dict[str, float] | None:
     """The served model's metrics on this holdout; None when it cannot score it (its features changed)."""
-    path = store.bentoml_home / "models" / store.model_name() / champion / "pipeline.joblib"
+    path = _model_dir(store, champion) / "pipeline.joblib"
     if not path.exists():
         return None
     try:
@@ -156,14 +216,20 @@ def _champion_scores(
         return None
 
 
-def _cross_validate(model: Any, x: pd.DataFrame, y: pd.Series, task: str, folds: int) -> dict[str, float]:
+def _cross_validate(
+    model: Any, x: pd.DataFrame, y: pd.Series, task: str, folds: int, forward: bool = False
+) -> dict[str, float]:
+    """Mean and spread of the task's CV scores over `folds` folds; `forward`: the rows are in time order and
+    each fold validates on the rows after those it trained on (scikit-learn's TimeSeriesSplit)."""
     if folds < 2:
         return {}
-    splitter = (
-        StratifiedKFold(folds, shuffle=True, random_state=SEED)
-        if task == "classification" and y.value_counts().min() >= folds
-        else KFold(folds, shuffle=True, random_state=SEED)
-    )
+    splitter: BaseCrossValidator | TimeSeriesSplit
+    if forward:
+        splitter = TimeSeriesSplit(folds)
+    elif task == "classification" and y.value_counts().min() >= folds:
+        splitter = StratifiedKFold(folds, shuffle=True, random_state=SEED)
+    else:
+        splitter = KFold(folds, shuffle=True, random_state=SEED)
     results = cross_validate(model, x, y, cv=splitter, scoring=pipeline.cv_scoring(task), error_score="raise")
     summary = {}
     for name in pipeline.cv_scoring(task):
@@ -197,8 +263,10 @@ def _save(
     onnx_model: bytes | None,
     card: dict[str, Any],
     x_train: pd.DataFrame,
+    trained_rows: holdout.Hashes,
 ) -> str:
-    """The version in the BentoML model store under the artifact store, with its card and reference."""
+    """The version in the BentoML model store under the artifact store, with its card, its reference sample
+    and the hashes of the rows it was trained on."""
     os.environ["BENTOML_HOME"] = str(store.bentoml_home)
     import bentoml
 
@@ -217,6 +285,7 @@ def _save(
         (path / "card.md").write_text(model_card_markdown(card))
         reference = x_train.sample(min(REFERENCE_ROWS, len(x_train)), random_state=SEED)
         reference.to_parquet(path / "reference.parquet", index=False)
+        holdout.save_rows(path, trained_rows)
     return tag
 
 
@@ -244,6 +313,8 @@ Trained {card["trainedAt"]} (trigger: {card["trigger"]}) in {card["trainingSecon
 preprocessing `{json.dumps(card["pipeline"]["preprocessing"])}`.
 
 ## Holdout metrics
+{_holdout_line(card)}
+
 | metric | value |
 |---|---|
 {metrics}
@@ -260,6 +331,24 @@ Backend: **{card["backend"]}**. ONNX: exported {card["onnx"]["exported"]}, verif
 ## Libraries
 {", ".join(f"{k} {v}" for k, v in card["libraries"].items())}
 """
+
+
+def _holdout_line(card: dict[str, Any]) -> str:
+    judged = card["holdout"]
+    split = "the newest rows" if judged["split"] == "OutOfTime" else "a seeded random choice"
+    line = f"{judged['rows']} held-out rows ({split})"
+    champion = card["champion"]
+    if not champion:
+        return line + "."
+    excluded = judged["excludedRows"]
+    seen = (
+        f"{excluded} rows excluded as seen by {champion['version']}"
+        if excluded is not None
+        else f"the rows {champion['version']} was trained on are not recorded: none excluded"
+    )
+    scores = champion["metrics"] or {}
+    compared = ", ".join(f"{k} {v:.4f}" for k, v in scores.items()) or "not scored"
+    return f"{line}, none trained on by this version or the champion ({seen}). Champion on them: {compared}."
 
 
 def report(summary: dict[str, Any], path: str) -> None:
@@ -311,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
             "tag": result.tag,
             "dataSha256": result.data_sha256,
             "driftReport": args.drift_report,
+            "holdout": {k: v for k, v in result.holdout.items() if k != "champion"},
             "champion": {"version": args.champion, "metrics": result.champion_metrics}
             if args.champion
             else None,

@@ -1,0 +1,98 @@
+"""Which rows judge a model: the holdout, kept apart from every row the champion was trained on.
+
+Data usually accumulates (a pipeline appends labelled rows to the same source), so a random split of all
+current rows would put rows the served model (the champion) learned from into the holdout, where it looks
+better than it is and a better challenger gets rejected. Each version therefore records the rows it was
+trained on, as a sorted array of 64-bit row hashes (`pandas.util.hash_pandas_object`, 8 bytes a row)
+beside its model card, and a retraining holds out only rows the champion never saw.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+ROWS_FILE = "trained-rows.npy"
+Hashes = npt.NDArray[np.uint64]
+Split = Literal["Random", "OutOfTime"]
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """Positions (into the checked frame) of the training and the held-out rows, and how they were chosen."""
+
+    train: npt.NDArray[np.intp]
+    holdout: npt.NDArray[np.intp]
+    excluded: int | None  # rows kept out of the holdout as seen by the champion; None: the champion's unknown
+    split: Split
+
+
+def row_hashes(frame: pd.DataFrame) -> Hashes:
+    """One uint64 per row of `frame` (its values only, not its index): the same row hashes the same in every
+    read of the data, so a row a model was trained on is recognised when the data is read again."""
+    hashes: Hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy(dtype=np.uint64)
+    return hashes
+
+
+def save_rows(folder: Path, hashes: Hashes) -> None:
+    """Record the rows a version was trained on: `<folder>/trained-rows.npy`, sorted and unique."""
+    np.save(folder / ROWS_FILE, np.unique(hashes))
+
+
+def load_rows(folder: Path) -> Hashes | None:
+    """The rows a version was trained on, or None when it has no record (trained before records existed)."""
+    path = folder / ROWS_FILE
+    if not path.exists():
+        return None
+    return np.asarray(np.load(path), dtype=np.uint64)
+
+
+def choose(
+    hashes: Hashes,
+    share: float,
+    seed: int,
+    seen: Hashes | None = None,
+    times: pd.Series | None = None,
+    stratify: pd.Series | None = None,
+) -> Holdout:
+    """Split rows into training and holdout.
+
+    The holdout has `ceil(share * rows)` rows (as scikit-learn's `train_test_split` counts a float
+    test_size), taken only from rows whose hash is not in `seen` (the champion's training rows); when fewer
+    are unseen, it is all of them. With `times` it is the newest of those (out-of-time), else a seeded
+    random choice, stratified by `stratify` when every class has two rows. With nothing seen, the holdout
+    is the one `train_test_split(test_size=share, random_state=seed, stratify=...)` chooses, so a first
+    version is judged as before records existed. Every row not held out trains the new version.
+    """
+    rows = len(hashes)
+    positions = np.arange(rows)
+    unseen = positions if seen is None else positions[~np.isin(hashes, seen)]
+    wanted = min(len(unseen), math.ceil(share * rows), rows - 1)
+    excluded = None if seen is None else rows - len(unseen)
+    if times is not None:
+        order = np.lexsort((unseen, times.to_numpy()[unseen]))  # oldest first; ties by position
+        holdout = np.sort(unseen[order[len(unseen) - wanted :]]) if wanted > 0 else unseen[:0]
+        split: Split = "OutOfTime"
+    else:
+        split = "Random"
+        if wanted <= 0:
+            holdout = unseen[:0]
+        elif wanted >= len(unseen):
+            holdout = unseen
+        else:
+            labels = stratify.to_numpy()[unseen] if stratify is not None else None
+            if labels is not None and (
+                pd.Series(labels).value_counts().min() < 2 or wanted < len(set(labels))
+            ):
+                labels = None  # a class with one row (or fewer held-out rows than classes) cannot stratify
+            _, holdout = train_test_split(unseen, test_size=wanted, random_state=seed, stratify=labels)
+            holdout = np.sort(holdout)
+    train = np.setdiff1d(positions, holdout, assume_unique=True)
+    return Holdout(train, holdout, excluded, split)

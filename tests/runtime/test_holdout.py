@@ -1,0 +1,170 @@
+"""Champion and challenger are judged on rows neither was trained on: accumulating data, out-of-time
+splits, and too few unseen rows. Real training (the trainer's own program), real scikit-learn."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import f1_score
+from sklearn.model_selection import train_test_split
+
+from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Trigger
+from mlworkflow.desired.plan import TrainingRun, decide
+from mlworkflow.runtime import holdout
+
+FEATURES = ["x1", "x2"]
+
+
+def world(rows: int, new: bool, seed: int, noise: float = 0.1) -> pd.DataFrame:
+    """Before: label = x1 + x2 > 0 around x1 = 0. After: new customers at x1 = 3, where only x2 decides.
+    A tenth of the labels are flipped, so a model that memorises its rows looks perfect on them."""
+    rng = np.random.default_rng(seed)
+    x1 = rng.normal(3.0 if new else 0.0, 1.0, rows)
+    x2 = rng.normal(0.0, 1.0, rows)
+    label = ((x2 > 0) if new else (x1 + x2 > 0)) ^ (rng.random(rows) < noise)
+    return pd.DataFrame({"x1": x1, "x2": x2, "label": label.astype(int)})
+
+
+def spec(**data: Any) -> MLWorkflowSpec:
+    return MLWorkflowSpec.model_validate(
+        {
+            "pattern": "WebService",
+            "data": {"source": "data/part-*.csv", "target": "label", **data},
+            "model": {
+                "estimator": "sklearn.ensemble.RandomForestClassifier",
+                "params": {"n_estimators": 30, "random_state": 0},
+            },
+            "training": {"crossValidation": 0},
+            "storage": {"path": "/unused"},
+        }
+    )
+
+
+def train(
+    store: Path, workflow: MLWorkflowSpec, version: str, trigger: Trigger, champion: str | None = None
+) -> dict[str, Any]:
+    """The trainer's program, as the Pod runs it; its termination message."""
+    termination = store / f"termination-{version}"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlworkflow.runtime.train",
+            f"--store={store}",
+            "--workflow=w",
+            f"--version={version}",
+            f"--trigger={trigger}",
+            *([f"--champion={champion}"] if champion else []),
+            f"--termination-log={termination}",
+        ],
+        env={**os.environ, "MLW_SPEC": workflow.model_dump_json(by_alias=True)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return dict(json.loads(termination.read_text()))
+
+
+def model_dir(store: Path, version: str) -> Path:
+    return store / "w" / "bentoml" / "models" / "w" / version
+
+
+def test_appended_rows_a_leaky_holdout_would_misjudge_promote_the_better_model(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    old, new = world(1000, new=False, seed=1), world(250, new=True, seed=2)
+    old.to_csv(tmp_path / "data" / "part-1.csv", index=False)
+    workflow = spec()
+    train(tmp_path, workflow, "v1", Trigger.INITIAL)
+    trained_rows = np.load(model_dir(tmp_path, "v1") / holdout.ROWS_FILE)
+    assert len(trained_rows) == 800 and np.all(np.diff(trained_rows.astype(np.float64)) > 0)
+
+    # The pipeline appends labelled rows of the new world to the same source; drift asks for a retraining.
+    new.to_csv(tmp_path / "data" / "part-2.csv", index=False)
+    result = train(tmp_path, workflow, "v2", Trigger.DRIFT, champion="v1")
+    run = TrainingRun("v2", Trigger.DRIFT, "h", "Succeeded", result)
+    decision = decide(workflow, run, result["metrics"])
+    assert result["holdout"] == {"rows": 250, "excludedRows": 800, "split": "Random"}
+    assert (decision.outcome, decision.reason) == ("Promoted", "Better"), decision.message
+    assert "250 held-out rows" in decision.message and "800 rows excluded as seen by v1" in decision.message
+
+    # The input really is the fault's: on a random split of all rows (the holdout as it was), the champion
+    # scores on rows it memorised and the same challenger would have been rejected.
+    everything = pd.concat([old, new], ignore_index=True)
+    x, y = everything[FEATURES], everything["label"]
+    x_train, x_leaky, y_train, y_leaky = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
+    champion = joblib.load(model_dir(tmp_path, "v1") / "pipeline.joblib")
+    leaky_challenger = joblib.load(model_dir(tmp_path, "v2") / "pipeline.joblib").fit(x_train, y_train)
+    leaky = {
+        "champion": f1_score(y_leaky, champion.predict(x_leaky), average="macro"),
+        "challenger": f1_score(y_leaky, leaky_challenger.predict(x_leaky), average="macro"),
+    }
+    assert leaky["champion"] > leaky["challenger"], f"the leaky holdout must flip the decision: {leaky}"
+    # And the decision is right: on rows of today's world that neither model saw, the challenger is better.
+    fresh = pd.concat([world(500, new=False, seed=8), world(500, new=True, seed=9)])
+    challenger = joblib.load(model_dir(tmp_path, "v2") / "pipeline.joblib")
+    assert f1_score(fresh["label"], challenger.predict(fresh[FEATURES]), average="macro") > f1_score(
+        fresh["label"], champion.predict(fresh[FEATURES]), average="macro"
+    )
+    card = json.loads((model_dir(tmp_path, "v2") / "card.json").read_text())
+    assert card["holdout"] == {"rows": 250, "excludedRows": 800, "split": "Random", "champion": "v1"}
+    assert "800 rows excluded as seen by v1" in (model_dir(tmp_path, "v2") / "card.md").read_text()
+
+
+def test_retraining_on_the_same_rows_is_judged_on_the_champions_holdout_only(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    world(300, new=False, seed=3).to_csv(tmp_path / "data" / "part-1.csv", index=False)
+    workflow = spec()
+    train(tmp_path, workflow, "v1", Trigger.INITIAL)
+    result = train(tmp_path, workflow, "v2", Trigger.SCHEDULE, champion="v1")
+    assert result["holdout"] == {"rows": 60, "excludedRows": 240, "split": "Random"}
+    decision = decide(
+        workflow, TrainingRun("v2", Trigger.SCHEDULE, "h", "Succeeded", result), result["metrics"]
+    )
+    assert (decision.outcome, decision.reason) == ("Rejected", "InsufficientHoldout")
+    assert "only 60 held-out rows" in decision.message and "at least 100" in decision.message
+
+
+def test_out_of_time_the_holdout_is_the_newest_unseen_rows() -> None:
+    hashes = np.arange(10, dtype=np.uint64) * 7919
+    times = pd.Series(pd.to_datetime([f"2026-01-{d:02d}" for d in (5, 1, 9, 2, 8, 3, 10, 4, 7, 6)], utc=True))
+    first = holdout.choose(hashes, 0.3, seed=0, times=times)
+    assert first.split == "OutOfTime" and list(first.holdout) == [2, 4, 6], "days 9, 8 and 10"
+    # Rows the champion trained on never judge it, even when they are the newest.
+    seen = hashes[[2, 6]]
+    later = holdout.choose(hashes, 0.3, seed=0, seen=seen, times=times)
+    assert list(later.holdout) == [4, 8, 9] and later.excluded == 2, "days 8, 7 and 6"
+    assert sorted([*later.train, *later.holdout]) == list(range(10))
+
+
+def test_a_first_split_is_scikit_learns() -> None:
+    labels = pd.Series(np.random.default_rng(0).integers(0, 3, 200))
+    hashes = np.arange(200, dtype=np.uint64)
+    chosen = holdout.choose(hashes, 0.2, seed=0, stratify=labels)
+    _, expected = train_test_split(np.arange(200), test_size=0.2, random_state=0, stratify=labels)
+    assert list(chosen.holdout) == sorted(expected) and chosen.excluded is None
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["2026-01-01", None], "has 1 missing values"),
+        (["2026-01-01", "soon"], "neither numbers nor date-times"),
+    ],
+)
+def test_a_bad_time_column_names_it(values: list[str | None], message: str) -> None:
+    from mlworkflow.runtime.data import DataError, event_times
+
+    with pytest.raises(DataError, match=message):
+        event_times(pd.DataFrame({"ts": values}), "ts")
+    with pytest.raises(DataError, match="'when' .spec.data.timeColumn. is missing"):
+        event_times(pd.DataFrame({"ts": values}), "when")
