@@ -6,6 +6,7 @@ import copy
 import json
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -13,7 +14,7 @@ from kubernetes import client
 
 from kubelocal.controlplane import ControlPlane
 from mlworkflow.api import v1alpha1
-from support import REPO
+from support import REPO, wait_for
 
 IRIS_ROW = {
     "sepal length (cm)": 6.3,
@@ -84,3 +85,14 @@ def create_workflow(api: client.ApiClient, namespace: str) -> str:
         v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, manifest
     )
     return str(manifest["metadata"]["name"])
+
+
+def claim_folder(api: client.ApiClient, ns: str, claim: str) -> Path:
+    """The process node's folder behind a bound PersistentVolumeClaim (its hostPath volume)."""
+    core = client.CoreV1Api(api)
+    volume = wait_for(
+        lambda: core.read_namespaced_persistent_volume_claim(claim, ns).spec.volume_name,
+        30,
+        "the claim bound",
+    )
+    return Path(core.read_persistent_volume(volume).spec.host_path.path)

@@ -20,7 +20,7 @@ from kubelocal.controlplane import ControlPlane
 from kubelocal.net import free_port
 from mlworkflow.api import v1alpha1
 from support import operator_in, wait_for
-from workflows import get, patch_spec
+from workflows import claim_folder, get, patch_spec
 
 pytestmark = pytest.mark.cluster
 
@@ -135,12 +135,7 @@ def test_drift_retrains_and_champion_challenger_decides(
             "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
         },
     )
-    volume = wait_for(
-        lambda: core.read_namespaced_persistent_volume_claim("store", ns).spec.volume_name,
-        30,
-        "the claim bound",
-    )
-    store = Path(core.read_persistent_volume(volume).spec.host_path.path)
+    store = claim_folder(api, ns, "store")
     (store / "data").mkdir()
     regime(800, shifted=False, seed=1).to_csv(store / "data" / "part-1.csv", index=False)
 
@@ -163,7 +158,11 @@ def test_drift_retrains_and_champion_challenger_decides(
     drifted = next(c for c in workflow["status"]["conditions"] if c["type"] == "Drifted")
     assert drifted["status"] == "True" and "x1" in drifted["message"]
     assert rejected[0]["trigger"] == "Drift" and rejected[0]["outcome"] == "Rejected"
-    assert "on the same holdout" in rejected[0]["message"]
+    assert (
+        rejected[0]["reason"] == "NotBetter"
+        and "held-out rows, trained on by neither" in rejected[0]["message"]
+    )
+    assert rejected[0]["holdout"]["excludedRows"] == 640, "v1's training rows never judge it"
     # Lineage: the drift report that asked for it, and the exact data (both files) it read.
     assert (
         rejected[0]["driftReport"].startswith(f"{NAME}/drift/")

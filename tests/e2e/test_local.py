@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -34,11 +35,16 @@ def test_the_demo_closes_the_loop(tmp_path: Path) -> None:
         assert outcome["servedBy"] == "v2", "predictions are answered by the new version"
         challenger, champion = outcome["metrics"]["challenger"], outcome["metrics"]["champion"]
         assert challenger["f1_macro"] >= champion["f1_macro"]
+    # The decision was made on rows neither model was trained on, and says so.
+    assert outcome["excludedRows"] == 480 and outcome["holdoutRows"] >= 100, "v1 trained on 480 rows"
+    assert "held-out rows, trained on by neither" in outcome["why"] and outcome["why"] in done.stdout
     status = json.loads((tmp_path / "demo" / "status.json").read_text())
     assert [h["version"] for h in status["history"]] == ["v2", "v1"]
     assert status["history"][0]["trigger"] == "Drift" and status["history"][0]["driftReport"]
     page = (tmp_path / "demo" / "index.html").read_text()
     assert "drift report" in page and "card.md" in page
+    champion_f1 = status["history"][0]["championMetrics"]["f1_macro"]
+    assert f"<td>{champion_f1:.4f} (v1)</td>" in page, "the page shows the champion's score on the same rows"
     assert "The loop closed" in done.stdout and "index.html" in done.stdout
 
 
@@ -55,8 +61,11 @@ def manifest(tmp_path: Path, **spec: object) -> Path:
     return path
 
 
-def run_until(path: Path, port: int, phase: str, timeout: float) -> tuple[int, str]:
-    """`mlworkflow run` until the workflow reaches `phase`, then Ctrl-C; its exit code and output."""
+def run_until(
+    path: Path, port: int, phase: str, timeout: float, then: Callable[[Path], None] | None = None
+) -> tuple[int, str]:
+    """`mlworkflow run` until the workflow reaches `phase` (and `then(status file)` returns), then Ctrl-C;
+    its exit code and output."""
     process = subprocess.Popen(
         [MLWORKFLOW, "run", str(path), f"--port={port}"],
         stdout=subprocess.PIPE,
@@ -71,6 +80,8 @@ def run_until(path: Path, port: int, phase: str, timeout: float) -> tuple[int, s
             timeout,
             f"phase {phase}",
         )
+        if then is not None:
+            then(status_file)
     finally:
         os.killpg(process.pid, signal.SIGINT)
         output, _ = process.communicate(timeout=60)
@@ -117,3 +128,24 @@ def test_a_missing_data_file_is_a_training_failure_with_its_message(tmp_path: Pa
     path = manifest(tmp_path, data={"source": "data/missing.csv", "target": "target"})
     _, output = run_until(path, free_port(), "Failed", 60)
     assert "TrainingFailed" in output and "no file matches 'data/missing.csv'" in output
+
+
+def test_retrain_asks_a_running_workflow_for_a_manual_retraining(tmp_path: Path) -> None:
+    path = manifest(tmp_path, promotion={"minHoldoutRows": 20})
+
+    def ask_and_wait(status_file: Path) -> None:
+        asked = subprocess.run([MLWORKFLOW, "retrain", str(path)], capture_output=True, text=True, timeout=60)
+        assert asked.returncode == 0 and "retraining" in asked.stdout, asked.stderr
+        wait_for(
+            lambda: len(json.loads(status_file.read_text())["history"]) == 2,
+            120,
+            "the manual retraining decided",
+        )
+
+    code, output = run_until(path, free_port(), "Serving", 120, then=ask_and_wait)
+    assert code == 0, output
+    status = json.loads((tmp_path / "store" / "iris-classifier" / "status.json").read_text())
+    manual = status["history"][0]
+    assert (manual["version"], manual["trigger"], manual["champion"]) == ("v2", "Manual", "v1")
+    assert manual["reason"] in ("Better", "NotBetter") and manual["holdout"]["rows"] == 29
+    assert "TrainingStarted: training v2 (trigger Manual)" in output

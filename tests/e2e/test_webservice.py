@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client
+from sklearn.datasets import load_iris
 
 from kubelocal.controlplane import ControlPlane
 from mlworkflow.api import v1alpha1
 from support import operator_in, wait_for
-from workflows import IRIS_ROW, condition, create_workflow, get, objects, patch_spec, predict
+from workflows import IRIS_ROW, claim_folder, condition, create_workflow, get, objects, patch_spec, predict
 
 pytestmark = pytest.mark.cluster
 
@@ -27,6 +28,13 @@ def operator(
     """The operator, in-process, as the Helm chart's ServiceAccount."""
     with operator_in(process_namespace, operator_kubeconfig, monkeypatch):
         yield
+
+
+def retrain(control_plane: ControlPlane, ns: str, name: str, value: str) -> None:
+    """What the docs tell users to run."""
+    control_plane.kubectl(
+        "annotate", "--overwrite", f"mlw/{name}", "-n", ns, f"{v1alpha1.RETRAIN_ANNOTATION}={value}"
+    )
 
 
 def test_train_serve_retrain_and_survive_a_failed_training(
@@ -99,6 +107,41 @@ def test_train_serve_retrain_and_survive_a_failed_training(
     assert predict(control_plane, ns, name)["model"] == "v2"  # type: ignore[index]
     events = client.CoreV1Api(api).list_namespaced_event(ns).items
     assert any(e.reason == "TrainingFailed" and e.involved_object.name == name for e in events)
+
+    # The user fixes the data and asks for a retraining, as `kubectl rollout restart` would: it is retried.
+    store = claim_folder(api, ns, "ml-artifacts")
+    (store / "data").mkdir(exist_ok=True)
+    load_iris(as_frame=True).frame.to_csv(store / "data" / "does-not-exist.csv", index=False)
+    retrain(control_plane, ns, name, "fixed-the-data")
+    retried = wait_for(
+        lambda: (
+            (w := get(api, ns, name))["status"].get("phase") == "Serving"
+            and w["status"]["model"]["version"] == "v4"
+            and w
+        ),
+        240,
+        "v4 (the retried training) serving",
+    )
+    assert retried["status"]["history"][0]["trigger"] == "Manual"
+    assert retried["status"]["history"][0]["reason"] == "NoChampion", "v2 was trained for another spec"
+    assert retried["status"]["lastHandledRetrain"] == "fixed-the-data"
+    # Asked again on the same data: the challenger can only be judged on v4's 30 held-out rows, less the one
+    # that duplicates a row v4 was trained on (iris has a duplicate row): too few to decide.
+    retrain(control_plane, ns, name, "again")
+    judged = wait_for(
+        lambda: (h := get(api, ns, name)["status"]["history"])[0]["version"] == "v5" and h[0], 240, "v5"
+    )
+    assert (judged["outcome"], judged["reason"], judged["champion"]) == (
+        "Rejected",
+        "InsufficientHoldout",
+        "v4",
+    )
+    assert judged["holdout"] == {"rows": 29, "excludedRows": 121, "split": "Random"}
+    assert get(api, ns, name)["status"]["model"]["version"] == "v4"
+    events = client.CoreV1Api(api).list_namespaced_event(ns).items
+    assert any(e.reason == "InsufficientHoldout" and "only 29 held-out rows" in e.message for e in events)
+    jobs = [j.metadata.name for j in client.BatchV1Api(api).list_namespaced_job(ns).items]
+    assert sorted(jobs) == [f"{name}-train-v{n}" for n in range(1, 6)], "one training per request"
 
     # A deleted child comes back.
     client.CoreV1Api(api).delete_namespaced_service(name, ns)

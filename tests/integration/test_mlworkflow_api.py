@@ -134,6 +134,15 @@ INVALID: dict[str, tuple[str, Callable[[dict[str, Any]], None], str]] = {
     "source-escapes-the-store": (WEB, _set("spec.data.source", "../../etc/passwd"), "spec.data.source"),
     "source-unknown-dataset": (WEB, _set("spec.data.source", "sklearn://mnist"), "spec.data.source"),
     "target-is-a-feature": (WEB, _set("spec.data.features", {"numeric": ["target"]}), "spec.data.target"),
+    "time-column-is-the-target": (WEB, _set("spec.data.timeColumn", "target"), "spec.data.timeColumn"),
+    "time-column-is-a-feature": (
+        WEB,
+        _set(
+            "spec.data", {"source": "d.csv", "target": "y", "timeColumn": "t", "features": {"numeric": ["t"]}}
+        ),
+        "spec.data.timeColumn orders the rows",
+    ),
+    "min-holdout-rows-zero": (WEB, _set("spec.promotion.minHoldoutRows", 0), "spec.promotion.minHoldoutRows"),
     "estimator-not-an-import-path": (
         WEB,
         _set("spec.model.estimator", "os; rm -rf /"),

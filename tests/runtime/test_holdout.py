@@ -166,5 +166,5 @@ def test_a_bad_time_column_names_it(values: list[str | None], message: str) -> N
 
     with pytest.raises(DataError, match=message):
         event_times(pd.DataFrame({"ts": values}), "ts")
-    with pytest.raises(DataError, match="'when' .spec.data.timeColumn. is missing"):
+    with pytest.raises(DataError, match=r"'when' \(spec.data.timeColumn\) is missing"):
         event_times(pd.DataFrame({"ts": values}), "when")

@@ -1,8 +1,9 @@
 """`mlworkflow demo` (`make demo`): the whole loop on this machine in a few minutes.
 
 A WebService workflow trains v1 on generated data and serves it; traffic then shifts and the data pipeline
-delivers labelled data of the new regime; the drift check (Evidently) sees it, the workflow retrains, the
-challenger is judged against the champion on the same fresh holdout, and the better model serves. The
+appends labelled data of the new regime to the same source; the drift check (Evidently) sees it, the
+workflow retrains, the challenger is judged against the champion on held-out rows neither was trained on,
+and the better model serves. The
 runner is `mlworkflow run`'s; this module only plays the world around it (data, traffic).
 """
 
@@ -144,17 +145,20 @@ def run_demo(store: Path, quick: bool = False, port: int = 3000) -> dict[str, An
                 120,
             )
         outcome["servedBy"] = predict(runner.endpoint, regime(100, shifted=True, seed=5))
-        # Both scored on the challenger's holdout: the fresh data, old and new regimes together.
+        # Both scored on the challenger's holdout: rows of either regime that neither model was trained on.
         outcome["metrics"] = {"champion": decided.champion_metrics, "challenger": decided.metrics}
+        outcome["reason"], outcome["why"] = decided.reason, decided.message
+        if decided.holdout:
+            outcome["holdoutRows"] = decided.holdout.rows
+            outcome["excludedRows"] = decided.holdout.excluded_rows
     finally:
         finished.set()
         thread.join(30)
     (runner.store.base / "demo-result.json").write_text(json.dumps(outcome, indent=2))
-    scores = {side: values.get("f1_macro", 0.0) for side, values in outcome["metrics"].items()}
     print(f"""
 >>> The loop closed: drift {outcome["driftShare"]:.0%} of columns -> retrained {outcome["retrained"]}
-    (f1_macro {scores["challenger"]:.3f} against the champion's {scores["champion"]:.3f} on the same fresh
-    holdout) -> {outcome["decision"]} -> predictions now from {outcome["servedBy"]}.
+    -> {outcome["decision"]} ({outcome["reason"]}): {outcome["why"]}
+    -> predictions now from {outcome["servedBy"]}.
     Where to look:
       {runner.store.base / "index.html"}   versions, decisions, links to the drift reports
       {runner.store.bentoml_home / "models" / NAME}/<version>/card.md   model cards

@@ -320,10 +320,18 @@ class LocalRunner:
 
     def _write_status(self) -> None:
         status = self.status.model_dump(by_alias=True, exclude_none=True, mode="json")
-        (self.store.base / "status.json").write_text(json.dumps(status, indent=2))
-        (self.store.base / "index.html").write_text(
-            status_page(self.name, self.status, self.store, promotion_metric(self.spec))
+        _write_atomically(self.store.base / "status.json", json.dumps(status, indent=2))
+        _write_atomically(
+            self.store.base / "index.html",
+            status_page(self.name, self.status, self.store, promotion_metric(self.spec)),
         )
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Readers (a browser, a script polling status.json) never see a half-written file."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 def status_page(name: str, status: MLWorkflowStatus, store: WorkflowStore, metric: str) -> str:
