@@ -168,3 +168,22 @@ def test_a_bad_time_column_names_it(values: list[str | None], message: str) -> N
         event_times(pd.DataFrame({"ts": values}), "ts")
     with pytest.raises(DataError, match=r"'when' \(spec.data.timeColumn\) is missing"):
         event_times(pd.DataFrame({"ts": values}), "when")
+
+
+def test_with_a_time_column_the_trainer_holds_out_the_newest_rows(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    frame = world(200, new=False, seed=4)
+    frame["ts"] = pd.date_range("2026-01-01", periods=200, freq="h").strftime("%Y-%m-%dT%H:%M:%SZ")
+    frame = frame.sample(frac=1, random_state=0)  # the file is in no particular order
+    frame.to_csv(tmp_path / "data" / "part-1.csv", index=False)
+    workflow = spec(timeColumn="ts")
+    workflow.training.cross_validation = 3
+    result = train(tmp_path, workflow, "v1", Trigger.INITIAL)
+    assert result["holdout"] == {"rows": 40, "excludedRows": None, "split": "OutOfTime"}
+    card = json.loads((model_dir(tmp_path, "v1") / "card.json").read_text())
+    assert card["schema"]["numeric"] == FEATURES, "the time column is never a feature"
+    assert set(card["crossValidation"]) >= {"f1_macro_mean", "accuracy_mean"}
+    written = pd.read_csv(tmp_path / "data" / "part-1.csv")
+    oldest = written.sort_values("ts").iloc[:160][[*FEATURES, "label"]]
+    trained = np.load(model_dir(tmp_path, "v1") / holdout.ROWS_FILE)
+    assert np.array_equal(trained, np.unique(holdout.row_hashes(oldest))), "trained on the 160 oldest rows"
