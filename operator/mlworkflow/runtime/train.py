@@ -34,8 +34,8 @@ from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Trigger
 from mlworkflow.desired.validation import DEFAULT_ALLOWED_PREFIXES
 from mlworkflow.runtime import data, onnx_export, pipeline
 from mlworkflow.runtime.store import WorkflowStore
+from mlworkflow.runtime.termination import TERMINATION_LOG, report
 
-TERMINATION_LOG = "/dev/termination-log"
 REFERENCE_ROWS = 5000
 # One seed for every split: a challenger and its champion are judged on the same holdout of the same data.
 SEED = 0
@@ -260,14 +260,6 @@ Backend: **{card["backend"]}**. ONNX: exported {card["onnx"]["exported"]}, verif
 ## Libraries
 {", ".join(f"{k} {v}" for k, v in card["libraries"].items())}
 """
-
-
-def report(summary: dict[str, Any], path: str) -> None:
-    """One line of JSON: in the termination message (read by the operator) and on stdout (the log)."""
-    line = json.dumps(summary, separators=(",", ":"))
-    print(line, flush=True)
-    with contextlib.suppress(OSError):  # run outside a Pod: stdout is enough
-        Path(path).write_text(line[:4000])
 
 
 def main(argv: list[str] | None = None) -> int:
