@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlworkflow.runtime.data import FeatureSchema, category
+from mlworkflow.runtime.data import FeatureSchema
 from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.termination import TERMINATION_LOG, report
 
@@ -190,7 +190,7 @@ def _typed(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
         numbers = pd.to_numeric(typed[column], errors="coerce").astype("float64")
         typed[column] = numbers.where(np.isfinite(numbers))
     for column in schema.categorical:
-        typed[column] = typed[column].map(category)
+        typed[column] = schema.canonical(column, typed[column])
     return typed.reset_index(drop=True)
 
 
