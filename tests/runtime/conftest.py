@@ -4,6 +4,7 @@ version served by `bentoml serve`."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -62,6 +64,27 @@ def churn_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[WorkflowStore
     churn_frame(1500).to_csv(root / "data" / "churn-2026-01.csv", index=False)
     store = WorkflowStore(root, "churn")
     return store, train(churn_spec(), store, "v1", "Initial")  # type: ignore[arg-type]
+
+
+def train_apart(spec: MLWorkflowSpec, store: WorkflowStore, version: str) -> dict[str, Any]:
+    """Train as the training Pod does, in a process of its own, and return its summary. (BentoML keeps the
+    first model store a process opens: a test process that trained one workflow cannot train another.)"""
+    termination = store.root / f"termination-{store.workflow}-{version}"
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "mlworkflow.runtime.train"),
+            f"--store={store.root}",
+            f"--workflow={store.workflow}",
+            f"--version={version}",
+            f"--termination-log={termination}",
+        ],
+        env={**os.environ, "MLW_SPEC": spec.model_dump_json(by_alias=True)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return dict(json.loads(termination.read_text()))
 
 
 @contextlib.contextmanager

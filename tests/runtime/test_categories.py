@@ -15,8 +15,7 @@ import pytest
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec
 from mlworkflow.runtime import drift
 from mlworkflow.runtime.store import WorkflowStore
-from mlworkflow.runtime.train import train
-from runtime.conftest import bentoml_serve
+from runtime.conftest import bentoml_serve, train_apart
 
 ROW: dict[str, Any] = {"x": 0.5, "code": 3, "flag": True}
 
@@ -59,7 +58,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> WorkflowStore:
         }
     )
     store = WorkflowStore(root, "codes")
-    train(spec, store, "v1", "Initial")  # type: ignore[arg-type]
+    train_apart(spec, store, "v1")
     return store
 
 

@@ -34,7 +34,8 @@ ESSENTIAL = (
     "tag",
 )
 # Tried in order until the line fits: (items kept of each list or nested mapping, characters of each string).
-SHRINK_STEPS = ((100, 1000), (30, 300), (10, 100), (3, 40), (1, 20), (0, 12))
+# Fewer items first: a name cut short identifies nothing, a list of whole names cut short still does.
+SHRINK_STEPS = ((100, 1000), (30, 1000), (10, 1000), (10, 200), (3, 200), (3, 50), (1, 50), (0, 12))
 ELLIPSIS = "…"
 
 
