@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mlworkflow.local.runner import Process
 from mlworkflow.runtime import termination
 from mlworkflow.runtime.termination import MAX_BYTES, bounded, read
 
@@ -87,7 +91,7 @@ def test_only_the_essential_keys_stay_when_nothing_else_fits() -> None:
 
 
 def test_the_written_file_and_the_log_line_are_the_bounded_line(
-    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "termination-log"
     termination.report(drift_summary(500, 100), str(path))
@@ -115,3 +119,15 @@ def test_garbled_json_is_an_error_and_a_log_tail_is_left_to_the_caller() -> None
     assert '{"status": "ok"' in garbled["message"]
     assert read("Traceback (most recent call last):\nValueError: boom") == {}
     assert read("") == {} and read("\n  \n") == {}
+
+
+def test_the_local_runner_says_a_result_file_is_unreadable(tmp_path: Path) -> None:
+    result_file, log = tmp_path / "result.json", tmp_path / "run.log"
+    result_file.write_text('{"status": "ok", "share": 0.')
+    log.write_text("Traceback ...\nValueError: boom\n")
+    with subprocess.Popen(["true"]) as popen:
+        popen.wait()
+    process = Process(popen, log, result_file, datetime.now(UTC))
+    assert process.result()["reason"] == "ResultUnreadable"
+    result_file.write_text("")
+    assert process.result() == {"status": "error", "message": "Traceback ...\nValueError: boom"}
