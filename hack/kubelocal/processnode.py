@@ -44,8 +44,11 @@ PORTS_ANNOTATION = "kubelocal.mlworkflow.io/host-ports"
 STORAGE_CLASS = "local"
 PROVISIONER = "kubelocal.mlworkflow.io/local"
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
+# The kubelet's limits (pkg/kubelet/container): MaxContainerTerminationMessageLength,
+# MaxContainerTerminationMessageLogLines and MaxContainerTerminationMessageLogLength.
 MAX_TERMINATION_MESSAGE = 4096
 FALLBACK_LOG_LINES = 80
+MAX_FALLBACK_LOG_BYTES = 2048
 TICK = 0.2
 MAX_BACKOFF = 8.0
 # Namespace annotations that put every Pod of a namespace on the process node (admission plugins
@@ -60,6 +63,12 @@ NAMESPACE_ANNOTATIONS = {
 
 def timestamp() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _tail_bytes(data: bytes, limit: int) -> str:
+    """The last `limit` bytes as text; a split UTF-8 character becomes U+FFFD, as the API server's JSON
+    encoding turns the kubelet's raw bytes into a string."""
+    return data[-limit:].decode(errors="replace")
 
 
 def micro_timestamp() -> str:
@@ -408,9 +417,11 @@ class PodWorker(threading.Thread):
 
     def _record_exit(self, container: Container, code: int, reason: str | None = None) -> None:
         exit_code = code if code >= 0 else 128 - code  # killed by signal N: 128+N, as a runtime reports it
-        message = container.termination_file.read_text(errors="replace")[:MAX_TERMINATION_MESSAGE]
+        # As the kubelet (getTerminationMessage): the file's *last* 4,096 bytes, and the log tail only when
+        # the file is empty. Bytes, not characters: a cut may split a UTF-8 character, as on a real node.
+        message = _tail_bytes(container.termination_file.read_bytes(), MAX_TERMINATION_MESSAGE)
         policy = container.spec.get("terminationMessagePolicy", "File")
-        if not message.strip() and exit_code != 0 and policy == "FallbackToLogsOnError":
+        if not message and exit_code != 0 and policy == "FallbackToLogsOnError":
             message = self._log_tail(container)
         container.terminated = {
             "exitCode": exit_code,
@@ -424,11 +435,12 @@ class PodWorker(threading.Thread):
         container.ready = False
 
     def _log_tail(self, container: Container) -> str:
+        """The kubelet's fallback: the last 80 lines of the log, then the last 2,048 bytes of those."""
         try:
-            lines = container.log_path().read_text(errors="replace").splitlines()[-FALLBACK_LOG_LINES:]
+            lines = container.log_path().read_bytes().splitlines(keepends=True)[-FALLBACK_LOG_LINES:]
         except FileNotFoundError:
             return ""
-        return "\n".join(lines)[-2048:]
+        return _tail_bytes(b"".join(lines), MAX_FALLBACK_LOG_BYTES)
 
     def _backoff(self, container: Container) -> float:
         return min(0.5 * 2**container.restart_count, MAX_BACKOFF)

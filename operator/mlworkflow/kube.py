@@ -27,6 +27,7 @@ from mlworkflow.desired.children import (
     Manifest,
 )
 from mlworkflow.desired.plan import DriftCheck, RunState, ServingState, TrainingRun
+from mlworkflow.runtime import termination
 
 APPLY = "application/apply-patch+yaml"
 JSON = dict[str, Any]
@@ -108,10 +109,8 @@ class Kube:
                 key=lambda p: p["metadata"]["creationTimestamp"],
             )
             text = _termination_message(ended[-1]) if ended else ""
-            try:
-                result = dict(json.loads(text.strip().splitlines()[-1])) if text.strip() else {}
-            except (json.JSONDecodeError, TypeError):
-                result = {}
+            # A cut or garbled summary is an error summary saying so; a log tail (not JSON) stays the message.
+            result = termination.read(text)
             condition = conditions.get("Complete") or conditions.get("Failed") or {}
             message = (
                 result.get("message") or text or condition.get("message", "") or condition.get("reason", "")

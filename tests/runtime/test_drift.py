@@ -6,12 +6,14 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from mlworkflow.runtime import drift
+from mlworkflow.runtime.data import FeatureSchema
 from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.train import TrainedModel
 from runtime.conftest import churn_frame
@@ -98,8 +100,6 @@ def test_the_window_read_is_a_bounded_uniform_sample(tmp_path: Path) -> None:
 
 
 def test_skipping_the_widgets_changes_no_verdict(tmp_path: Path) -> None:
-    from mlworkflow.runtime.data import FeatureSchema
-
     reference = features(2000, seed=21)
     current = features(2000, seed=22)
     current["monthly"] = current["monthly"] * 1.5
@@ -109,3 +109,88 @@ def test_skipping_the_widgets_changes_no_verdict(tmp_path: Path) -> None:
     assert plain == rendered
     assert [c.column for c in plain.columns if c.drifted] == ["monthly"]
     assert (tmp_path / "report.html").stat().st_size > 10_000
+
+
+def run_check(store: WorkflowStore, tmp_path: Path) -> tuple[int, dict[str, Any]]:
+    """The CronJob's program, as its Pod runs it: exit code and termination message."""
+    log = tmp_path / "termination-log"
+    code = drift.main(
+        [
+            f"--store={store.root}",
+            "--workflow=churn",
+            "--version=v1",
+            "--threshold=0.5",
+            "--min-samples=100",
+            f"--termination-log={log}",
+        ]
+    )
+    return code, json.loads(log.read_text())
+
+
+def test_a_feature_never_sent_is_missing_in_live_data_and_the_rest_is_checked(
+    store: WorkflowStore, tmp_path: Path
+) -> None:
+    # What the issue saw: 100 served rows whose numeric feature is always null (the imputer answers them).
+    serve(store, features(100, seed=11).assign(monthly=None))
+    code, summary = run_check(store, tmp_path)
+    assert code == 0 and summary["status"] == "ok"
+    assert summary["columns"][0] == {"column": "monthly", "method": "missing in live data", "score": 1.0}
+    saved = {c["column"]: c for c in json.loads((store.root / summary["result"]).read_text())["columns"]}
+    assert saved["monthly"]["drifted"] is True
+    assert not any(saved[c]["method"].startswith("missing") for c in ("tenure", "plan", "region"))
+    assert summary["share"] == sum(c["drifted"] for c in saved.values()) / 4
+
+
+def test_a_window_of_one_repeated_row_is_checked(store: WorkflowStore, tmp_path: Path) -> None:
+    serve(store, features(1, seed=3).loc[[0] * 100])
+    code, summary = run_check(store, tmp_path)
+    assert code == 0 and summary["status"] == "ok"
+    assert summary["share"] == 1.0, "a window of one repeated row is nothing like the varied reference"
+
+
+SCHEMA = FeatureSchema("y", ["a", "b"], ["c"])
+VARIED = pd.DataFrame({"a": np.arange(30.0), "b": np.arange(30.0), "c": ["x", "y", "z"] * 10})
+
+
+@pytest.mark.parametrize(
+    ("current", "reference", "method", "drifted"),
+    [
+        (VARIED.assign(a=None), VARIED, "missing in live data", True),
+        (VARIED, VARIED.assign(a=None), "missing in reference", True),
+        (VARIED.assign(a=None), VARIED.assign(a=None), "missing in live data and reference", False),
+        (VARIED.assign(a=np.inf), VARIED, "missing in live data", True),
+    ],
+)
+def test_a_column_without_values_is_a_finding_not_an_error(
+    current: pd.DataFrame, reference: pd.DataFrame, method: str, drifted: bool
+) -> None:
+    result = drift.compare(current, reference, SCHEMA, threshold=0.5)
+    first = result.columns[0]
+    assert (first.column, first.method, first.drifted) == ("a", method, drifted)
+    assert [c.drifted for c in result.columns[1:]] == [False, False], "b and c are compared as usual"
+    assert result.share == (1 / 3 if drifted else 0.0)
+
+
+def test_only_missing_columns_need_no_evidently_report(tmp_path: Path) -> None:
+    schema = FeatureSchema("y", ["a"], ["c"])
+    result = drift.compare(
+        VARIED.assign(a=None, c=None), VARIED, schema, threshold=0.5, html=tmp_path / "report.html"
+    )
+    assert [(c.method, c.drifted) for c in result.columns] == [("missing in live data", True)] * 2
+    assert result.share == 1.0 and not (tmp_path / "report.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("current", "reference", "drifted"),
+    [
+        (VARIED.assign(a=5.0, c="x"), VARIED, [True, False, True]),  # constant now, varied before
+        (VARIED.assign(a=5.0, c="x"), VARIED.assign(a=5.0, c="x"), [False, False, False]),
+        (VARIED.assign(a=6.0, c="y"), VARIED.assign(a=5.0, c="x"), [True, False, True]),
+    ],
+    ids=["constant window", "constant both, same value", "constant both, another value"],
+)
+def test_constant_columns_are_compared(
+    current: pd.DataFrame, reference: pd.DataFrame, drifted: list[bool]
+) -> None:
+    result = drift.compare(current, reference, SCHEMA, threshold=0.5)
+    assert [c.drifted for c in result.columns] == drifted

@@ -64,6 +64,49 @@ def test_missing_categories_become_a_category_of_their_own() -> None:
     assert checked.loc[0, "city"] == ""
 
 
+@pytest.mark.parametrize(
+    ("values", "boolean", "spelled"),
+    [
+        ([3, 3.0, "3", "3.0", "3.00", np.int64(3), np.float32(3.0)], False, "3"),
+        ([-0.0, "-0", "0.0"], False, "0"),
+        ([2.5, "2.50", np.float64(2.5)], False, "2.5"),
+        ([True, "true", "TRUE", "True", np.True_], False, "True"),
+        ([False, "false", "FALSE"], False, "False"),
+        ([1, 1.0, "1", True, "true"], True, "True"),  # a boolean column: 1 is True
+        ([None, np.nan, float("nan"), pd.NA], False, ""),
+    ],
+)
+def test_each_category_has_one_spelling(values: list[object], boolean: bool, spelled: str) -> None:
+    assert {data.category(v, boolean) for v in values} == {spelled}
+    assert data.categories(values, boolean) == [spelled] * len(values)
+
+
+@pytest.mark.parametrize(
+    ("value", "spelled"),
+    [(1, "1"), (True, "True"), ("03", "03"), ("1e3", "1e3"), ("North", "North"), (" 3", " 3")],
+)
+def test_what_is_not_the_same_category_stays_apart(value: object, spelled: str) -> None:
+    """1 and True outside a boolean column, a code with a leading zero, other notations, case and spaces."""
+    assert data.category(value) == spelled
+
+
+def test_a_code_column_read_as_floats_has_the_codes_as_categories(tmp_path: Path) -> None:
+    (tmp_path / "codes.csv").write_text("code,flag,bit,label\n1,True,0,a\n,,1,b\n3,False,1,a\n")
+    df = pd.read_csv(tmp_path / "codes.csv")
+    assert df["code"].tolist()[::2] == [1.0, 3.0], "pandas reads the codes as floats"
+    resolved = schema(df, categorical=["code", "flag", "bit"])
+    assert resolved.categories == {"code": ["1", "3"], "flag": ["False", "True"], "bit": ["0", "1"]}
+    assert resolved.is_boolean("flag") and not resolved.is_boolean("bit") and not resolved.is_boolean("code")
+    assert resolved.canonical("flag", [1, "0"]) == ["True", "False"]
+    assert resolved.canonical("bit", [1, True]) == ["1", "True"]
+    checked = data.check(pd.concat([df] * 10), resolved, "classification", folds=2)
+    assert checked["code"].tolist()[:3] == ["1", "", "3"] and checked["flag"].tolist()[:3] == [
+        "True",
+        "",
+        "False",
+    ]
+
+
 def test_files_are_read_by_glob_and_hashed(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     frame(30, seed=1).to_csv(tmp_path / "data" / "part-1.csv", index=False)

@@ -192,6 +192,15 @@ def test_drift_is_recorded_and_triggers_a_retraining_against_the_champion() -> N
     assert again.train is None
 
 
+def test_the_drifted_condition_counts_the_columns_the_summary_does_not_name() -> None:
+    status, runs = serving()
+    check = drift_check(1.0, True)
+    check.result["driftedColumns"] = 480  # the termination message names only the first
+    result = step(Observed(1, "h1", status, runs, ServingState("v1", True), check))
+    drifted = find(result.status.conditions, "Drifted")
+    assert drifted is not None and "(petal length (cm) and 479 more)" in drifted.message
+
+
 def test_no_drift_and_not_enough_data_do_not_retrain() -> None:
     status, runs = serving()
     calm = step(Observed(1, "h1", status, runs, ServingState("v1", True), drift_check(0.1, False)))

@@ -383,7 +383,9 @@ def _record_drift(
     state = result.get("status")
     if state == "ok":
         drifted = bool(result.get("drifted"))
-        columns = ", ".join(c["column"] for c in result.get("columns") or []) or "none"
+        listed = [str(c.get("column")) for c in result.get("columns") or [] if isinstance(c, dict)]
+        more = int(result.get("driftedColumns") or len(listed)) - len(listed)  # the summary lists the first
+        columns = ", ".join(listed) + (f" and {more} more" if more > 0 else "") or "none"
         message = (
             f"{result.get('share', 0):.0%} of the feature columns drifted ({columns}); "
             f"threshold {result.get('threshold')}"

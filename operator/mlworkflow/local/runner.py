@@ -42,6 +42,7 @@ from mlworkflow.desired.plan import (
     promotion_metric,
 )
 from mlworkflow.desired.validation import DEFAULT_ALLOWED_PREFIXES, check_spec
+from mlworkflow.runtime import termination
 from mlworkflow.runtime.store import WorkflowStore
 
 BIN = Path(sys.executable).parent
@@ -65,11 +66,13 @@ class Process:
         return code
 
     def result(self) -> dict[str, Any]:
-        try:
-            return dict(json.loads(self.result_file.read_text().strip().splitlines()[-1]))
-        except (OSError, ValueError, IndexError):
-            tail = self.log.read_text(errors="replace").strip().splitlines()[-5:] if self.log.exists() else []
-            return {"status": "error", "message": "\n".join(tail) or f"exited with {self.popen.returncode}"}
+        """The runtime's summary; an error summary saying so when it is cut or not JSON; else the log tail."""
+        with contextlib.suppress(OSError):
+            result = termination.read(self.result_file.read_text(errors="replace"))
+            if result:
+                return result
+        tail = self.log.read_text(errors="replace").strip().splitlines()[-5:] if self.log.exists() else []
+        return {"status": "error", "message": "\n".join(tail) or f"exited with {self.popen.returncode}"}
 
     def stop(self, grace: float = 10) -> None:
         if self.popen.poll() is None:

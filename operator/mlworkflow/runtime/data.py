@@ -4,7 +4,8 @@ checked before any model sees it. A problem is reported naming the column and wh
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,10 @@ BUNDLED: dict[str, Callable[..., Any]] = {
 }
 MIN_ROWS = 20
 MAX_CATEGORIES_IN_SCHEMA = 200
+TRUE, FALSE = "True", "False"
+BOOLEAN_SPELLINGS = {"true": TRUE, "false": FALSE}
+BOOLEAN_CODES = {"1": TRUE, "0": FALSE}  # only in a boolean column
+PLAIN_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?")
 
 
 class DataError(ValueError):
@@ -53,6 +58,15 @@ class FeatureSchema:
     @property
     def features(self) -> list[str]:
         return self.numeric + self.categorical
+
+    def is_boolean(self, column: str) -> bool:
+        """Whether a categorical column held only booleans in training (so 1 and 0 are True and False)."""
+        known = set(self.categories.get(column, ())) - {""}
+        return bool(known) and {category(c) for c in known} <= {TRUE, FALSE}
+
+    def canonical(self, column: str, values: Iterable[Any]) -> list[str]:
+        """The values of categorical `column`, each as the model knows it (`category`)."""
+        return categories(values, self.is_boolean(column))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -102,11 +116,58 @@ def _read(path: Path) -> pd.DataFrame:
     raise DataError(f"spec.data.source: {path.name} is neither CSV nor Parquet")
 
 
-def category(value: Any) -> str:
-    """A categorical value as the model sees it: a string, and "" for missing (a category of its own)."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+def category(value: Any, boolean: bool = False) -> str:
+    """A categorical value as the model sees it: one spelling per category, the same in training, serving
+    (both protocols) and drift, so that what a CSV, a client and the sample recorder write agree.
+
+    - Missing (None, NaN) is "", a category of its own.
+    - Booleans, and the strings true and false in any case, are "True" and "False" (Python's spelling, which
+      a column of booleans has always had).
+    - A number, or a string that is a plain decimal number, is its integer when it is integral and its
+      shortest float otherwise: 3, 3.0, "3" and "3.0" are all "3" (a CSV column of codes with an empty cell
+      is read as floats), 2.5 and "2.50" are "2.5". A string with a leading zero ("03", a code) or in another
+      notation ("1e3") stays as it is.
+    - 1 and 0 are "True" and "False" only in a boolean column (`boolean`: see FeatureSchema.is_boolean);
+      anywhere else 1 and True are two categories, since an integer-coded column's 1 is a code, not a truth.
+    - Any other string stays as it is: "North" and "north" are two categories.
+    """
+    if value is None or value is pd.NA:
         return ""
-    return str(value)
+    if isinstance(value, bool | np.bool_):
+        return TRUE if value else FALSE
+    if isinstance(value, int | np.integer):
+        text = str(int(value))
+    elif isinstance(value, float | np.floating):
+        if np.isnan(value):
+            return ""
+        text = str(int(value)) if float(value).is_integer() else repr(float(value))
+    else:
+        text = str(value)
+        spelled = BOOLEAN_SPELLINGS.get(text.lower())
+        if spelled is not None:
+            return spelled
+        if PLAIN_NUMBER.fullmatch(text):
+            number = float(text)
+            integral = text.partition(".")[0] if number.is_integer() else None
+            text = str(int(integral)) if integral is not None else repr(number)
+    return BOOLEAN_CODES.get(text, text) if boolean else text
+
+
+def categories(values: Iterable[Any], boolean: bool = False) -> list[str]:
+    """`category` of each value, computed once per distinct value (a column holds few of them). A list of
+    strings already spelled as categories is returned as it is: the usual request costs one set()."""
+    values = values if isinstance(values, list) else list(values)
+    if set(map(type, values)) == {str}:
+        spelled = {v: category(v, boolean) for v in set(values)}
+        return values if all(k == v for k, v in spelled.items()) else [spelled[v] for v in values]
+    known: dict[tuple[type, Any], str] = {}  # keyed by type too: 1 == 1.0 == True, not as categories
+    result = []
+    for value in values:
+        key = (type(value), value)
+        if key not in known:
+            known[key] = category(value, boolean)
+        result.append(known[key])
+    return result
 
 
 def resolve_schema(frame: pd.DataFrame, spec: DataSpec) -> FeatureSchema:
@@ -123,12 +184,12 @@ def resolve_schema(frame: pd.DataFrame, spec: DataSpec) -> FeatureSchema:
                 and not pd.api.types.is_bool_dtype(frame[column])
                 else categorical
             ).append(str(column))
-    categories = {
-        column: sorted(frame[column].dropna().astype(str).unique().tolist())[:MAX_CATEGORIES_IN_SCHEMA]
+    known = {
+        column: sorted(set(categories(frame[column].dropna())))[:MAX_CATEGORIES_IN_SCHEMA]
         for column in categorical
         if column in frame.columns
     }
-    return FeatureSchema(spec.target, numeric, categorical, categories)
+    return FeatureSchema(spec.target, numeric, categorical, known)
 
 
 def event_times(frame: pd.DataFrame, column: str) -> pd.Series:
@@ -179,7 +240,7 @@ def check(frame: pd.DataFrame, schema: FeatureSchema, task: str, folds: int) -> 
             raise DataError(f"column {column!r} has infinite values")
         typed[column] = converted.astype("float64")
     for column in schema.categorical:
-        typed[column] = typed[column].map(category)
+        typed[column] = schema.canonical(column, typed[column])
     for column in schema.numeric:
         if typed[column].isna().all():
             raise DataError(f"column {column!r} has no value at all")

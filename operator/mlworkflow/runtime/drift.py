@@ -6,8 +6,11 @@
 The current window is what the serving Pods recorded since the last check; the reference is the training
 sample stored with the served version. Evidently's DataDriftPreset compares them column by column with the
 column types of the model card. The result (share of drifted columns, each drifted column with its method
-and score) is written to the artifact store and, in one line of JSON, to the termination message. Fewer rows
-than `--min-samples` is "not enough data", never "no drift"; the window then keeps growing.
+and score) is written to the artifact store and, in one line of JSON of at most 4 KiB (the first drifted
+columns, and how many there are), to the termination message. A column without a single value in the window
+(or in the reference) is not compared: it is reported "missing in live data" (or "missing in reference") and
+counts as drifted. Fewer rows than `--min-samples` is "not enough data", never "no drift"; the window then
+keeps growing.
 
 Bounded whatever the window: rows are streamed from the sample files and at most `--max-rows` of each side
 (a seeded uniform sample) reach Evidently; the HTML report is rendered only with `--html`.
@@ -28,14 +31,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from mlworkflow.runtime.data import FeatureSchema, category
+from mlworkflow.runtime.data import FeatureSchema
 from mlworkflow.runtime.store import WorkflowStore
-from mlworkflow.runtime.train import TERMINATION_LOG, report
+from mlworkflow.runtime.termination import TERMINATION_LOG, report
 
 SEED = 0
 DEFAULT_MAX_ROWS = 10_000
+SUMMARY_COLUMNS = 20  # drifted columns named in the summary (and so in the Drifted condition)
 
 
 class DriftError(ValueError):
@@ -46,8 +51,20 @@ class DriftError(ValueError):
         self.reason = reason
 
 
+MISSING_LIVE = "missing in live data"
+MISSING_REFERENCE = "missing in reference"
+MISSING_BOTH = "missing in live data and reference"
+
+
 @dataclass(frozen=True)
 class ColumnDrift:
+    """One column's verdict: Evidently's method and score (a p-value or a distance) against its threshold.
+
+    A column with no value at all on one side is not given to Evidently (it refuses empty columns): its
+    method is MISSING_LIVE or MISSING_REFERENCE, score and threshold 1.0 (the share of rows without a value,
+    and the share that makes it missing), and it counts as drifted. Missing on both sides is no change
+    (MISSING_BOTH, not drifted)."""
+
     column: str
     method: str
     score: float
@@ -72,10 +89,9 @@ def compare(
     max_rows: int = DEFAULT_MAX_ROWS,
     html: Path | None = None,
 ) -> DriftResult:
-    """Evidently's DataDriftPreset on (a bounded sample of) both frames, with the model's column types."""
-    from evidently import DataDefinition, Dataset, Report
-    from evidently.presets import DataDriftPreset
-
+    """Evidently's DataDriftPreset on (a bounded sample of) both frames, with the model's column types;
+    the columns in the schema's order. A column with no value on a side is reported as such (ColumnDrift),
+    and the others are compared as usual."""
     missing = [c for c in schema.features if c not in current.columns]
     if missing:
         raise DriftError("ColumnsMismatch", f"the served inputs lack the model's feature {missing[0]!r}")
@@ -84,11 +100,33 @@ def compare(
         raise DriftError("ColumnsMismatch", f"the reference lacks the model's feature {missing[0]!r}")
     current = _typed(_bounded(current, max_rows), schema)
     reference = _typed(_bounded(reference, max_rows), schema)
+    missing_columns = _missing(current, reference, schema)
+    skipped = {c.column for c in missing_columns}
+    compared = FeatureSchema(
+        schema.target,
+        [c for c in schema.numeric if c not in skipped],
+        [c for c in schema.categorical if c not in skipped],
+    )
+    found = {c.column: c for c in [*missing_columns, *_evidently(current, reference, compared, html)]}
+    columns = [found[c] for c in schema.features]
+    share = sum(c.drifted for c in columns) / len(columns) if columns else 0.0
+    return DriftResult(share, share >= threshold, columns, len(current), len(reference))
+
+
+def _evidently(
+    current: pd.DataFrame, reference: pd.DataFrame, schema: FeatureSchema, html: Path | None
+) -> list[ColumnDrift]:
+    """Evidently's verdict on each of `schema`'s columns (none when it has none); the HTML report if asked."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    if not schema.features:
+        return []
     definition = DataDefinition(numerical_columns=schema.numeric, categorical_columns=schema.categorical)
     with contextlib.nullcontext() if html is not None else _without_widgets():
         snapshot = Report([DataDriftPreset(columns=schema.features)]).run(
-            Dataset.from_pandas(current, data_definition=definition),
-            Dataset.from_pandas(reference, data_definition=definition),
+            Dataset.from_pandas(current[schema.features], data_definition=definition),
+            Dataset.from_pandas(reference[schema.features], data_definition=definition),
         )
     columns = []
     for metric in snapshot.dict()["metrics"]:
@@ -102,8 +140,7 @@ def compare(
     if html is not None:
         html.parent.mkdir(parents=True, exist_ok=True)
         snapshot.save_html(str(html))
-    share = sum(c.drifted for c in columns) / len(columns) if columns else 0.0
-    return DriftResult(share, share >= threshold, columns, len(current), len(reference))
+    return columns
 
 
 @contextlib.contextmanager
@@ -126,6 +163,22 @@ def _without_widgets() -> Iterator[None]:
             setattr(owner, name, original)
 
 
+def _missing(current: pd.DataFrame, reference: pd.DataFrame, schema: FeatureSchema) -> list[ColumnDrift]:
+    """The columns without a single value on one side or both (typed frames: NaN, or "" for a category)."""
+    found = []
+    for column in schema.features:
+        empty = "" if column in schema.categorical else None
+        live, trained = _empty(current[column], empty), _empty(reference[column], empty)
+        if live or trained:
+            method = MISSING_BOTH if live and trained else MISSING_LIVE if live else MISSING_REFERENCE
+            found.append(ColumnDrift(column, method, 1.0, 1.0, drifted=live != trained))
+    return found
+
+
+def _empty(values: pd.Series, empty: str | None) -> bool:
+    return bool(values.isna().all() if empty is None else (values == empty).all())
+
+
 def _bounded(frame: pd.DataFrame, max_rows: int) -> pd.DataFrame:
     return frame.sample(max_rows, random_state=SEED) if len(frame) > max_rows else frame
 
@@ -133,9 +186,11 @@ def _bounded(frame: pd.DataFrame, max_rows: int) -> pd.DataFrame:
 def _typed(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
     typed = frame[schema.features].copy()
     for column in schema.numeric:
-        typed[column] = pd.to_numeric(typed[column], errors="coerce").astype("float64")
+        # An infinity is no value either (Evidently drops it as it drops NaN).
+        numbers = pd.to_numeric(typed[column], errors="coerce").astype("float64")
+        typed[column] = numbers.where(np.isfinite(numbers))
     for column in schema.categorical:
-        typed[column] = typed[column].map(category)
+        typed[column] = schema.canonical(column, typed[column])
     return typed.reset_index(drop=True)
 
 
@@ -229,15 +284,16 @@ def check(
         referenceRows=result.reference_rows,
         seconds=round(time.monotonic() - started, 3),
         driftedColumns=sum(c.drifted for c in result.columns),
-        # The termination message holds 4 KiB: the first drifted columns here, all of them in result.json.
+        # The first drifted columns here, the missing ones first (Evidently did not see them); every column
+        # in result.json. The termination message shortens this list further if it has to.
         columns=[
             {"column": c.column, "method": c.method, "score": round(c.score, 6)}
-            for c in result.columns
+            for c in sorted(result.columns, key=lambda c: c.method not in (MISSING_LIVE, MISSING_REFERENCE))
             if c.drifted
-        ][:20],
+        ][:SUMMARY_COLUMNS],
         result=str((folder / "result.json").relative_to(store.root)),
     )
-    if html:
+    if (folder / "report.html").exists():  # none when no column had values on both sides
         summary["report"] = str((folder / "report.html").relative_to(store.root))
     folder.mkdir(parents=True, exist_ok=True)
     full = {**summary, "columns": [c.__dict__ for c in result.columns]}
@@ -269,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     except DriftError as error:
         report({"status": "error", "reason": error.reason, "message": str(error)}, args.termination_log)
         return 2
-    # Only the summary goes into the termination message (4 KiB); the full result is in the store.
+    # Only the summary goes into the termination message (4 KiB at most); the full result is in the store.
     report(summary, args.termination_log)
     return 0
 

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 from bentoml.exceptions import InvalidArgument
 
-from mlworkflow.runtime.data import FeatureSchema, category
+from mlworkflow.runtime.data import FeatureSchema
 
 MAX_ROWS = 10_000
 ABSENT = object()  # a feature a record leaves out (unlike null, which is a missing value)
 NUMBER_TYPES = frozenset({int, float})  # type(True) is bool, so booleans are refused
-CATEGORY_TYPES = frozenset({str, int, float})
+CATEGORY_TYPES = frozenset({str, int, float, bool})  # spelled as the model knows them: data.category
 NULL = type(None)
 
 
@@ -113,13 +113,11 @@ class FeatureChecker:
 
     def _categorical(self, column: str, values: list[Any], where: Callable[[int], str]) -> np.ndarray:
         types = set(map(type, values))
-        if types == {str}:
-            return np.array(values, dtype=object)
         if not types <= CATEGORY_TYPES | {NULL}:
             index = _first(values, lambda v: type(v) not in CATEGORY_TYPES and v is not None)
             self._absent(column, values[index], where(index))
             raise RequestError(f"{where(index)}: {column!r} must be a string, got {values[index]!r}")
-        return np.array([category(v) for v in values], dtype=object)
+        return np.array(self.schema.canonical(column, values), dtype=object)
 
     @staticmethod
     def _absent(column: str, value: Any, row: str) -> None:

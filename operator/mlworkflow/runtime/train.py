@@ -40,8 +40,8 @@ from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Trigger
 from mlworkflow.desired.validation import DEFAULT_ALLOWED_PREFIXES
 from mlworkflow.runtime import data, holdout, onnx_export, pipeline
 from mlworkflow.runtime.store import WorkflowStore
+from mlworkflow.runtime.termination import TERMINATION_LOG, report
 
-TERMINATION_LOG = "/dev/termination-log"
 REFERENCE_ROWS = 5000
 # One seed for every split: the same data gives the same holdout.
 SEED = 0
@@ -349,14 +349,6 @@ def _holdout_line(card: dict[str, Any]) -> str:
     scores = champion["metrics"] or {}
     compared = ", ".join(f"{k} {v:.4f}" for k, v in scores.items()) or "not scored"
     return f"{line}, none trained on by this version or the champion ({seen}). Champion on them: {compared}."
-
-
-def report(summary: dict[str, Any], path: str) -> None:
-    """One line of JSON: in the termination message (read by the operator) and on stdout (the log)."""
-    line = json.dumps(summary, separators=(",", ":"))
-    print(line, flush=True)
-    with contextlib.suppress(OSError):  # run outside a Pod: stdout is enough
-        Path(path).write_text(line[:4000])
 
 
 def main(argv: list[str] | None = None) -> int:
