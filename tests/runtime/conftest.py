@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,6 +12,7 @@ import pytest
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec
 from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.train import TrainedModel, train
+from serving import Served, serve
 
 
 def churn_frame(rows: int, seed: int = 0) -> pd.DataFrame:
@@ -50,3 +54,78 @@ def churn_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[WorkflowStore
     churn_frame(1500).to_csv(root / "data" / "churn-2026-01.csv", index=False)
     store = WorkflowStore(root, "churn")
     return store, train(churn_spec(), store, "v1", "Initial")  # type: ignore[arg-type]
+
+
+def gauge_frame(rows: int, seed: int = 0) -> pd.DataFrame:
+    """Two ratios in [0, 1] with opposite effects (a standard deviation under 1: scaled, a number near
+    float32's largest overflows float32), a wider number, a category; a class label and a value."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "ratio": rng.random(rows),
+            "share": rng.random(rows),
+            "size": rng.normal(50, 10, rows),
+            "kind": rng.choice(["a", "b"], rows),
+        }
+    )
+    score = 3 * frame["ratio"] - 2 * frame["share"] + (frame["size"] - 50) / 10 + rng.normal(0, 0.5, rows)
+    frame["label"] = np.where(score > 0.5, "high", "low")
+    frame["value"] = 30 * frame["ratio"] - 20 * frame["share"] + frame["size"] + rng.normal(0, 1, rows)
+    return frame
+
+
+def gauge_spec(estimator: str, target: str, **params: object) -> MLWorkflowSpec:
+    task = "regression" if target == "value" else "classification"
+    return MLWorkflowSpec.model_validate(
+        {
+            "pattern": "WebService",
+            "data": {"source": "data/gauge.csv", "target": target},
+            "model": {"estimator": estimator, "task": task, "params": params},
+            "storage": {"path": "/unused"},
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def gauge_stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, WorkflowStore]:
+    """Three workflows on the gauge data: a linear classifier and a linear regressor that onnxruntime
+    serves, and a forest that scikit-learn serves (its ONNX check fails here: a few holdout classes differ)."""
+    root = tmp_path_factory.mktemp("gauge")
+    (root / "data").mkdir()
+    frame = gauge_frame(1500)
+    frame.drop(columns=["value"]).to_csv(root / "data" / "gauge.csv", index=False)
+    models = {
+        "linear": (gauge_spec("sklearn.linear_model.LogisticRegression", "label"), "onnxruntime"),
+        "forest": (
+            gauge_spec("sklearn.ensemble.RandomForestClassifier", "label", n_estimators=50, random_state=2),
+            "sklearn",
+        ),
+    }
+    stores = {}
+    for name, (spec, backend) in models.items():
+        stores[name] = WorkflowStore(root, name)
+        trained = train(spec, stores[name], "v1", "Initial")  # type: ignore[arg-type]
+        assert trained.backend == backend, f"the {name} model must be served by {backend}"
+    regression = tmp_path_factory.mktemp("gauge-value")
+    (regression / "data").mkdir()
+    frame.drop(columns=["label"]).to_csv(regression / "data" / "gauge.csv", index=False)
+    stores["ridge"] = WorkflowStore(regression, "ridge")
+    trained = train(gauge_spec("sklearn.linear_model.Ridge", "value"), stores["ridge"], "v1", "Initial")  # type: ignore[arg-type]
+    assert trained.backend == "onnxruntime"
+    return stores
+
+
+def bentoml_home(tag: str) -> Path:
+    """Where the model `tag` was saved: this process's BentoML store, fixed by the first training."""
+    import bentoml
+
+    return Path(bentoml.models.get(tag).path).parents[2]  # <home>/models/<name>/<version>
+
+
+@pytest.fixture(scope="session")
+def linear_server(
+    gauge_stores: dict[str, WorkflowStore], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    """The linear classifier, served by onnxruntime."""
+    with serve(bentoml_home("linear:v1"), "linear:v1", tmp_path_factory.mktemp("linear")) as served:
+        yield served

@@ -200,7 +200,10 @@ def test_the_open_inference_protocol_health_and_metadata(server: str) -> None:
         ([{**columns([ROW])[0], "datatype": "BYTES"}, *columns([ROW])[1:]], "'tenure' is numeric"),
         ([{**columns([ROW])[0], "shape": [2]}, *columns([ROW])[1:]], "shape [2]"),
         ([*columns([ROW])[:3], columns([ROW, ROW])[3]], "'region' has 2 rows"),
-        ([{**columns([ROW])[0], "data": ["three"]}, *columns([ROW])[1:]], "'tenure': row 0 is 'three', not a FP64"),
+        (
+            [{**columns([ROW])[0], "data": ["three"]}, *columns([ROW])[1:]],
+            "'tenure': row 0 is 'three', not a FP64",
+        ),
         ([{**columns([ROW])[0], "data": [True]}, *columns([ROW])[1:]], "'tenure': row 0 is True, not a FP64"),
         ([*columns([ROW])[:2], {**columns([ROW])[2], "data": [{"tier": 1}]}, columns([ROW])[3]], "'plan'"),
     ],

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pydantic
@@ -89,8 +89,9 @@ class _Rewriting:
         if message.get("more_body", False):
             return
         body, status = b"".join(self.chunks), self.start["status"]
+        headers = self.start["headers"]
         if self.document is not None:
-            await _answer(self.send, status, self.document(body) if status == 200 else body)
+            await _answer(self.send, status, self.document(body) if status == 200 else body, headers)
             return
         assert self.scope is not None
         if status >= 500 and self.scope["path"] not in RECORD_ROUTES:  # ours: already as documented
@@ -100,7 +101,7 @@ class _Rewriting:
         reason = _reason(body)
         if status < 500:
             _log(self.scope, status, reason)
-        await _answer(self.send, status, json.dumps({"error": reason}).encode())
+        await _answer(self.send, status, json.dumps({"error": reason}).encode(), headers)
 
 
 def _header(scope: Scope, name: bytes) -> str:
@@ -117,14 +118,18 @@ def _reason(body: bytes) -> str:
         error = error[0]
     if isinstance(error, dict) and isinstance(error.get("detail"), list):  # pydantic's, one per problem
         return "; ".join(
-            "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in item["loc"]).lstrip(".")
-            + f": {item['msg']}"
+            ": ".join(filter(None, (_where(item.get("loc", [])), str(item.get("msg")))))
             for item in error["detail"]
-            if isinstance(item, dict) and "loc" in item and "msg" in item
+            if isinstance(item, dict)
         ) or str(error.get("error"))
     if isinstance(error, dict) and isinstance(error.get("error"), str):
         return " ".join(error["error"].split())
     return " ".join(json.dumps(error).split())
+
+
+def _where(loc: list[Any]) -> str:
+    """pydantic's location of a problem as a path: ("records", 2, "x") -> "records[2].x"."""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
 
 
 def _log(scope: Scope, status: int, reason: str) -> None:
@@ -136,9 +141,11 @@ async def _refuse(send: Send, scope: Scope, status: int, reason: str) -> None:
     await _answer(send, status, json.dumps({"error": reason}).encode())
 
 
-async def _answer(send: Send, status: int, body: bytes) -> None:
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+async def _answer(send: Send, status: int, body: bytes, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    """A JSON answer; `headers` are kept (a 405's Allow, BentoML's), but for the body's type and length."""
+    kept = [(k, v) for k, v in headers if k.lower() not in (b"content-type", b"content-length")]
+    kept += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": kept})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -207,14 +214,13 @@ def document(openapi: dict[str, Any], model: ServedModel) -> dict[str, Any]:
             },
         },
     }
+    # /predict_batch checks each record alone and answers one that does not fit with `error`, in place.
+    records = {"/predict": {"$ref": "#/components/schemas/Record"}, "/predict_batch": {"type": "object"}}
     for route, answer in answers.items():
         operation = openapi["paths"][route]["post"]
+        operation["requestBody"]["required"] = True
         body = operation["requestBody"]["content"]["application/json"]["schema"]
-        body["properties"]["records"] |= {
-            "items": {"$ref": "#/components/schemas/Record"},
-            "minItems": 1,
-            "maxItems": MAX_ROWS,
-        }
+        body["properties"]["records"] |= {"items": records[route], "minItems": 1, "maxItems": MAX_ROWS}
         operation["responses"] = {
             "200": _json("Answered", answer),
             **{status: _json(description, ERROR) for status, description in errors.items()},

@@ -220,6 +220,7 @@ def _batch(body: Any, model: ServedModel) -> FeatureBatch:
 
 def _column(tensor: dict[str, Any], name: str, numeric: bool) -> list[Any]:
     datatype, shape, data = tensor.get("datatype"), tensor.get("shape"), tensor.get("data")
+    datatype = datatype if isinstance(datatype, str) else repr(datatype)  # never a key error, named below
     if numeric and datatype not in NUMERIC_DATATYPES:
         raise RequestError(
             f"input {name!r} is numeric: its datatype must be FP64, FP32 or INT*, not {datatype!r}"
@@ -244,7 +245,7 @@ def _column(tensor: dict[str, Any], name: str, numeric: bool) -> list[Any]:
         raise RequestError(
             f"input {name!r}: shape {shape!r} does not fit {len(data)} values; use [N] or [N, 1]"
         )
-    return _fitting(data, name, str(datatype))
+    return _fitting(data, name, datatype)
 
 
 def _fitting(data: list[Any], name: str, datatype: str) -> list[Any]:
@@ -311,8 +312,19 @@ def _datatype(predictions: list[Any]) -> str:
 def openapi_paths(model: ServedModel, error: dict[str, Any]) -> dict[str, Any]:
     """The OpenAPI paths of this app (under /v2) for `model`; `error` is the error body's schema."""
     offered = [OUTPUT, PROBABILITIES] if model.probabilities else [OUTPUT]
-    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-    version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+    # The one name and version this Pod serves (any other is a 404).
+    name = {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "enum": [model.name]},
+    }
+    version = {
+        "name": "version",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "enum": [model.version]},
+    }
     tensor: dict[str, Any] = {
         "type": "object",
         "required": ["name", "datatype", "shape", "data"],

@@ -180,7 +180,7 @@ class LoadedModel:
             answered, _, _ = self._pipeline_answers(trial, self.probabilities)
             for row in suspects[answered].tolist():
                 reasons[row] = (
-                    f"{column!r} is {frame[column].iat[row]!r}, beyond what this model's arithmetic takes "
+                    f"{column!r} is {float(frame[column].iat[row])!r}, beyond what this model's arithmetic takes "
                     "(its answer would not be a finite number): send a value of smaller magnitude"
                 )
         return [
@@ -311,7 +311,9 @@ class ModelService:
     # Async: the model takes about a millisecond of CPU and its session one thread, so answering on the
     # event loop costs less than a hop to BentoML's thread pool and serves just as many requests.
     @bentoml.api(route="/predict")
-    async def predict(self, records: Records, probabilities: bool = False) -> Annotated[dict[str, Any], JSON]:
+    async def predict(
+        self, records: Records, probabilities: Annotated[bool, Field(strict=True)] = False
+    ) -> Annotated[dict[str, Any], JSON]:
         """Predictions for JSON records, with the model version and backend that made them; with
         `probabilities`, a classifier's class probabilities too (one row per record, columns `classes`)."""
         answer = self.answer(self.model.checker.from_records(records), probabilities)
