@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -56,6 +57,9 @@ def churn_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[WorkflowStore
     return store, train(churn_spec(), store, "v1", "Initial")  # type: ignore[arg-type]
 
 
+GAUGE_ROW: dict[str, Any] = {"ratio": 0.5, "share": 0.5, "size": 50.0, "kind": "a"}
+
+
 def gauge_frame(rows: int, seed: int = 0) -> pd.DataFrame:
     """Two ratios in [0, 1] with opposite effects (a standard deviation under 1: scaled, a number near
     float32's largest overflows float32), a wider number, a category; a class label and a value."""
@@ -89,7 +93,7 @@ def gauge_spec(estimator: str, target: str, **params: object) -> MLWorkflowSpec:
 @pytest.fixture(scope="session")
 def gauge_stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, WorkflowStore]:
     """Three workflows on the gauge data: a linear classifier and a linear regressor that onnxruntime
-    serves, and a forest that scikit-learn serves (its ONNX check fails here: a few holdout classes differ)."""
+    serves, and a forest that scikit-learn serves (its ONNX check fails here: holdout classes differ)."""
     root = tmp_path_factory.mktemp("gauge")
     (root / "data").mkdir()
     frame = gauge_frame(1500)

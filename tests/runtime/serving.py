@@ -86,3 +86,16 @@ def post(url: str, body: bytes | dict[str, Any], content_type: str = "applicatio
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"null")
+
+
+def inference_inputs(rows: list[dict[str, Any]], categorical: frozenset[str]) -> list[dict[str, Any]]:
+    """Open Inference Protocol inputs, one per feature column: BYTES for `categorical`, else FP64."""
+    return [
+        {
+            "name": name,
+            "datatype": "BYTES" if name in categorical else "FP64",
+            "shape": [len(rows)],
+            "data": [r[name] for r in rows],
+        }
+        for name in rows[0]
+    ]

@@ -16,29 +16,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import GAUGE_ROW as ROW
 from conftest import bentoml_home
 from mlworkflow.runtime.data import FeatureSchema
 from mlworkflow.runtime.features import LARGEST, FeatureChecker, RequestError
 from mlworkflow.runtime.store import WorkflowStore
-from serving import Served, post, serve
+from serving import Served, inference_inputs, post, serve
 
-ROW: dict[str, Any] = {"ratio": 0.5, "share": 0.5, "size": 50.0, "kind": "a"}
 # Within float32's range, but scaled (a ratio's standard deviation is under 1) beyond it: the linear
 # model's float32 sum is inf - inf, scikit-learn's float64 one a finite number.
 OVERFLOWING = {**ROW, "ratio": 3e38, "share": 3e38}
 
 
 def columns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Open Inference Protocol inputs, one per feature column."""
-    return [
-        {
-            "name": name,
-            "datatype": "BYTES" if name == "kind" else "FP64",
-            "shape": [len(rows)],
-            "data": [r[name] for r in rows],
-        }
-        for name in ROW
-    ]
+    return inference_inputs(rows, frozenset({"kind"}))
 
 
 @pytest.fixture(scope="module")

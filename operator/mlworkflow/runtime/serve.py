@@ -179,9 +179,10 @@ class LoadedModel:
             trial = frame.iloc[suspects].assign(**{column: 0.0})
             answered, _, _ = self._pipeline_answers(trial, self.probabilities)
             for row in suspects[answered].tolist():
+                value = float(frame[column].iat[row])
                 reasons[row] = (
-                    f"{column!r} is {float(frame[column].iat[row])!r}, beyond what this model's arithmetic takes "
-                    "(its answer would not be a finite number): send a value of smaller magnitude"
+                    f"{column!r} is {value!r}, beyond what this model's arithmetic takes (its answer would "
+                    "not be a finite number): send a value of smaller magnitude"
                 )
         return [
             reason or "this model's arithmetic overflows on these values together (no finite answer)"
