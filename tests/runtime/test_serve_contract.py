@@ -197,3 +197,21 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     assert "Server error" not in done.stdout
+
+
+def test_a_server_error_keeps_its_traceback() -> None:
+    """The filter drops BentoML's traceback of a client's error only."""
+    import logging
+
+    from bentoml.exceptions import ServiceUnavailable
+
+    from mlworkflow.runtime.contract import ClientErrorTracebacks
+    from mlworkflow.runtime.features import RequestError
+
+    def logged(error: Exception) -> bool:
+        record = logging.LogRecord("bentoml", logging.ERROR, __file__, 1, "Exception on /predict", None, None)
+        record.exc_info = (type(error), error, None)
+        return ClientErrorTracebacks().filter(record)
+
+    assert not logged(RequestError("records[0]: 'x' is missing"))
+    assert logged(ServiceUnavailable("queue full")) and logged(RuntimeError("a fault"))

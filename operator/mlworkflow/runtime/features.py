@@ -119,6 +119,8 @@ class FeatureChecker:
                 f"{where(index)}: {column!r} must be a finite number, got {values[index]!r}"
             ) from None
         outside = ~(np.abs(array) <= LARGEST)  # NaN (null, or NaN sent as a number), infinite, too large
+        if not outside.any():
+            return array
         for index in np.flatnonzero(outside).tolist():
             value = values[index]
             if value is None:

@@ -258,6 +258,15 @@ def _fitting(data: list[Any], name: str, datatype: str) -> list[Any]:
     fits: Callable[[Any], bool]
     if datatype in FLOATS:
         largest = FLOATS[datatype]
+        if types <= {int, float}:
+            try:  # a finite sum: no NaN, no infinity (a sum too large for float64 takes the long way)
+                clean = math.isfinite(sum(data)) and (
+                    datatype == "FP64" or (-largest <= min(data) and max(data) <= largest)
+                )
+            except OverflowError:  # an integer beyond float64
+                clean = False
+            if clean:
+                return data
         if types <= {int, float, NULL}:
             try:
                 array = np.array(data, dtype=np.float64)  # null -> NaN
@@ -265,8 +274,6 @@ def _fitting(data: list[Any], name: str, datatype: str) -> list[Any]:
                 array = np.array([math.inf])
             nan = np.isnan(array)
             if (np.abs(array[~nan]) <= largest).all():
-                if float not in types or not nan.any():
-                    return data
                 # MLServer's pandas codec sends a missing number as NaN (before MLServer 1.4): missing.
                 return [None if missing else v for v, missing in zip(data, nan.tolist(), strict=True)]
 

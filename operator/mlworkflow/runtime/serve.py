@@ -7,8 +7,10 @@
 batch concurrent requests (adaptive batching); `/v2/...` speaks the Open Inference Protocol (see
 `inference_protocol`). Every answer names the model version and the backend
 (onnxruntime when the version has a verified ONNX model, scikit-learn otherwise). Requests are checked
-against the model card's feature schema: a problem is a 400 naming the column, never a 500. A bounded
-sample of the inputs and predictions is recorded in the artifact store for the drift monitor.
+against the model card's feature schema: a problem is a 400 naming the column, never a 500; an answer holds
+finite numbers only (`LoadedModel.predict`). `contract` keeps the HTTP contract around BentoML (415 for a
+body that is not JSON, one error object, one log line per refused request, a true OpenAPI document). A
+bounded sample of the inputs and predictions is recorded in the artifact store for the drift monitor.
 """
 
 from __future__ import annotations
@@ -101,8 +103,9 @@ class LoadedModel:
                 predictions = predictions.astype(np.float64)
             proba = graph_proba.astype(np.float64) if probabilities and graph_proba is not None else None
             answered = np.arange(batch.rows)
-            redo = np.flatnonzero(~self._finite_rows(predictions, graph_proba))
-            if redo.size:
+            finite = self._finite_rows(predictions, graph_proba)
+            if not finite.all():
+                redo = np.flatnonzero(~finite)
                 frame = self._frame(batch)
                 fixed, fixed_predictions, fixed_proba = self._pipeline_answers(
                     frame.iloc[redo], probabilities
@@ -112,9 +115,12 @@ class LoadedModel:
                     proba[redo[fixed]] = fixed_proba
                 answered = np.setdiff1d(answered, np.setdiff1d(redo, redo[fixed]))
                 predictions, proba = predictions[answered], None if proba is None else proba[answered]
-        refused = np.setdiff1d(np.arange(batch.rows), answered)
-        reasons = self._refusals(frame.iloc[refused]) if frame is not None and refused.size else []
         PREDICTIONS.labels(model_version=self.version, backend=self.backend).inc(len(answered))
+        if len(answered) == batch.rows:
+            return Prediction(predictions, proba, {})
+        assert frame is not None  # a row is refused only once scikit-learn has seen it
+        refused = np.setdiff1d(np.arange(batch.rows), answered)
+        reasons = self._refusals(frame.iloc[refused])
         return Prediction(predictions, proba, dict(zip(refused.tolist(), reasons, strict=True)))
 
     def _frame(self, batch: FeatureBatch) -> pd.DataFrame:
@@ -122,9 +128,12 @@ class LoadedModel:
 
     def _finite_rows(self, predictions: np.ndarray, proba: np.ndarray | None) -> np.ndarray:
         """Which rows' outputs are all finite: a regressor's values, a classifier's probabilities."""
+        values = predictions.astype(np.float64) if self.task == "regression" else None
+        if (values is None or np.isfinite(values).all()) and (proba is None or np.isfinite(proba).all()):
+            return np.ones(len(predictions), dtype=bool)  # the usual case: one test per output
         finite = np.ones(len(predictions), dtype=bool)
-        if self.task == "regression":
-            finite &= np.isfinite(predictions.astype(np.float64))
+        if values is not None:
+            finite &= np.isfinite(values)
         if proba is not None:
             finite &= np.isfinite(proba).all(axis=1)
         return finite
