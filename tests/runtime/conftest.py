@@ -3,13 +3,10 @@ version served by `bentoml serve`."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,11 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kubelocal.net import free_port
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec
 from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.train import TrainedModel, train
-from support import wait_for
+from serving import Served, serve
 
 
 def churn_frame(rows: int, seed: int = 0) -> pd.DataFrame:
@@ -66,9 +62,16 @@ def churn_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[WorkflowStore
     return store, train(churn_spec(), store, "v1", "Initial")  # type: ignore[arg-type]
 
 
-def train_apart(spec: MLWorkflowSpec, store: WorkflowStore, version: str) -> dict[str, Any]:
-    """Train as the training Pod does, in a process of its own, and return its summary. (BentoML keeps the
-    first model store a process opens: a test process that trained one workflow cannot train another.)"""
+def train_apart(
+    spec: MLWorkflowSpec,
+    store: WorkflowStore,
+    version: str,
+    trigger: str = "Initial",
+    champion: str | None = None,
+) -> dict[str, Any]:
+    """Train as the training Pod does, in a process of its own, and return its summary (the termination
+    message). (BentoML keeps the first model store a process opens: a test process that trained one
+    workflow cannot train another.)"""
     termination = store.root / f"termination-{store.workflow}-{version}"
     done = subprocess.run(
         [
@@ -76,6 +79,8 @@ def train_apart(spec: MLWorkflowSpec, store: WorkflowStore, version: str) -> dic
             f"--store={store.root}",
             f"--workflow={store.workflow}",
             f"--version={version}",
+            f"--trigger={trigger}",
+            *([f"--champion={champion}"] if champion else []),
             f"--termination-log={termination}",
         ],
         env={**os.environ, "MLW_SPEC": spec.model_dump_json(by_alias=True)},
@@ -87,40 +92,79 @@ def train_apart(spec: MLWorkflowSpec, store: WorkflowStore, version: str) -> dic
     return dict(json.loads(termination.read_text()))
 
 
-@contextlib.contextmanager
-def bentoml_serve(store: WorkflowStore, version: str, workdir: Path) -> Iterator[str]:
-    """`bentoml serve` of one version on a free local port, as a serving Pod runs it; yields its URL."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "BENTOML_HOME": str(store.bentoml_home),
-        "MODEL_TAG": f"{store.model_name()}:{version}",
-        "HOSTNAME": "test-pod",
-        "BENTOML_DO_NOT_TRACK": "true",
+GAUGE_ROW: dict[str, Any] = {"ratio": 0.5, "share": 0.5, "size": 50.0, "kind": "a"}
+
+
+def gauge_frame(rows: int, seed: int = 0) -> pd.DataFrame:
+    """Two ratios in [0, 1] with opposite effects (a standard deviation under 1: scaled, a number near
+    float32's largest overflows float32), a wider number, a category; a class label and a value."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "ratio": rng.random(rows),
+            "share": rng.random(rows),
+            "size": rng.normal(50, 10, rows),
+            "kind": rng.choice(["a", "b"], rows),
+        }
+    )
+    score = 3 * frame["ratio"] - 2 * frame["share"] + (frame["size"] - 50) / 10 + rng.normal(0, 0.5, rows)
+    frame["label"] = np.where(score > 0.5, "high", "low")
+    frame["value"] = 30 * frame["ratio"] - 20 * frame["share"] + frame["size"] + rng.normal(0, 1, rows)
+    return frame
+
+
+def gauge_spec(estimator: str, target: str, **params: object) -> MLWorkflowSpec:
+    task = "regression" if target == "value" else "classification"
+    return MLWorkflowSpec.model_validate(
+        {
+            "pattern": "WebService",
+            "data": {"source": "data/gauge.csv", "target": target},
+            "model": {"estimator": estimator, "task": task, "params": params},
+            "storage": {"path": "/unused"},
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def gauge_stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, WorkflowStore]:
+    """Three workflows on the gauge data: a linear classifier and a linear regressor that onnxruntime
+    serves, and a forest that scikit-learn serves (its ONNX check fails here: holdout classes differ)."""
+    root = tmp_path_factory.mktemp("gauge")
+    (root / "data").mkdir()
+    frame = gauge_frame(1500)
+    frame.drop(columns=["value"]).to_csv(root / "data" / "gauge.csv", index=False)
+    models = {
+        "linear": (gauge_spec("sklearn.linear_model.LogisticRegression", "label"), "onnxruntime"),
+        "forest": (
+            gauge_spec("sklearn.ensemble.RandomForestClassifier", "label", n_estimators=50, random_state=2),
+            "sklearn",
+        ),
     }
-    command = [str(Path(sys.executable).parent / "bentoml"), "serve", "mlworkflow.runtime.serve:ModelService"]
-    with open(workdir / "bentoml.log", "wb") as output:
-        process = subprocess.Popen(
-            [*command, "--host=127.0.0.1", f"--port={port}"],
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=workdir,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: process.poll() is not None or _ready(f"{url}/readyz"), 90, "bentoml serve ready")
-        assert process.poll() is None, (workdir / "bentoml.log").read_text()
-        yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
+    stores = {}
+    for name, (spec, backend) in models.items():
+        stores[name] = WorkflowStore(root, name)
+        trained = train(spec, stores[name], "v1", "Initial")  # type: ignore[arg-type]
+        assert trained.backend == backend, f"the {name} model must be served by {backend}"
+    regression = tmp_path_factory.mktemp("gauge-value")
+    (regression / "data").mkdir()
+    frame.drop(columns=["label"]).to_csv(regression / "data" / "gauge.csv", index=False)
+    stores["ridge"] = WorkflowStore(regression, "ridge")
+    trained = train(gauge_spec("sklearn.linear_model.Ridge", "value"), stores["ridge"], "v1", "Initial")  # type: ignore[arg-type]
+    assert trained.backend == "onnxruntime"
+    return stores
 
 
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
+def bentoml_home(tag: str) -> Path:
+    """Where the model `tag` was saved: this process's BentoML store, fixed by the first training."""
+    import bentoml
+
+    return Path(bentoml.models.get(tag).path).parents[2]  # <home>/models/<name>/<version>
+
+
+@pytest.fixture(scope="session")
+def linear_server(
+    gauge_stores: dict[str, WorkflowStore], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    """The linear classifier, served by onnxruntime."""
+    with serve(bentoml_home("linear:v1"), "linear:v1", tmp_path_factory.mktemp("linear")) as served:
+        yield served

@@ -15,7 +15,8 @@ import pytest
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec
 from mlworkflow.runtime import drift
 from mlworkflow.runtime.store import WorkflowStore
-from runtime.conftest import bentoml_serve, train_apart
+from runtime.conftest import train_apart
+from serving import serve
 
 ROW: dict[str, Any] = {"x": 0.5, "code": 3, "flag": True}
 
@@ -64,8 +65,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> WorkflowStore:
 
 @pytest.fixture(scope="module")
 def server(store: WorkflowStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with bentoml_serve(store, "v1", tmp_path_factory.mktemp("serve")) as url:
-        yield url
+    with serve(store.bentoml_home, f"{store.model_name()}:v1", tmp_path_factory.mktemp("serve")) as served:
+        yield served.url
 
 
 def post(url: str, body: dict[str, Any]) -> Any:
@@ -96,15 +97,15 @@ def test_every_spelling_of_a_category_gets_the_same_answer_on_both_protocols(
     assert answer["predictions"][: len(spellings)] == ["yes"] * len(spellings)
     assert other != known[0], "an unknown category is answered differently: these spellings are known"
 
-    inputs = [
-        {"name": "x", "datatype": "FP64", "shape": [len(records)], "data": [r["x"] for r in records]},
-        *(
-            {"name": name, "datatype": "BYTES", "shape": [len(records)], "data": [r[name] for r in records]}
-            for name in ("code", "flag")
-        ),
-    ]
-    inferred = post(f"{server}/v2/models/codes/infer", {"inputs": inputs})
-    assert inferred["outputs"][0]["data"] == answer["predictions"]
+    # The Open Inference Protocol types a tensor as a whole: each spelling in the datatype that carries it.
+    datatypes = {bool: "BOOL", int: "INT64", float: "FP64", str: "BYTES"}
+    for record, predicted in zip(records, answer["predictions"], strict=True):
+        inputs = [
+            {"name": name, "datatype": datatypes[type(value)], "shape": [1], "data": [value]}
+            for name, value in record.items()
+        ]
+        inferred = post(f"{server}/v2/models/codes/infer", {"inputs": inputs})
+        assert inferred["outputs"][0]["data"] == [predicted], record
 
 
 def test_an_integer_code_is_not_a_boolean(server: str) -> None:

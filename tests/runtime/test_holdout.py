@@ -4,9 +4,6 @@ splits, and too few unseen rows. Real training (the trainer's own program), real
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +17,8 @@ from sklearn.model_selection import train_test_split
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Trigger
 from mlworkflow.desired.plan import TrainingRun, decide
 from mlworkflow.runtime import holdout
+from mlworkflow.runtime.store import WorkflowStore
+from runtime.conftest import train_apart
 
 FEATURES = ["x1", "x2"]
 
@@ -52,27 +51,8 @@ def spec(**data: Any) -> MLWorkflowSpec:
 def train(
     store: Path, workflow: MLWorkflowSpec, version: str, trigger: Trigger, champion: str | None = None
 ) -> dict[str, Any]:
-    """The trainer's program, as the Pod runs it; its termination message."""
-    termination = store / f"termination-{version}"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mlworkflow.runtime.train",
-            f"--store={store}",
-            "--workflow=w",
-            f"--version={version}",
-            f"--trigger={trigger}",
-            *([f"--champion={champion}"] if champion else []),
-            f"--termination-log={termination}",
-        ],
-        env={**os.environ, "MLW_SPEC": workflow.model_dump_json(by_alias=True)},
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return dict(json.loads(termination.read_text()))
+    """The trainer's program, as the Pod runs it, on workflow `w`; its termination message."""
+    return train_apart(workflow, WorkflowStore(store, "w"), version, trigger, champion)
 
 
 def model_dir(store: Path, version: str) -> Path:

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,76 +11,25 @@ from typing import Any
 
 import pytest
 
-from kubelocal.net import free_port
 from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.train import TrainedModel
-from support import wait_for
+from serving import Served, post, serve, status
 
 ROW = {"tenure": 3.0, "monthly": 95.0, "plan": "basic", "region": "north"}
 
 
 @pytest.fixture(scope="module")
-def server(
+def served(
     churn_store: tuple[WorkflowStore, TrainedModel], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+) -> Iterator[Served]:
     store, _ = churn_store
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "bentoml.log"
-    env = {
-        **os.environ,
-        "BENTOML_HOME": str(store.bentoml_home),
-        "MODEL_TAG": "churn:v1",
-        "HOSTNAME": "test-pod",
-        "MLW_SAMPLE_MAX_ROWS": "50",
-        "BENTOML_DO_NOT_TRACK": "true",
-    }
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "bentoml"),
-                "serve",
-                "mlworkflow.runtime.serve:ModelService",
-                "--host=127.0.0.1",
-                f"--port={port}",
-            ],
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=tmp_path_factory.mktemp("cwd"),
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(
-            lambda: (process.poll() is None and status(f"{url}/readyz") == 200) or process.poll() is not None,
-            90,
-            "bentoml serve to be ready",
-        )
-        assert process.poll() is None, log.read_text()
-        yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
+    with serve(store.bentoml_home, "churn:v1", tmp_path_factory.mktemp("serve")) as served:
+        yield served
 
 
-def status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return error.code
-    except OSError:
-        return 0
-
-
-def post(url: str, body: bytes | dict[str, Any]) -> tuple[int, Any]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"null")
+@pytest.fixture(scope="module")
+def server(served: Served) -> str:
+    return served.url
 
 
 def test_predicts_with_the_version_and_backend(
@@ -150,7 +94,7 @@ def test_a_bad_record_in_a_batch_fails_only_itself(server: str) -> None:
         ({"records": [{**ROW, "tenure": "three"}]}, "'tenure' must be a finite number"),
         ({"records": [{**ROW, "tenure": True}]}, "'tenure' must be a finite number"),
         ({"records": [{**ROW, "plan": {"tier": 1}}]}, "'plan' must be a string"),
-        ({"records": []}, "non-empty list"),
+        ({"records": []}, "records: List should have at least 1 item"),
         ({"records": [ROW, "not an object"]}, "an object"),
         ({"records": "all of them"}, "records"),
         ({"rows": [ROW]}, "records"),
@@ -256,8 +200,11 @@ def test_the_open_inference_protocol_health_and_metadata(server: str) -> None:
         ([{**columns([ROW])[0], "datatype": "BYTES"}, *columns([ROW])[1:]], "'tenure' is numeric"),
         ([{**columns([ROW])[0], "shape": [2]}, *columns([ROW])[1:]], "shape [2]"),
         ([*columns([ROW])[:3], columns([ROW, ROW])[3]], "'region' has 2 rows"),
-        ([{**columns([ROW])[0], "data": ["three"]}, *columns([ROW])[1:]], "row 0: 'tenure' must be a finite"),
-        ([{**columns([ROW])[0], "data": [True]}, *columns([ROW])[1:]], "'tenure' must be a finite number"),
+        (
+            [{**columns([ROW])[0], "data": ["three"]}, *columns([ROW])[1:]],
+            "'tenure': row 0 is 'three', not a FP64",
+        ),
+        ([{**columns([ROW])[0], "data": [True]}, *columns([ROW])[1:]], "'tenure': row 0 is True, not a FP64"),
         ([*columns([ROW])[:2], {**columns([ROW])[2], "data": [{"tier": 1}]}, columns([ROW])[3]], "'plan'"),
     ],
 )

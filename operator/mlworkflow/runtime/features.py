@@ -19,7 +19,11 @@ from bentoml.exceptions import InvalidArgument
 
 from mlworkflow.runtime.data import FeatureSchema
 
-MAX_ROWS = 10_000
+MAX_ROWS = 10_000  # per request, on every route
+# The largest magnitude a number may have: float32's. The ONNX graphs compute in float32, and scikit-learn's
+# tree estimators too, so a larger value is one no backend represents; one bound for every backend keeps a
+# version's answers the same whichever backend serves it.
+LARGEST = float(np.finfo(np.float32).max)
 ABSENT = object()  # a feature a record leaves out (unlike null, which is a missing value)
 NUMBER_TYPES = frozenset({int, float})  # type(True) is bool, so booleans are refused
 CATEGORY_TYPES = frozenset({str, int, float, bool})  # spelled as the model knows them: data.category
@@ -58,11 +62,17 @@ class FeatureChecker:
             itemgetter(*features) if len(features) > 1 else lambda record: (record[features[0]],)
         )
 
-    def from_records(self, records: Any, where: Callable[[int], str] = "records[{}]".format) -> FeatureBatch:
-        """A batch from `{"records": [...]}`; errors name record i as `where(i)`."""
+    def from_records(
+        self,
+        records: Any,
+        where: Callable[[int], str] = "records[{}]".format,
+        max_rows: int | None = MAX_ROWS,
+    ) -> FeatureBatch:
+        """A batch from `{"records": [...]}`; errors name record i as `where(i)`. `max_rows` None: the
+        limit was applied to each request before their records were batched together."""
         if not isinstance(records, list) or not records:
             raise RequestError("`records` must be a non-empty list of objects, one per row")
-        self._check_size(len(records))
+        self._check_size(len(records), max_rows)
         if any(type(r) is not dict for r in records):
             index = next(i for i, r in enumerate(records) if type(r) is not dict)
             raise RequestError(f"{where(index)} must be an object of feature values")
@@ -72,20 +82,25 @@ class FeatureChecker:
             columns = dict(zip(features, map(list, values), strict=True))
         except KeyError:
             columns = {c: [r.get(c, ABSENT) for r in records] for c in features}
-        return self.from_columns(columns, len(records), where)
+        return self.from_columns(columns, len(records), where, max_rows)
 
     def from_columns(
-        self, columns: dict[str, list[Any]], rows: int, where: Callable[[int], str]
+        self,
+        columns: dict[str, list[Any]],
+        rows: int,
+        where: Callable[[int], str],
+        max_rows: int | None = MAX_ROWS,
     ) -> FeatureBatch:
         """A batch from one list of values per feature, each `rows` long; `where(i)` names row i."""
-        self._check_size(rows)
+        self._check_size(rows, max_rows)
         numeric = {c: self._numeric(c, columns[c], where) for c in self.schema.numeric}
         categorical = {c: self._categorical(c, columns[c], where) for c in self.schema.categorical}
         return FeatureBatch(numeric, categorical, rows)
 
-    def _check_size(self, rows: int) -> None:
-        if rows > MAX_ROWS:
-            raise RequestError(f"at most {MAX_ROWS} rows per request, got {rows}")
+    @staticmethod
+    def _check_size(rows: int, max_rows: int | None) -> None:
+        if max_rows is not None and rows > max_rows:
+            raise RequestError(f"at most {max_rows} rows per request, got {rows}")
 
     def _numeric(self, column: str, values: list[Any], where: Callable[[int], str]) -> np.ndarray:
         types = set(map(type, values))
@@ -103,12 +118,19 @@ class FeatureChecker:
             raise RequestError(
                 f"{where(index)}: {column!r} must be a finite number, got {values[index]!r}"
             ) from None
-        not_finite = ~np.isfinite(array)
-        for index in np.flatnonzero(not_finite).tolist():
-            if values[index] is not None:  # NaN or Infinity sent as a number, not as null
+        outside = ~(np.abs(array) <= LARGEST)  # NaN (null, or NaN sent as a number), infinite, too large
+        if not outside.any():
+            return array
+        for index in np.flatnonzero(outside).tolist():
+            value = values[index]
+            if value is None:
+                continue
+            if math.isfinite(array[index]):
                 raise RequestError(
-                    f"{where(index)}: {column!r} must be a finite number, got {values[index]!r}"
+                    f"{where(index)}: {column!r} is {value!r}, beyond the range served: numbers from "
+                    f"{-LARGEST:.8g} to {LARGEST:.8g} (float32's)"
                 )
+            raise RequestError(f"{where(index)}: {column!r} must be a finite number, got {value!r}")
         return array
 
     def _categorical(self, column: str, values: list[Any], where: Callable[[int], str]) -> np.ndarray:

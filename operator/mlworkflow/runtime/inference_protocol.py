@@ -2,7 +2,10 @@
 
 Clients that already speak it to KServe, Seldon MLServer or Triton reach our models unchanged. A request
 carries one named input per feature column (MLServer's pandas codec), shape `[N]` or `[N, 1]`; numbers as
-FP/INT data, categories as BYTES; `null` marks a missing value. The answer has one output, `predict`.
+FP/INT data, categories as BYTES (or BOOL, INT, FP); `null` marks a missing value, and so does `NaN` in FP
+data, as MLServer's pandas codec sends a missing number (before MLServer 1.4; later ones send `null`). Data
+must fit its declared datatype: an INT64 input holds integers, a UINT8 one integers from 0 to 255, an FP32
+one numbers within float32's range, BYTES strings, BOOL booleans. The answer has one output, `predict`.
 
     POST /v2/models/<workflow>/infer
     {"inputs": [{"name": "x1", "datatype": "FP64", "shape": [2], "data": [0.3, 1.2]},
@@ -15,9 +18,11 @@ same `/metrics`), so a request skips BentoML's IO descriptors and costs about ha
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import bentoml
+import numpy as np
 import pydantic_core
 from bentoml.exceptions import BentoMLException
 from starlette.applications import Starlette
@@ -26,11 +31,21 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mlworkflow.runtime.data import FeatureSchema
-from mlworkflow.runtime.features import FeatureBatch, FeatureChecker, RequestError
+from mlworkflow.runtime.features import MAX_ROWS, FeatureBatch, FeatureChecker, RequestError
 
-NUMERIC_DATATYPES = frozenset(
-    {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
-)
+# The largest magnitude of each FP datatype, and the range of each integer one.
+FLOATS = {
+    name: float(np.finfo(dtype).max)
+    for name, dtype in (("FP16", np.float16), ("FP32", np.float32), ("FP64", np.float64))
+}
+INTEGERS = {
+    f"{kind}{bits}": (int(np.iinfo(f"{kind.lower()}{bits}").min), int(np.iinfo(f"{kind.lower()}{bits}").max))
+    for kind in ("INT", "UINT")
+    for bits in (8, 16, 32, 64)
+}
+NUMERIC_DATATYPES = frozenset(FLOATS) | frozenset(INTEGERS)
+DATATYPES = NUMERIC_DATATYPES | {"BYTES", "BOOL"}
+NULL = type(None)
 OUTPUT = "predict"
 PROBABILITIES = "predict_proba"  # a classifier's, as in MLServer's scikit-learn runtime
 
@@ -60,8 +75,8 @@ class ModelServer(Protocol):
     @property
     def model(self) -> ServedModel: ...
     def answer(
-        self, batch: FeatureBatch, probabilities: bool = False
-    ) -> tuple[list[Any], list[list[float]] | None]: ...
+        self, batch: FeatureBatch, probabilities: bool, where: Callable[[int], str]
+    ) -> tuple[list[Any], list[list[float]] | None, dict[int, str]]: ...
 
 
 class NotServed(Exception):
@@ -135,7 +150,7 @@ async def infer(request: Request) -> Response:
         body = pydantic_core.from_json(await request.body())  # twice as fast as json.loads here
         outputs = _outputs(body, model)
         batch = _batch(body, model)
-        predictions, probabilities = _server().answer(batch, PROBABILITIES in outputs)
+        predictions, probabilities, _ = _server().answer(batch, PROBABILITIES in outputs, "row {}".format)
     except NotServed as error:
         return _error(404, str(error))
     except (RequestError, ValueError) as error:  # ValueError: the body is not JSON
@@ -205,12 +220,16 @@ def _batch(body: Any, model: ServedModel) -> FeatureBatch:
 
 def _column(tensor: dict[str, Any], name: str, numeric: bool) -> list[Any]:
     datatype, shape, data = tensor.get("datatype"), tensor.get("shape"), tensor.get("data")
+    datatype = datatype if isinstance(datatype, str) else repr(datatype)  # never a key error, named below
     if numeric and datatype not in NUMERIC_DATATYPES:
         raise RequestError(
             f"input {name!r} is numeric: its datatype must be FP64, FP32 or INT*, not {datatype!r}"
         )
-    if not numeric and datatype != "BYTES" and datatype not in NUMERIC_DATATYPES:
-        raise RequestError(f"input {name!r} is categorical: its datatype must be BYTES, not {datatype!r}")
+    if not numeric and datatype not in DATATYPES:
+        raise RequestError(
+            f"input {name!r} is categorical: its datatype must be BYTES (or BOOL, INT*, FP*), "
+            f"not {datatype!r}"
+        )
     if not isinstance(data, list) or not data:
         raise RequestError(f"input {name!r}: `data` must be a non-empty list")
     if isinstance(data[0], list):  # [[v], [v], ...] for shape [N, 1]
@@ -226,7 +245,64 @@ def _column(tensor: dict[str, Any], name: str, numeric: bool) -> list[Any]:
         raise RequestError(
             f"input {name!r}: shape {shape!r} does not fit {len(data)} values; use [N] or [N, 1]"
         )
-    return data
+    return _fitting(data, name, datatype)
+
+
+def _fitting(data: list[Any], name: str, datatype: str) -> list[Any]:
+    """`data`, once every value is checked against `datatype`; NaN in FP data becomes null (missing).
+
+    A clean column costs one pass for its set of value types and one in C for its range; only a column
+    that fails is scanned value by value, to name the first bad one.
+    """
+    types = set(map(type, data))
+    fits: Callable[[Any], bool]
+    if datatype in FLOATS:
+        largest = FLOATS[datatype]
+        if types <= {int, float}:
+            try:  # a finite sum: no NaN, no infinity (a sum too large for float64 takes the long way)
+                clean = math.isfinite(sum(data)) and (
+                    datatype == "FP64" or (-largest <= min(data) and max(data) <= largest)
+                )
+            except OverflowError:  # an integer beyond float64
+                clean = False
+            if clean:
+                return data
+        if types <= {int, float, NULL}:
+            try:
+                array = np.array(data, dtype=np.float64)  # null -> NaN
+            except OverflowError:  # an integer beyond float64: named below
+                array = np.array([math.inf])
+            nan = np.isnan(array)
+            if (np.abs(array[~nan]) <= largest).all():
+                # MLServer's pandas codec sends a missing number as NaN (before MLServer 1.4): missing.
+                return [None if missing else v for v, missing in zip(data, nan.tolist(), strict=True)]
+
+        def fits(v: Any) -> bool:
+            return v is None or (type(v) in (int, float) and (v != v or abs(v) <= largest))  # v != v: NaN
+
+        kind = f"a {datatype} number (finite, at most {largest:.8g} in magnitude)"
+    elif datatype in INTEGERS:
+        low, high = INTEGERS[datatype]
+        if types <= {int, NULL}:
+            present = [v for v in data if v is not None] if NULL in types else data
+            if not present or (low <= min(present) and max(present) <= high):
+                return data
+
+        def fits(v: Any) -> bool:
+            return v is None or (type(v) is int and low <= v <= high)
+
+        kind = f"an integer from {low} to {high} ({datatype})"
+    else:
+        expected = str if datatype == "BYTES" else bool
+        if types <= {expected, NULL}:
+            return data
+
+        def fits(v: Any) -> bool:
+            return v is None or type(v) is expected
+
+        kind = "a string (BYTES)" if datatype == "BYTES" else "true or false (BOOL)"
+    index = next(i for i, v in enumerate(data) if not fits(v))
+    raise RequestError(f"input {name!r}: row {index} is {data[index]!r}, not {kind}")
 
 
 def _prediction_datatype(model: ServedModel) -> str:
@@ -238,6 +314,144 @@ def _prediction_datatype(model: ServedModel) -> str:
 def _datatype(predictions: list[Any]) -> str:
     kind = type(predictions[0])
     return {bool: "BOOL", int: "INT64", float: "FP64"}.get(kind, "BYTES")
+
+
+def openapi_paths(model: ServedModel, error: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI paths of this app (under /v2) for `model`; `error` is the error body's schema."""
+    offered = [OUTPUT, PROBABILITIES] if model.probabilities else [OUTPUT]
+    # The one name and version this Pod serves (any other is a 404).
+    name = {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "enum": [model.name]},
+    }
+    version = {
+        "name": "version",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "enum": [model.version]},
+    }
+    tensor: dict[str, Any] = {
+        "type": "object",
+        "required": ["name", "datatype", "shape", "data"],
+        "properties": {
+            "name": {"type": "string"},
+            "datatype": {"type": "string"},
+            "shape": {"type": "array", "items": {"type": "integer"}},
+            "data": {"type": "array"},
+            "parameters": {"type": "object"},
+        },
+    }
+    request = {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string"},
+            "parameters": {"type": "object"},
+            "inputs": {
+                "type": "array",
+                "minItems": 1,
+                "items": tensor
+                | {
+                    "properties": tensor["properties"]
+                    | {
+                        "name": {"type": "string", "enum": model.schema.features},
+                        "datatype": {"type": "string", "enum": sorted(DATATYPES)},
+                        "shape": {
+                            "type": "array",
+                            "items": {"type": "integer"},
+                            "minItems": 1,
+                            "maxItems": 2,
+                        },
+                        "data": {"type": "array", "minItems": 1, "maxItems": MAX_ROWS},
+                    }
+                },
+            },
+            "outputs": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {"name": {"type": "string", "enum": offered}},
+                },
+            },
+        },
+    }
+    answer = {
+        "type": "object",
+        "required": ["model_name", "model_version", "outputs"],
+        "properties": {
+            "model_name": {"type": "string"},
+            "model_version": {"type": "string"},
+            "id": {"type": "string"},
+            "parameters": {"type": "object"},
+            "outputs": {"type": "array", "items": tensor},
+        },
+    }
+    metadata = {
+        "type": "object",
+        "required": ["name", "versions", "platform", "inputs", "outputs"],
+        "properties": {
+            "name": {"type": "string"},
+            "versions": {"type": "array", "items": {"type": "string"}},
+            "platform": {"type": "string"},
+            "inputs": {"type": "array", "items": {"type": "object"}},
+            "outputs": {"type": "array", "items": {"type": "object"}},
+        },
+    }
+    model_ready = {
+        "type": "object",
+        "required": ["name", "ready"],
+        "properties": {"ready": {"type": "boolean"}},
+    }
+
+    def body(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+        return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+    def get(summary: str, schema: dict[str, Any], *parameters: dict[str, Any]) -> dict[str, Any]:
+        responses = {"200": body("Answered", schema)}
+        if parameters:
+            responses["404"] = body("A model name or version this Pod does not serve", error)
+        return {
+            "get": {"summary": summary, "tags": ["Open Inference Protocol"], "parameters": list(parameters)}
+            | {"responses": responses}
+        }
+
+    def infer(*parameters: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "post": {
+                "summary": "Predictions for one input per feature column (see inference_protocol)",
+                "tags": ["Open Inference Protocol"],
+                "parameters": list(parameters),
+                "requestBody": {"required": True, "content": {"application/json": {"schema": request}}},
+                "responses": {
+                    "200": body("Answered", answer),
+                    "400": body("The inputs do not fit the model's features or their datatypes", error),
+                    "404": body("A model name or version this Pod does not serve", error),
+                    "415": body("The body is not JSON", error),
+                },
+            }
+        }
+
+    alive = {"type": "object", "properties": {"live": {"type": "boolean"}}}
+    ready_schema = {"type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"}}}
+    ready_get = get("Whether the model is loaded", ready_schema)
+    ready_get["get"]["responses"]["503"] = body("The model is still loading", ready_schema)
+    return {
+        "/v2/health/live": get("Whether the server answers", alive),
+        "/v2/health/ready": ready_get,
+        "/v2/models/{name}": get("The model's inputs and outputs", metadata, name),
+        "/v2/models/{name}/versions/{version}": get(
+            "The model's inputs and outputs", metadata, name, version
+        ),
+        "/v2/models/{name}/ready": get("Whether the model is ready", model_ready, name),
+        "/v2/models/{name}/versions/{version}/ready": get(
+            "Whether the model is ready", model_ready, name, version
+        ),
+        "/v2/models/{name}/infer": infer(name),
+        "/v2/models/{name}/versions/{version}/infer": infer(name, version),
+    }
 
 
 app = Starlette(

@@ -7,8 +7,10 @@
 batch concurrent requests (adaptive batching); `/v2/...` speaks the Open Inference Protocol (see
 `inference_protocol`). Every answer names the model version and the backend
 (onnxruntime when the version has a verified ONNX model, scikit-learn otherwise). Requests are checked
-against the model card's feature schema: a problem is a 400 naming the column, never a 500. A bounded
-sample of the inputs and predictions is recorded in the artifact store for the drift monitor.
+against the model card's feature schema: a problem is a 400 naming the column, never a 500; an answer holds
+finite numbers only (`LoadedModel.predict`). `contract` keeps the HTTP contract around BentoML (415 for a
+body that is not JSON, one error object, one log line per refused request, a true OpenAPI document). A
+bounded sample of the inputs and predictions is recorded in the artifact store for the drift monitor.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple
 
@@ -26,10 +29,11 @@ import joblib
 import numpy as np
 import pandas as pd
 from bentoml.validators import ContentType
+from pydantic import Field
 
-from mlworkflow.runtime import inference_protocol
+from mlworkflow.runtime import contract, inference_protocol
 from mlworkflow.runtime.data import FeatureSchema
-from mlworkflow.runtime.features import FeatureBatch, FeatureChecker, RequestError
+from mlworkflow.runtime.features import MAX_ROWS, FeatureBatch, FeatureChecker, RequestError
 from mlworkflow.runtime.onnx_export import OnnxPredictor
 
 PREDICTIONS = bentoml.metrics.Counter(
@@ -39,9 +43,18 @@ PREDICTIONS = bentoml.metrics.Counter(
 )
 
 
+class Prediction(NamedTuple):
+    """A model's answers for the rows it answers (in order), and why it answers no other row."""
+
+    predictions: np.ndarray
+    probabilities: np.ndarray | None  # float64, a row per answered row, columns in `classes` order
+    refused: dict[int, str]  # row of the batch -> the reason, naming the feature
+
+
 class Answer(NamedTuple):
     predictions: list[Any]
     probabilities: list[list[float]] | None
+    refused: dict[int, str]
 
 
 class LoadedModel:
@@ -61,26 +74,129 @@ class LoadedModel:
         self.onnx = (
             OnnxPredictor(onnx_path.read_bytes(), self.schema, one_hot) if onnx_path.exists() else None
         )
-        self.pipeline = None if self.onnx else joblib.load(path / "pipeline.joblib")
+        # Loaded even behind onnxruntime: it answers the rows whose float32 arithmetic overflows. Loaded
+        # now rather than at the first such row, so that a Pod's memory is what it is from the start.
+        self.pipeline = joblib.load(path / "pipeline.joblib")
         self.backend = "onnxruntime" if self.onnx else "sklearn"
 
-    def predict(
-        self, batch: FeatureBatch, probabilities: bool = False
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Predictions, and the class probabilities (columns in `classes` order) when asked for."""
+    def predict(self, batch: FeatureBatch, probabilities: bool = False) -> Prediction:
+        """Predictions, and the class probabilities (columns in `classes` order) when asked for.
+
+        Whatever the backend, an answer holds finite numbers only. onnxruntime computes in float32: a row
+        whose outputs are not finite there (an intermediate value overflowed; the inputs are within float32,
+        see features.LARGEST) is answered by the scikit-learn pipeline, in float64 as at training, so exactly
+        as scikit-learn would. A row scikit-learn gives no finite answer for either is refused, with the
+        numeric feature responsible when one is.
+        """
         if probabilities and not self.probabilities:
             raise RequestError(
                 f"model {self.name} {self.version} gives no class probabilities ({self.task}, or an "
                 "estimator without predict_proba): ask for predictions only"
             )
-        if self.onnx is not None:
-            predictions, proba = self.onnx.run(self.onnx.feed(batch.numeric, batch.categorical))
+        frame: pd.DataFrame | None = None  # built only when scikit-learn answers: it costs a DataFrame
+        if self.onnx is None:
+            frame = self._frame(batch)
+            answered, predictions, proba = self._pipeline_answers(frame, probabilities)
         else:
-            frame = pd.DataFrame({**batch.numeric, **batch.categorical}, columns=self.schema.features)
-            predictions = self.pipeline.predict(frame)  # type: ignore[union-attr]
-            proba = self.pipeline.predict_proba(frame) if probabilities else None  # type: ignore[union-attr]
-        PREDICTIONS.labels(model_version=self.version, backend=self.backend).inc(batch.rows)
-        return np.asarray(predictions), proba if probabilities else None
+            predictions, graph_proba = self.onnx.run(self.onnx.feed(batch.numeric, batch.categorical))
+            if self.task == "regression":
+                predictions = predictions.astype(np.float64)
+            proba = graph_proba.astype(np.float64) if probabilities and graph_proba is not None else None
+            answered = np.arange(batch.rows)
+            finite = self._finite_rows(predictions, graph_proba)
+            if not finite.all():
+                redo = np.flatnonzero(~finite)
+                frame = self._frame(batch)
+                fixed, fixed_predictions, fixed_proba = self._pipeline_answers(
+                    frame.iloc[redo], probabilities
+                )
+                predictions[redo[fixed]] = fixed_predictions
+                if proba is not None and fixed_proba is not None:
+                    proba[redo[fixed]] = fixed_proba
+                answered = np.setdiff1d(answered, np.setdiff1d(redo, redo[fixed]))
+                predictions, proba = predictions[answered], None if proba is None else proba[answered]
+        PREDICTIONS.labels(model_version=self.version, backend=self.backend).inc(len(answered))
+        if len(answered) == batch.rows:
+            return Prediction(predictions, proba, {})
+        assert frame is not None  # a row is refused only once scikit-learn has seen it
+        refused = np.setdiff1d(np.arange(batch.rows), answered)
+        reasons = self._refusals(frame.iloc[refused])
+        return Prediction(predictions, proba, dict(zip(refused.tolist(), reasons, strict=True)))
+
+    def _frame(self, batch: FeatureBatch) -> pd.DataFrame:
+        return pd.DataFrame({**batch.numeric, **batch.categorical}, columns=self.schema.features)
+
+    def _finite_rows(self, predictions: np.ndarray, proba: np.ndarray | None) -> np.ndarray:
+        """Which rows' outputs are all finite: a regressor's values, a classifier's probabilities."""
+        values = predictions.astype(np.float64) if self.task == "regression" else None
+        if (values is None or np.isfinite(values).all()) and (proba is None or np.isfinite(proba).all()):
+            return np.ones(len(predictions), dtype=bool)  # the usual case: one test per output
+        finite = np.ones(len(predictions), dtype=bool)
+        if values is not None:
+            finite &= np.isfinite(values)
+        if proba is not None:
+            finite &= np.isfinite(proba).all(axis=1)
+        return finite
+
+    def _pipeline_answers(
+        self, frame: pd.DataFrame, probabilities: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """scikit-learn's answers: the positions (in `frame`) of the rows it answers with finite numbers,
+        their predictions, and their probabilities when asked for."""
+        try:
+            predictions = np.asarray(self.pipeline.predict(frame))
+            proba = (
+                np.asarray(self.pipeline.predict_proba(frame), dtype=np.float64) if probabilities else None
+            )
+        except ValueError:
+            # scikit-learn's own check refused a value that is not finite after preprocessing (a scaled
+            # number beyond float64, or beyond float32 for a tree): halve the batch to find its rows.
+            if len(frame) == 1:
+                return self._nothing(probabilities)
+            half = len(frame) // 2
+            parts = [
+                (offset, *self._pipeline_answers(frame.iloc[offset:end], probabilities))
+                for offset, end in ((0, half), (half, len(frame)))
+            ]
+            parts = [part for part in parts if len(part[1])]
+            if not parts:
+                return self._nothing(probabilities)
+            return (
+                np.concatenate([offset + positions for offset, positions, _, _ in parts]),
+                np.concatenate([predictions for _, _, predictions, _ in parts]),
+                np.concatenate([p for _, _, _, p in parts if p is not None]) if probabilities else None,
+            )
+        positions = np.flatnonzero(self._finite_rows(predictions, proba))
+        if len(positions) == len(frame):
+            return positions, predictions, proba
+        return positions, predictions[positions], None if proba is None else proba[positions]
+
+    def _nothing(self, probabilities: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        proba = np.empty((0, len(self.classes or []))) if probabilities else None
+        return np.empty(0, dtype=np.intp), np.empty(0), proba
+
+    def _refusals(self, frame: pd.DataFrame) -> list[str]:
+        """Why scikit-learn gives no finite answer for each row of `frame`: the numeric feature whose value
+        alone overflows its arithmetic (found by setting each to 0 in turn, for all rows at once)."""
+        reasons: list[str | None] = [None] * len(frame)
+        for column in self.schema.numeric:
+            waiting = np.flatnonzero([r is None for r in reasons])
+            values = frame[column].to_numpy()[waiting]
+            suspects = waiting[(values != 0) & ~np.isnan(values)]
+            if not suspects.size:
+                continue
+            trial = frame.iloc[suspects].assign(**{column: 0.0})
+            answered, _, _ = self._pipeline_answers(trial, self.probabilities)
+            for row in suspects[answered].tolist():
+                value = float(frame[column].iat[row])
+                reasons[row] = (
+                    f"{column!r} is {value!r}, beyond what this model's arithmetic takes (its answer would "
+                    "not be a finite number): send a value of smaller magnitude"
+                )
+        return [
+            reason or "this model's arithmetic overflows on these values together (no finite answer)"
+            for reason in reasons
+        ]
 
 
 class SampleRecorder:
@@ -117,6 +233,7 @@ class SampleRecorder:
             return taken
 
     def record(self, version: str, batch: FeatureBatch, predictions: list[Any]) -> None:
+        """Records a sample of `batch`'s rows with their predictions (None: not answered, not recorded)."""
         if self.max_rows <= 0 or not (taken := self.allowance(batch.rows)):
             return
         rows = range(batch.rows) if taken == batch.rows else sorted(random.sample(range(batch.rows), taken))
@@ -125,6 +242,7 @@ class SampleRecorder:
             json.dumps({"ts": now, "model": version, "features": features, "prediction": predictions[i]})
             + "\n"
             for i, features in zip(rows, batch.records(rows), strict=True)
+            if predictions[i] is not None  # a row the model refused (a batch's, see ModelService.answer)
         ]
         with self.lock:
             if self.rows + len(lines) > self.max_rows:
@@ -149,6 +267,10 @@ def _load() -> tuple[LoadedModel, SampleRecorder]:
     return model, recorder
 
 
+# One limit for every route (the Open Inference Protocol's is the checker's); in the schema, so that BentoML
+# applies it to each request before /predict_batch joins several.
+Records = Annotated[list[dict[str, Any]], Field(min_length=1, max_length=MAX_ROWS)]
+
 # Declared, because BentoML otherwise derives a JSON answer's media type from its JSON schema, generated anew
 # for every response (a tenth of a 100-row prediction's CPU).
 JSON = ContentType("application/json")
@@ -172,19 +294,35 @@ class ModelService:
     def __init__(self) -> None:
         # Loaded before the worker reports ready: /readyz answers only once the model can predict.
         self.model, self.recorder = _load()
+        contract.install_log_filter()
 
-    def answer(self, batch: FeatureBatch, probabilities: bool = False) -> Answer:
-        """Predictions for checked features (JSON-ready), counted and sampled for the drift monitor."""
-        predicted, proba = self.model.predict(batch, probabilities)
-        predictions: list[Any] = predicted.tolist()
+    def answer(
+        self,
+        batch: FeatureBatch,
+        probabilities: bool = False,
+        where: Callable[[int], str] | None = "records[{}]".format,
+    ) -> Answer:
+        """Predictions for checked features (JSON-ready), counted and sampled for the drift monitor.
+
+        A row the model gives no finite answer for refuses the request, named as `where(row)`; with `where`
+        None (a batch of several clients' records) its prediction is None and its reason is in `refused`.
+        """
+        predicted = self.model.predict(batch, probabilities)
+        if predicted.refused and where is not None:
+            row, reason = next(iter(predicted.refused.items()))
+            raise RequestError(f"{where(row)}: {reason}")
+        predictions: list[Any] = predicted.predictions.tolist()
+        for row in predicted.refused:  # in order: each is inserted where it was
+            predictions.insert(row, None)
         self.recorder.record(self.model.version, batch, predictions)
-        return Answer(predictions, None if proba is None else np.asarray(proba, dtype=np.float64).tolist())
+        proba = None if predicted.probabilities is None else predicted.probabilities.tolist()
+        return Answer(predictions, proba, predicted.refused)
 
     # Async: the model takes about a millisecond of CPU and its session one thread, so answering on the
     # event loop costs less than a hop to BentoML's thread pool and serves just as many requests.
     @bentoml.api(route="/predict")
     async def predict(
-        self, records: list[dict[str, Any]], probabilities: bool = False
+        self, records: Records, probabilities: Annotated[bool, Field(strict=True)] = False
     ) -> Annotated[dict[str, Any], JSON]:
         """Predictions for JSON records, with the model version and backend that made them; with
         `probabilities`, a classifier's class probabilities too (one row per record, columns `classes`)."""
@@ -201,28 +339,43 @@ class ModelService:
     # max_latency_ms bounds how long a request may wait to join a batch; BentoML answers 503 past it, so it
     # is generous (a loaded node must not shed requests that a moment's wait would serve).
     @bentoml.api(route="/predict_batch", batchable=True, batch_dim=0, max_batch_size=512, max_latency_ms=1000)
-    async def predict_batch(self, records: list[dict[str, Any]]) -> Annotated[list[dict[str, Any]], JSON]:
+    async def predict_batch(self, records: Records) -> Annotated[list[dict[str, Any]], JSON]:
         """The same, batched with concurrent requests; one answer per record.
 
         A batch mixes the records of several clients, so one bad record must not fail the others: when the
-        batch does not pass its check, each record is checked alone and a bad one is answered with `error`.
+        batch does not pass its check, each record is checked alone and a bad one is answered with `error`;
+        so is a record the model gives no finite answer for. The row limit applies to each request (its
+        schema), not to the batch BentoML makes of several.
         """
         version, backend = self.model.version, self.model.backend
-        try:
-            predictions = self.answer(self.model.checker.from_records(records)).predictions
-            return [{"prediction": p, "model": version, "backend": backend} for p in predictions]
-        except RequestError:
-            pass
         answers: list[dict[str, Any]] = [{} for _ in records]
-        good: list[int] = []
-        for index, record in enumerate(records):
-            try:
-                self.model.checker.from_records([record], lambda _: "record")
-                good.append(index)
-            except RequestError as error:
-                answers[index] = {"error": str(error), "model": version}
-        if good:
-            batch = self.model.checker.from_records([records[i] for i in good])
-            for index, prediction in zip(good, self.answer(batch).predictions, strict=True):
+        good = list(range(len(records)))
+        try:
+            batch = self.model.checker.from_records(records, max_rows=None)
+        except RequestError:
+            good = []
+            for index, record in enumerate(records):
+                try:
+                    self.model.checker.from_records([record], lambda _: "record")
+                    good.append(index)
+                except RequestError as error:
+                    answers[index] = {"error": str(error), "model": version}
+            if not good:
+                return answers
+            batch = self.model.checker.from_records([records[i] for i in good], max_rows=None)
+        answer = self.answer(batch, where=None)
+        for position, (index, prediction) in enumerate(zip(good, answer.predictions, strict=True)):
+            if position in answer.refused:
+                answers[index] = {"error": f"record: {answer.refused[position]}", "model": version}
+            else:
                 answers[index] = {"prediction": prediction, "model": version, "backend": backend}
         return answers
+
+
+def _served() -> LoadedModel:
+    service: ModelService = bentoml.get_current_service()
+    return service.model
+
+
+# The decorators made the class a bentoml Service, which mypy cannot tell.
+ModelService.add_asgi_middleware(contract.Contract, served=_served)  # type: ignore[attr-defined]
