@@ -70,6 +70,17 @@ class Kube:
             )
         )
 
+    def post_event(self, manifest: Manifest) -> bool:
+        """Create an Event (see `desired.children.event`); False when it was already posted."""
+        body: Any = manifest  # the client serialises a plain dict as it is
+        try:
+            self.core.create_namespaced_event(manifest["metadata"]["namespace"], body, _preload_content=False)
+        except client.ApiException as error:
+            if error.status == 409:
+                return False
+            raise
+        return True
+
     def delete_autoscaler(self, namespace: str, name: str) -> None:
         try:
             self.autoscaling.delete_namespaced_horizontal_pod_autoscaler(name, namespace)

@@ -143,6 +143,35 @@ def test_train_serve_retrain_and_survive_a_failed_training(
     jobs = [j.metadata.name for j in client.BatchV1Api(api).list_namespaced_job(ns).items]
     assert sorted(jobs) == [f"{name}-train-v{n}" for n in range(1, 6)], "one training per request"
 
+    # A pinned version that does not exist: the workflow stalls, says so once, and v4 keeps serving.
+    patch_spec(api, ns, name, {"serving": {"modelVersion": "v99"}})
+    pinned = wait_for(
+        lambda: condition(w := get(api, ns, name), "Stalled").get("reason") == "ModelVersionNotFound" and w,
+        60,
+        "ModelVersionNotFound",
+    )
+    assert condition(pinned, "Serving")["message"].startswith(
+        "v4 keeps serving: spec.serving.modelVersion v99"
+    )
+    assert predict(control_plane, ns, name)["model"] == "v4"  # type: ignore[index]
+    patch_spec(api, ns, name, {"serving": {"modelVersion": None}})
+    wait_for(lambda: get(api, ns, name)["status"].get("phase") == "Serving", 60, "serving again unpinned")
+    events = client.CoreV1Api(api).list_namespaced_event(ns).items
+    told = [(e.reason, e.message) for e in events if e.involved_object.name == name]
+    assert len([m for r, m in told if r == "ModelVersionNotFound"]) == 1
+    # Every change of state is told once, although the create handler and the resync timer (every second
+    # here) reconcile at once.
+    assert sorted(m for r, m in told if r == "TrainingStarted") == [
+        f"training v{n} (trigger {t})"
+        for n, t in enumerate(["Initial", "SpecChange", "SpecChange", "Manual", "Manual"], 1)
+    ]
+    assert sorted(m.split(":")[0] for r, m in told if r == "Promoted") == [
+        "v1 promoted",
+        "v2 promoted",
+        "v4 promoted",
+    ]
+    assert all(e.count == 1 for e in events if e.involved_object.name == name)
+
     # A deleted child comes back.
     client.CoreV1Api(api).delete_namespaced_service(name, ns)
     wait_for(

@@ -47,6 +47,13 @@ def observed(api: client.ApiClient, namespace: str, name: str, generation: int) 
     return workflow if workflow.get("status", {}).get("observedGeneration") == generation else None
 
 
+def reconciles() -> float:
+    """Reconciles the in-process operator has finished (its Prometheus counter)."""
+    from mlworkflow.controller import metrics
+
+    return float(metrics.RECONCILES.labels("success")._value.get())
+
+
 def workflow(example: str, **model: Any) -> dict[str, Any]:
     document = copy.deepcopy(yaml.safe_load((EXAMPLES / example).read_text()))
     document["spec"]["model"].update(model)
@@ -102,6 +109,11 @@ def test_a_disallowed_estimator_stalls_with_a_reason_and_an_event_and_a_fix_reco
         "a Warning event EstimatorNotAllowed",
     )
     assert events[0].type == "Warning" and events[0].involved_object.name == name
+    # Told once: five more reconciles (a resync a second here) post nothing more.
+    done = reconciles()
+    wait_for(lambda: reconciles() >= done + 5, 30, "five more reconciles")
+    told = [e for e in core.list_namespaced_event(namespace).items if e.involved_object.name == name]
+    assert [(e.reason, e.count) for e in told] == [("EstimatorNotAllowed", 1)]
     # Nothing was created half-way.
     assert not client.BatchV1Api(api).list_namespaced_job(namespace).items
     assert not client.AppsV1Api(api).list_namespaced_deployment(namespace).items

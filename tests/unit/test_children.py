@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
 
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Trigger
 from mlworkflow.desired import children
-from mlworkflow.desired.plan import TrainRequest
+from mlworkflow.desired.plan import Event, TrainRequest
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "webservice-iris.yaml"
 CONTEXT = children.RuntimeContext(image="registry.invalid/mlw:1", allowed_estimator_prefixes=("sklearn.",))
@@ -110,3 +111,32 @@ def test_a_manual_training_job_carries_the_request_it_answers() -> None:
     )
     assert job["metadata"]["annotations"][children.RETRAIN_REQUEST_ANNOTATION] == "1764500000"
     assert "--champion=v3" in job["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_an_event_is_named_by_what_it_tells() -> None:
+    meta = {"name": "iris", "namespace": "ml", "uid": "uid-1", "generation": 2}
+    told = Event("Normal", "TrainingStarted", "training v2 (trigger Drift)")
+    first = children.event(meta, told, datetime(2026, 1, 1, tzinfo=UTC), "operator-a")
+    again = children.event(meta, told, datetime(2026, 1, 1, 0, 5, tzinfo=UTC), "operator-b")
+    assert first["metadata"]["name"] == again["metadata"]["name"], "the same occurrence, told twice, is one"
+    assert first["metadata"]["name"].startswith("iris.") and first["count"] == 1
+    assert first["involvedObject"] == {
+        "apiVersion": "mlworkflow.io/v1alpha1",
+        "kind": "MLWorkflow",
+        "name": "iris",
+        "namespace": "ml",
+        "uid": "uid-1",
+    }
+    others = [
+        children.event({**meta, "generation": 3}, told, datetime(2026, 1, 1, tzinfo=UTC), "a"),
+        children.event(
+            meta,
+            Event("Normal", "TrainingStarted", told.message, key="x"),
+            datetime(2026, 1, 1, tzinfo=UTC),
+            "a",
+        ),
+        children.event(
+            meta, Event("Normal", "TrainingStarted", "training v3"), datetime(2026, 1, 1, tzinfo=UTC), "a"
+        ),
+    ]
+    assert len({first["metadata"]["name"], *(o["metadata"]["name"] for o in others)}) == 4

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlworkflow.api.conditions import find, is_true
+from mlworkflow.api.conditions import Outcome, Progress, apply_outcome, find, is_true
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Trigger
 from mlworkflow.desired.plan import (
     DriftCheck,
@@ -19,6 +19,7 @@ from mlworkflow.desired.plan import (
     decide,
     next_version,
     plan,
+    stall_events,
 )
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -120,7 +121,7 @@ def test_a_failed_training_stalls_and_the_old_version_keeps_serving() -> None:
     assert fixed.train is not None and fixed.train.version == "v3"
 
 
-def test_pinning_a_version_serves_it_and_refuses_an_unknown_one() -> None:
+def test_pinning_a_version_serves_it_and_refuses_an_unknown_one_saying_what_serves() -> None:
     history = step(Observed(1, "h1", MLWorkflowStatus(), [ok("v1")])).status
     history = step(Observed(2, "h2", history, [ok("v1"), ok("v2", Trigger.SPEC_CHANGE, "h2")])).status
     pinned = spec()
@@ -128,9 +129,32 @@ def test_pinning_a_version_serves_it_and_refuses_an_unknown_one() -> None:
     pinned.serving.model_version = "v1"
     assert step(Observed(3, "h2", history, []), pinned).serve == "v1"
     pinned.serving.model_version = "v9"
-    refused = step(Observed(3, "h2", history, []), pinned)
-    assert refused.serve is None
-    assert find(refused.status.conditions, "Stalled").reason == "ModelVersionNotFound"  # type: ignore[union-attr]
+    refused = step(Observed(4, "h2", history, [], ServingState("v2", True)), pinned)
+    assert refused.serve is None, "nothing is rolled out: v2 keeps serving"
+    stalled = find(refused.status.conditions, "Stalled")
+    assert stalled is not None and stalled.reason == "ModelVersionNotFound"
+    serving_condition = find(refused.status.conditions, "Serving")
+    assert serving_condition is not None and serving_condition.status == "False"
+    assert serving_condition.message.startswith("v2 keeps serving: spec.serving.modelVersion v9 is not")
+    assert refused.status.endpoint == ENDPOINT, "v2 still answers there"
+    assert [(e.type, e.reason) for e in refused.events] == [("Warning", "ModelVersionNotFound")]
+    again = step(Observed(4, "h2", refused.status, [], ServingState("v2", True)), pinned)
+    assert again.events == [], "a Stalled reason is told once, not at every reconcile"
+
+
+def test_every_stall_is_told_once_per_reason_and_generation() -> None:
+    first = step(Observed(1, "h1", MLWorkflowStatus(), [ok("v1")], ServingState("v1", True)))
+    failing = step(Observed(2, "h2", first.status, [ok("v1"), failed("v2", "h2")], ServingState("v1", True)))
+    assert [e.reason for e in failing.events] == ["TrainingFailed"], "one event, not one per source"
+    still = step(Observed(2, "h2", failing.status, [ok("v1"), failed("v2", "h2")], ServingState("v1", True)))
+    assert still.events == []
+    assert stall_events(still.status, still.status) == []
+    refused = still.status.model_copy(update={"observed_generation": 3})
+    refused = apply_outcome(
+        refused, Outcome(Progress.STALLED, "EstimatorNotAllowed", "no", "Invalid"), 3, NOW
+    )
+    assert [e.reason for e in stall_events(still.status, refused)] == ["EstimatorNotAllowed"]
+    assert stall_events(refused, refused) == []
 
 
 @pytest.mark.parametrize(

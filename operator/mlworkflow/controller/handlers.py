@@ -9,17 +9,20 @@ from typing import Any
 
 import kopf
 from kubernetes import client, config
+from kubernetes.client import ApiException
 
 from mlworkflow.api import v1alpha1
 from mlworkflow.api.v1alpha1 import MLWorkflowStatus
 from mlworkflow.controller import metrics
 from mlworkflow.controller.config import OperatorConfig
 from mlworkflow.controller.reconcile import reconcile
+from mlworkflow.desired import children
 from mlworkflow.kube import Kube
 
 RESOURCE = (v1alpha1.GROUP, v1alpha1.VERSION, v1alpha1.PLURAL)
 CONFIG = OperatorConfig.from_env()
 MAX_RETRY_SECONDS = 60
+INSTANCE = os.environ.get("HOSTNAME", "mlworkflow-operator")  # the Pod's name: which replica told
 
 
 def _api_client() -> client.ApiClient:
@@ -74,8 +77,13 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, 
     if result.retrain_trigger:
         metrics.record_retrain(meta["namespace"], meta["name"], result.retrain_trigger)
     patch.status.update(result.status.model_dump(by_alias=True, exclude_none=True, mode="json"))
+    now = datetime.now(UTC)
     for event in result.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        try:
+            memo.kube.post_event(children.event(dict(meta), event, now, INSTANCE))
+        except ApiException as error:
+            # An Event is a courtesy: the status holds what it says.
+            logger.warning(f"could not post the {event.reason} event: {error.status} {error.reason}")
     # Nothing is returned: kopf would store a return value under status.
 
 

@@ -13,7 +13,7 @@ from mlworkflow.api.conditions import Outcome, Progress, apply_outcome
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus
 from mlworkflow.controller.config import OperatorConfig
 from mlworkflow.desired import children
-from mlworkflow.desired.plan import Event, Observed, plan
+from mlworkflow.desired.plan import Event, Observed, plan, stall_events
 from mlworkflow.desired.validation import check_spec
 from mlworkflow.kube import Kube
 
@@ -31,11 +31,9 @@ def reconcile(body: dict[str, Any], kube: Kube, config: OperatorConfig, now: dat
     status = MLWorkflowStatus.model_validate(body.get("status") or {})
     refusal = refuse(body.get("spec") or {}, config)
     if refusal is not None:
-        # Nothing is created for a workflow that cannot run as written.
-        return Result(
-            apply_outcome(status, refusal, generation, now),
-            [Event("Warning", refusal.reason, refusal.message)],
-        )
+        # Nothing is created for a workflow that cannot run as written; it is told once.
+        refused = apply_outcome(status, refusal, generation, now)
+        return Result(refused, stall_events(status, refused))
 
     workflow = children.Workflow.from_body(body)
     observed = Observed(

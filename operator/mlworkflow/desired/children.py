@@ -6,11 +6,12 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from mlworkflow.api import v1alpha1
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec
-from mlworkflow.desired.plan import TrainRequest
+from mlworkflow.desired.plan import Event, TrainRequest
 from mlworkflow.desired.validation import DEFAULT_ALLOWED_PREFIXES
 
 Manifest = dict[str, Any]
@@ -370,3 +371,37 @@ def monitoring_cronjob(workflow: Workflow, version: str, context: RuntimeContext
 
 def endpoint(workflow: Workflow) -> str:
     return f"http://{serving_name(workflow)}.{workflow.namespace}.svc:80"
+
+
+def event(meta: dict[str, Any], event: Event, now: datetime, instance: str) -> Manifest:
+    """A core/v1 Event about the MLWorkflow with metadata `meta` (name, namespace, uid, generation).
+
+    Its name is derived from what it tells (workflow uid, generation, reason, message, key), so the same
+    occurrence told twice, by two reconciles that saw the same change at once or by a restarted operator,
+    is one Event: the second create is refused as AlreadyExists."""
+    told = "/".join([meta["uid"], str(meta.get("generation", 0)), event.reason, event.message, event.key])
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "name": f"{meta['name']}.{hashlib.sha256(told.encode()).hexdigest()[:16]}",
+            "namespace": meta["namespace"],
+        },
+        "involvedObject": {
+            "apiVersion": v1alpha1.API_VERSION,
+            "kind": v1alpha1.KIND,
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta["uid"],
+        },
+        "type": event.type,
+        "reason": event.reason,
+        "message": event.message[:1024],  # what kubectl describe shows; the status has the rest
+        "source": {"component": MANAGER},
+        "reportingComponent": MANAGER,
+        "reportingInstance": instance,
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }

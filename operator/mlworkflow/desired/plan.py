@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from mlworkflow.api.conditions import Outcome, Progress, apply_outcome, find, set_condition
+from mlworkflow.api.conditions import STALLED, Outcome, Progress, apply_outcome, find, set_condition
 from mlworkflow.api.v1alpha1 import (
     ConditionStatus,
     DriftStatus,
@@ -92,9 +92,14 @@ class Decision:
 
 @dataclass(frozen=True)
 class Event:
+    """A Kubernetes Event to post about the workflow: once per change of state. Two events with the same
+    reason, message and `key` for the same generation are the same occurrence (see `desired.children.event`),
+    so concurrent or repeated reconciles that see the same change post it once."""
+
     type: Literal["Normal", "Warning"]
     reason: str
     message: str
+    key: str = ""  # what tells apart two occurrences with the same message, e.g. the drift check's name
 
 
 @dataclass(frozen=True)
@@ -163,44 +168,42 @@ def plan(spec: MLWorkflowSpec, observed: Observed, now: datetime, endpoint: str 
         )
     failed_for_spec = bool(tried) and tried[0].outcome == "Failed" and not running and train is None
 
-    # Serving: the pinned version, else the promoted one.
+    # Serving: the pinned version, else the promoted one. A pinned version that does not exist changes
+    # nothing: what serves keeps serving, and the conditions say so.
     pinned = spec.serving.model_version if spec.serving else None
-    promoted = {r.version for r in status.history if r.outcome == "Promoted"}
-    serve = pinned if pinned else (status.model.version if status.model else None)
-    status.endpoint = endpoint if serve else None
-
+    trained = {r.version for r in status.history if r.outcome != "Failed"}
+    missing = pinned if pinned and pinned not in trained else None
+    serve = None if missing else pinned or (status.model.version if status.model else None)
     serving_ready = serve is not None and observed.serving.ready and observed.serving.version == serve
+    running_version = observed.serving.version if observed.serving.ready else None
+    status.endpoint = endpoint if serve or running_version else None
     generation = observed.generation
     status.conditions = set_condition(
         status.conditions, TRAINED, *_trained_condition(status, running, failed_for_spec), generation, now
     )
-    serving_condition = (
-        (ConditionStatus.TRUE, "Serving", f"{serve} is serving at {endpoint}")
-        if serving_ready
-        else (
+    if missing:
+        not_found = f"spec.serving.modelVersion {missing} is not a trained version of this workflow"
+        serving_condition = (
+            ConditionStatus.FALSE,
+            "ModelVersionNotFound",
+            f"{running_version} keeps serving: {not_found}" if running_version else not_found,
+        )
+    elif serving_ready:
+        serving_condition = (ConditionStatus.TRUE, "Serving", f"{serve} is serving at {endpoint}")
+    else:
+        serving_condition = (
             ConditionStatus.FALSE,
             "RollingOut" if serve else "NoModel",
             f"rolling out {serve}" if serve else "no model version to serve yet",
         )
-    )
     previous = find(observed.status.conditions, SERVING)
     if serving_ready and (previous is None or previous.message != serving_condition[2]):
         events.append(Event("Normal", "RolledOut", serving_condition[2]))
     status.conditions = set_condition(status.conditions, SERVING, *serving_condition, generation, now)
 
-    if (
-        pinned
-        and pinned not in promoted
-        and pinned not in {r.version for r in status.history if r.outcome != "Failed"}
-    ):
-        outcome = Outcome(
-            Progress.STALLED,
-            "ModelVersionNotFound",
-            f"spec.serving.modelVersion {pinned} is not a trained version of this workflow",
-            phase="Failed",
-        )
-        return Plan(apply_outcome(status, outcome, generation, now), train=train, serve=None, events=events)
-    if failed_for_spec:
+    if missing:
+        outcome = Outcome(Progress.STALLED, "ModelVersionNotFound", not_found, phase="Failed")
+    elif failed_for_spec:
         outcome = Outcome(Progress.STALLED, "TrainingFailed", tried[0].message, phase="Failed")
     elif running or train:
         version = running[0].version if running else train.version  # type: ignore[union-attr]
@@ -209,7 +212,27 @@ def plan(spec: MLWorkflowSpec, observed: Observed, now: datetime, endpoint: str 
         outcome = Outcome(Progress.PROGRESSING, "RollingOut", f"rolling out {serve}", phase="Deploying")
     else:
         outcome = Outcome(Progress.DONE, "Serving", f"{serve} is serving at {endpoint}", phase="Serving")
-    return Plan(apply_outcome(status, outcome, generation, now), train=train, serve=serve, events=events)
+    status = apply_outcome(status, outcome, generation, now)
+    told = {e.reason for e in events}
+    events += [e for e in stall_events(observed.status, status) if e.reason not in told]
+    return Plan(status, train=train, serve=serve, events=events)
+
+
+def stall_events(before: MLWorkflowStatus, after: MLWorkflowStatus) -> list[Event]:
+    """A Warning Event when the workflow becomes Stalled, or stalls for another reason or generation: every
+    Stalled reason is told once, never again at each reconcile while it lasts."""
+    stalled = find(after.conditions, STALLED)
+    if stalled is None or stalled.status != ConditionStatus.TRUE:
+        return []
+    was = find(before.conditions, STALLED)
+    if (
+        was is not None
+        and was.status == ConditionStatus.TRUE
+        and (was.reason, was.message, was.observed_generation)
+        == (stalled.reason, stalled.message, stalled.observed_generation)
+    ):
+        return []
+    return [Event("Warning", stalled.reason, stalled.message)]
 
 
 def _trained_condition(
@@ -406,7 +429,7 @@ def _record_drift(
             generation,
             now,
         )
-        events.append(Event("Warning" if drifted else "Normal", reason, message))
+        events.append(Event("Warning" if drifted else "Normal", reason, message, key=check.name))
     else:
         reason = "NotEnoughData" if state == "insufficient" else "DriftCheckFailed"
         message = result.get("message") or check.name + " failed"
@@ -419,13 +442,15 @@ def _record_drift(
         status.conditions = set_condition(
             status.conditions, DRIFTED, ConditionStatus.UNKNOWN, reason, message, generation, now
         )
-        events.append(Event("Normal" if state == "insufficient" else "Warning", reason, message))
+        events.append(
+            Event("Normal" if state == "insufficient" else "Warning", reason, message, key=check.name)
+        )
         return False
     if not drifted or spec.monitoring.on_drift != "Retrain":
         return False
     blocked = _retrain_blocked(spec, status, running, now)
     if blocked:
-        events.append(Event("Normal", "RetrainSkipped", blocked))
+        events.append(Event("Normal", "RetrainSkipped", blocked, key=check.name))
         return False
     return True
 
