@@ -292,6 +292,33 @@ class BatchSpec(ApiModel):
         "Folder, relative to the artifact store, that receives one predictions file per run.",
     )
     schedule: str | None = cron_field("Predict on this cron schedule; without it, once per promoted model.")
+    passthrough_columns: list[ColumnName] = Field(
+        default_factory=list,
+        description=(
+            "Input columns copied to every prediction row as they are (an id, a date), so that predictions "
+            "join back to what they are about."
+        ),
+        max_length=100,
+        json_schema_extra={"x-kubernetes-list-type": "set", "default": []},
+    )
+    max_reject_fraction: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description=(
+            "Share of input rows that may fail the feature checks (missing or mistyped values, wrong columns): "
+            "they are written to the run's rejects with a reason; above this share the run fails."
+        ),
+    )
+    parallelism: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description=(
+            "Pods that predict one run together (an Indexed Job): each takes its own share of the input "
+            "files (or Parquet row groups); a failed share is retried on its own."
+        ),
+    )
 
 
 class MonitoringSpec(ApiModel):
