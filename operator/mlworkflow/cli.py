@@ -117,23 +117,28 @@ def _render(args: argparse.Namespace) -> int:
     """The children the operator would apply for a workflow, as YAML (pure: no cluster is read)."""
     import yaml
 
-    from mlworkflow.api.v1alpha1 import Pattern, Trigger
+    from mlworkflow.api.v1alpha1 import MLWorkflowStatus, Pattern, Trigger
     from mlworkflow.desired import children
-    from mlworkflow.desired.plan import TrainRequest
+    from mlworkflow.desired.lifecycle import BatchRunRequest, Plan, TrainRequest
+    from mlworkflow.desired.patterns import PATTERNS
 
     name, spec = _load_workflow(Path(args.file))
-    if spec.pattern != Pattern.WEB_SERVICE:
+    if spec.pattern not in PATTERNS:
         raise SystemExit(f"{args.file}: the {spec.pattern} pattern is not implemented yet: nothing to render")
     workflow = children.Workflow(name, args.namespace, "00000000-0000-0000-0000-000000000000", spec)
     context = children.RuntimeContext(image=args.image)
+    # A plan that asks for everything: training, the pattern's children for the version, a batch run.
+    batch_run = (
+        BatchRunRequest(args.version, args.version, "Promotion") if spec.pattern == Pattern.FORECAST else None
+    )
+    train = TrainRequest(args.version, Trigger.INITIAL)
+    plan = Plan(MLWorkflowStatus(), train, args.version, batch_run)
     manifests = [
-        children.training_job(workflow, TrainRequest(args.version, Trigger.INITIAL), context),
-        children.serving_deployment(workflow, args.version, context),
-        children.serving_service(workflow),
+        children.training_job(workflow, train, context),
+        *PATTERNS[spec.pattern].children_for(workflow, plan, context).apply,
         children.monitoring_cronjob(workflow, args.version, context),
-        children.serving_autoscaler(workflow),
     ]
-    sys.stdout.write(yaml.safe_dump_all([m for m in manifests if m], sort_keys=False))
+    sys.stdout.write(yaml.safe_dump_all(manifests, sort_keys=False))
     return 0
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from kubernetes import client
 
 from mlworkflow.api.v1alpha1 import Trigger
 from mlworkflow.desired.children import (
+    BATCH,
     MANAGER,
     MONITORING,
     RETRAIN_REQUEST_ANNOTATION,
@@ -26,10 +27,12 @@ from mlworkflow.desired.children import (
     WORKFLOW_LABEL,
     Manifest,
 )
-from mlworkflow.desired.plan import DriftCheck, RunState, ServingState, TrainingRun
+from mlworkflow.desired.lifecycle import BatchRun, DriftCheck, RunState, ServingState, TrainingRun
+from mlworkflow.desired.patterns.forecast import PREDICT_REQUEST_ANNOTATION
 from mlworkflow.runtime import termination
 
 APPLY = "application/apply-patch+yaml"
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 JSON = dict[str, Any]
 
 
@@ -81,9 +84,14 @@ class Kube:
             raise
         return True
 
-    def delete_autoscaler(self, namespace: str, name: str) -> None:
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        """Delete a child the plan no longer wants (a HorizontalPodAutoscaler, a CronJob); gone is fine."""
+        deleters: dict[str, Callable[..., Any]] = {
+            "HorizontalPodAutoscaler": self.autoscaling.delete_namespaced_horizontal_pod_autoscaler,
+            "CronJob": self.batch.delete_namespaced_cron_job,
+        }
         try:
-            self.autoscaling.delete_namespaced_horizontal_pod_autoscaler(name, namespace)
+            deleters[kind](name, namespace)
         except client.ApiException as error:
             if error.status != 404:
                 raise
@@ -99,35 +107,32 @@ class Kube:
             self._run(namespace, job) for job in jobs["items"] if not job["metadata"].get("deletionTimestamp")
         ]
 
-    def _run(self, namespace: str, job: JSON) -> TrainingRun:
-        meta, status = job["metadata"], job.get("status") or {}
-        conditions = {c["type"]: c for c in status.get("conditions") or [] if c.get("status") == "True"}
-        state: RunState = (
-            "Succeeded" if "Complete" in conditions else "Failed" if "Failed" in conditions else "Running"
-        )
-        result: JSON = {}
-        message = ""
-        finished_at = None
-        if state != "Running":
-            pods = _json(
+    def _pods(self, namespace: str, job: str) -> list[JSON]:
+        return list(
+            _json(
                 self.core.list_namespaced_pod(
-                    namespace, label_selector=f"job-name={meta['name']}", _preload_content=False
+                    namespace, label_selector=f"job-name={job}", _preload_content=False
                 )
             )["items"]
+        )
+
+    def _run(self, namespace: str, job: JSON) -> TrainingRun:
+        meta = job["metadata"]
+        state, condition, finished_at = _job_state(job)
+        result: JSON = {}
+        message = ""
+        if state != "Running":
             wanted = "Succeeded" if state == "Succeeded" else "Failed"
             ended = sorted(
-                (p for p in pods if (p.get("status") or {}).get("phase") == wanted),
+                (p for p in self._pods(namespace, meta["name"]) if _phase(p) == wanted),
                 key=lambda p: p["metadata"]["creationTimestamp"],
             )
             text = _termination_message(ended[-1]) if ended else ""
             # A cut or garbled summary is an error summary saying so; a log tail (not JSON) stays the message.
             result = termination.read(text)
-            condition = conditions.get("Complete") or conditions.get("Failed") or {}
             message = (
                 result.get("message") or text or condition.get("message", "") or condition.get("reason", "")
             )
-            stamp = status.get("completionTime") or condition.get("lastTransitionTime")
-            finished_at = datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp else None
         annotations = meta.get("annotations") or {}
         return TrainingRun(
             version=meta["labels"].get(VERSION_LABEL, ""),
@@ -138,6 +143,61 @@ class Kube:
             message=message,
             finished_at=finished_at,
             retrain_request=annotations.get(RETRAIN_REQUEST_ANNOTATION),
+        )
+
+    def batch_runs(self, namespace: str, workflow: str) -> list[BatchRun]:
+        """The batch prediction Jobs (Forecast), each with its indexes' summaries added up."""
+        selector = f"{WORKFLOW_LABEL}={workflow},app.kubernetes.io/component={BATCH}"
+        jobs = _json(
+            self.batch.list_namespaced_job(namespace, label_selector=selector, _preload_content=False)
+        )
+        return [
+            self._batch_run(namespace, job)
+            for job in jobs["items"]
+            if not job["metadata"].get("deletionTimestamp")
+        ]
+
+    def _batch_run(self, namespace: str, job: JSON) -> BatchRun:
+        meta = job["metadata"]
+        state, condition, finished_at = _job_state(job)
+        result: JSON = {}
+        message = ""
+        if state != "Running":
+            # Per index, its newest Pod that ended as the run did (a retried index has older failed Pods).
+            newest: dict[str, JSON] = {}
+            for pod in sorted(
+                self._pods(namespace, meta["name"]), key=lambda p: p["metadata"]["creationTimestamp"]
+            ):
+                if _phase(pod) in ("Succeeded", "Failed"):
+                    index = (pod["metadata"].get("annotations") or {}).get(COMPLETION_INDEX, "0")
+                    if (
+                        _phase(pod) == "Succeeded"
+                        or newest.get(index, {}).get("status", {}).get("phase") != "Succeeded"
+                    ):
+                        newest[index] = pod
+            summaries = [termination.read(_termination_message(pod)) for pod in newest.values()]
+            result = {
+                key: sum(int(s.get(key) or 0) for s in summaries)
+                for key in ("rowsIn", "predicted", "rejected")
+            }
+            result["seconds"] = max((float(s.get("seconds") or 0) for s in summaries), default=0.0)
+            result["output"] = next((s["output"] for s in summaries if s.get("output")), None)
+            failures = [str(s["message"]) for s in summaries if s.get("status") != "ok" and s.get("message")]
+            message = (
+                "; ".join(dict.fromkeys(failures))
+                or condition.get("message", "")
+                or condition.get("reason", "")
+            )
+        annotations = meta.get("annotations") or {}
+        return BatchRun(
+            id=meta["name"],
+            version=meta["labels"].get(VERSION_LABEL, ""),
+            trigger=_batch_trigger(annotations.get(TRIGGER_ANNOTATION)),
+            state=state,
+            result=result,
+            message=message if state == "Failed" else "",
+            finished_at=finished_at,
+            predict_request=annotations.get(PREDICT_REQUEST_ANNOTATION),
         )
 
     def latest_drift_check(self, namespace: str, workflow: str) -> DriftCheck | None:
@@ -183,6 +243,29 @@ class Kube:
         )
         version = spec["template"]["metadata"]["labels"].get(VERSION_LABEL)
         return ServingState(version=version, ready=rolled_out)
+
+
+def _batch_trigger(value: str | None) -> Literal["Promotion", "Schedule", "Manual"]:
+    return "Promotion" if value == "Promotion" else "Manual" if value == "Manual" else "Schedule"
+
+
+def _phase(pod: JSON) -> str:
+    return str((pod.get("status") or {}).get("phase", ""))
+
+
+def _job_state(job: JSON) -> tuple[RunState, JSON, datetime | None]:
+    """How a Job stands (Running, Succeeded, Failed), its deciding condition, and when it finished."""
+    status = job.get("status") or {}
+    conditions = {c["type"]: c for c in status.get("conditions") or [] if c.get("status") == "True"}
+    state: RunState = (
+        "Succeeded" if "Complete" in conditions else "Failed" if "Failed" in conditions else "Running"
+    )
+    condition = conditions.get("Complete") or conditions.get("Failed") or {}
+    stamp = status.get("completionTime") or condition.get("lastTransitionTime")
+    finished_at = (
+        datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp and state != "Running" else None
+    )
+    return state, condition, finished_at
 
 
 def _termination_message(pod: JSON) -> str:

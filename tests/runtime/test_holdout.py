@@ -15,7 +15,7 @@ from sklearn.metrics import f1_score
 from sklearn.model_selection import train_test_split
 
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Trigger
-from mlworkflow.desired.plan import TrainingRun, decide
+from mlworkflow.desired.lifecycle import TrainingRun, decide
 from mlworkflow.runtime import holdout
 from mlworkflow.runtime.store import WorkflowStore
 from runtime.conftest import train_apart

@@ -9,7 +9,8 @@ import yaml
 
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Trigger
 from mlworkflow.desired import children
-from mlworkflow.desired.plan import Event, TrainRequest
+from mlworkflow.desired.lifecycle import Event, TrainRequest
+from mlworkflow.desired.patterns import webservice
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "webservice-iris.yaml"
 CONTEXT = children.RuntimeContext(image="registry.invalid/mlw:1", allowed_estimator_prefixes=("sklearn.",))
@@ -25,8 +26,8 @@ def test_every_child_is_owned_and_labelled() -> None:
     wf = workflow()
     for manifest in (
         children.training_job(wf, TrainRequest("v1", Trigger.INITIAL), CONTEXT),
-        children.serving_deployment(wf, "v1", CONTEXT),
-        children.serving_service(wf),
+        webservice.serving_deployment(wf, "v1", CONTEXT),
+        webservice.serving_service(wf),
     ):
         meta = manifest["metadata"]
         assert meta["namespace"] == "ml"
@@ -63,7 +64,7 @@ def test_training_job_runs_the_trainer_non_root_with_the_spec() -> None:
 
 
 def test_serving_rolls_out_readiness_gated_with_probes() -> None:
-    deployment = children.serving_deployment(workflow(), "v2", CONTEXT)
+    deployment = webservice.serving_deployment(workflow(), "v2", CONTEXT)
     assert deployment["spec"]["replicas"] == 2
     assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
     template = deployment["spec"]["template"]
@@ -81,7 +82,7 @@ def test_serving_rolls_out_readiness_gated_with_probes() -> None:
 
 def test_the_admin_may_turn_the_serving_access_log_on() -> None:
     context = children.RuntimeContext(serving_access_log=True)
-    container = children.serving_deployment(workflow(), "v1", context)["spec"]["template"]["spec"][
+    container = webservice.serving_deployment(workflow(), "v1", context)["spec"]["template"]["spec"][
         "containers"
     ][0]
     assert {"name": "MLW_ACCESS_LOG", "value": "true"} in container["env"]
@@ -89,10 +90,10 @@ def test_the_admin_may_turn_the_serving_access_log_on() -> None:
 
 def test_autoscaling_gives_an_hpa_and_leaves_replicas_to_it() -> None:
     wf = workflow(serving={"autoscaling": {"minReplicas": 2, "maxReplicas": 6}})
-    assert "replicas" not in children.serving_deployment(wf, "v1", CONTEXT)["spec"]
-    hpa = children.serving_autoscaler(wf)
+    assert "replicas" not in webservice.serving_deployment(wf, "v1", CONTEXT)["spec"]
+    hpa = webservice.serving_autoscaler(wf)
     assert hpa is not None and (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
-    assert children.serving_autoscaler(workflow()) is None
+    assert webservice.serving_autoscaler(workflow()) is None
 
 
 def test_only_model_shaping_fields_change_the_spec_hash() -> None:

@@ -10,7 +10,7 @@ import yaml
 
 from mlworkflow.api.conditions import Outcome, Progress, apply_outcome, find, is_true
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Trigger
-from mlworkflow.desired.plan import (
+from mlworkflow.desired.lifecycle import (
     DriftCheck,
     Observed,
     ServingState,
@@ -18,9 +18,9 @@ from mlworkflow.desired.plan import (
     cooldown_seconds,
     decide,
     next_version,
-    plan,
     stall_events,
 )
+from mlworkflow.desired.plan import plan
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -53,7 +53,7 @@ def test_a_new_workflow_trains_v1_and_serves_nothing_yet() -> None:
         "v1",
         Trigger.INITIAL,
     )
-    assert result.serve is None
+    assert result.deploy is None
     assert result.status.phase == "Training"
     assert is_true(result.status.conditions, "Reconciling") and not is_true(result.status.conditions, "Ready")
     assert [e.reason for e in result.events] == ["TrainingStarted"]
@@ -67,7 +67,7 @@ def test_while_training_runs_nothing_new_starts() -> None:
 
 def test_a_finished_training_is_promoted_and_rolled_out() -> None:
     result = step(Observed(1, "h1", MLWorkflowStatus(), [ok("v1")]))
-    assert result.serve == "v1" and result.train is None
+    assert result.deploy == "v1" and result.train is None
     assert result.status.model is not None and result.status.model.version == "v1"
     assert result.status.history[0].outcome == "Promoted"
     assert result.status.phase == "Deploying" and result.status.endpoint == ENDPOINT
@@ -101,9 +101,9 @@ def test_a_spec_change_retrains_with_the_next_version() -> None:
         "v2",
         Trigger.SPEC_CHANGE,
     )
-    assert changed.serve == "v1", "the old version serves while the new one trains"
+    assert changed.deploy == "v1", "the old version serves while the new one trains"
     promoted = step(Observed(2, "h2", changed.status, [ok("v1"), ok("v2", Trigger.SPEC_CHANGE, "h2")]))
-    assert promoted.serve == "v2" and promoted.status.retrains == 1
+    assert promoted.deploy == "v2" and promoted.status.retrains == 1
     assert [h.version for h in promoted.status.history] == ["v2", "v1"]
 
 
@@ -111,7 +111,7 @@ def test_a_failed_training_stalls_and_the_old_version_keeps_serving() -> None:
     first = step(Observed(1, "h1", MLWorkflowStatus(), [ok("v1")], ServingState("v1", True)))
     result = step(Observed(2, "h2", first.status, [ok("v1"), failed("v2", "h2")], ServingState("v1", True)))
     assert result.train is None, "the same spec is not retried: a human must act"
-    assert result.serve == "v1"
+    assert result.deploy == "v1"
     stalled = find(result.status.conditions, "Stalled")
     assert stalled is not None and stalled.status == "True" and stalled.reason == "TrainingFailed"
     assert "column 'x' is missing" in stalled.message
@@ -127,10 +127,10 @@ def test_pinning_a_version_serves_it_and_refuses_an_unknown_one_saying_what_serv
     pinned = spec()
     assert pinned.serving is not None
     pinned.serving.model_version = "v1"
-    assert step(Observed(3, "h2", history, []), pinned).serve == "v1"
+    assert step(Observed(3, "h2", history, []), pinned).deploy == "v1"
     pinned.serving.model_version = "v9"
     refused = step(Observed(4, "h2", history, [], ServingState("v2", True)), pinned)
-    assert refused.serve is None, "nothing is rolled out: v2 keeps serving"
+    assert refused.deploy is None, "nothing is rolled out: v2 keeps serving"
     stalled = find(refused.status.conditions, "Stalled")
     assert stalled is not None and stalled.reason == "ModelVersionNotFound"
     serving_condition = find(refused.status.conditions, "Serving")
@@ -157,12 +157,10 @@ def test_every_stall_is_told_once_per_reason_and_generation() -> None:
     assert stall_events(refused, refused) == []
 
 
-@pytest.mark.parametrize(
-    "example", ["forecast-diabetes.yaml", "onlinelearning-wine.yaml", "automl-breast-cancer.yaml"]
-)
+@pytest.mark.parametrize("example", ["onlinelearning-wine.yaml", "automl-breast-cancer.yaml"])
 def test_patterns_not_implemented_yet_say_so(example: str) -> None:
     result = step(Observed(1, "h1", MLWorkflowStatus()), spec(example))
-    assert result.train is None and result.serve is None
+    assert result.train is None and result.deploy is None
     assert find(result.status.conditions, "Stalled").reason == "PatternNotSupported"  # type: ignore[union-attr]
 
 
@@ -268,10 +266,10 @@ def challenger(
 def test_a_better_challenger_is_promoted_and_a_worse_one_rejected() -> None:
     status, runs = serving()
     better = step(Observed(1, "h1", status, [*runs, challenger("v2", 0.95, 0.80)]))
-    assert better.status.model.version == "v2" and better.serve == "v2"  # type: ignore[union-attr]
+    assert better.status.model.version == "v2" and better.deploy == "v2"  # type: ignore[union-attr]
     assert better.status.history[0].outcome == "Promoted" and better.status.retrains == 1
     worse = step(Observed(1, "h1", status, [*runs, challenger("v2", 0.70, 0.80)]))
-    assert worse.status.model.version == "v1" and worse.serve == "v1"  # type: ignore[union-attr]
+    assert worse.status.model.version == "v1" and worse.deploy == "v1"  # type: ignore[union-attr]
     record = worse.status.history[0]
     assert record.outcome == "Rejected" and "0.7000" in record.message and "0.8000" in record.message
     assert record.reason == "NotBetter" and record.champion == "v1"
@@ -338,7 +336,7 @@ def test_a_spec_change_is_promoted_whatever_the_champion() -> None:
             "champion": {"version": "v1", "metrics": {"f1_macro": 0.9}},
         },
     )
-    assert step(Observed(2, "h2", status, [*runs, run])).serve == "v2"
+    assert step(Observed(2, "h2", status, [*runs, run])).deploy == "v2"
 
 
 def test_cooldown_parsing() -> None:
@@ -348,7 +346,7 @@ def test_cooldown_parsing() -> None:
 def test_too_few_unseen_rows_keep_the_champion_and_say_how_many() -> None:
     status, runs = serving()
     thin = step(Observed(1, "h1", status, [*runs, challenger("v2", 0.99, 0.50, rows=40)]))
-    assert thin.status.model.version == "v1" and thin.serve == "v1"  # type: ignore[union-attr]
+    assert thin.status.model.version == "v1" and thin.deploy == "v1"  # type: ignore[union-attr]
     record = thin.status.history[0]
     assert (record.outcome, record.reason) == ("Rejected", "InsufficientHoldout")
     [event] = [e for e in thin.events if e.reason == "InsufficientHoldout"]
@@ -360,7 +358,7 @@ def test_too_few_unseen_rows_keep_the_champion_and_say_how_many() -> None:
     enough = spec()
     enough.promotion.min_holdout_rows = 40
     assert (
-        step(Observed(1, "h1", status, [*runs, challenger("v2", 0.99, 0.50, rows=40)]), enough).serve == "v2"
+        step(Observed(1, "h1", status, [*runs, challenger("v2", 0.99, 0.50, rows=40)]), enough).deploy == "v2"
     )
 
 

@@ -25,6 +25,8 @@ CATEGORIES = ["ml"]
 # `kubectl annotate mlw NAME mlworkflow.io/retrain="$(date +%s)"`: any new value asks for one retraining
 # (trigger Manual), as `kubectl rollout restart` does for a Deployment; it also retries a failed training.
 RETRAIN_ANNOTATION = f"{GROUP}/retrain"
+# Forecast: any new value asks for one batch run now, with the promoted version.
+PREDICT_ANNOTATION = f"{GROUP}/predict"
 
 # Children are named "<workflow>-<role>-<suffix>"; 40 characters keep them under the 63 of a label value.
 MAX_NAME_LENGTH = 40
@@ -306,8 +308,8 @@ class BatchSpec(ApiModel):
         ge=0,
         le=1,
         description=(
-            "Share of input rows that may fail the feature checks (missing or mistyped values, wrong columns): "
-            "they are written to the run's rejects with a reason; above this share the run fails."
+            "Share of input rows that may fail the feature checks (missing or mistyped values, wrong "
+            "columns): they are written to the run's rejects with a reason; above this share the run fails."
         ),
     )
     parallelism: int = Field(
@@ -676,6 +678,42 @@ class ModelRecord(ApiModel):
     )
 
 
+class BatchRunRecord(ApiModel):
+    """One batch prediction run (Forecast) and how it ended."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(description="The run id: its Job's name; its output is <spec.batch.output>/<id>/.")
+    version: str = Field(description="The model version that predicted.")
+    trigger: Literal["Promotion", "Schedule", "Manual"] = Field(
+        description="Why it ran: a newly promoted version, spec.batch.schedule, or the predict annotation."
+    )
+    state: Literal["Running", "Succeeded", "Failed"] = Field(description="How it ended (or that it runs).")
+    rows_in: int | None = Field(None, ge=0, description="Input rows read.")
+    predicted: int | None = Field(None, ge=0, description="Rows predicted.")
+    rejected: int | None = Field(None, ge=0, description="Rows refused by the feature checks (see rejects).")
+    output: str | None = Field(None, description="The published run folder, relative to the artifact store.")
+    seconds: float | None = Field(None, ge=0, description="How long it ran.")
+    finished_at: datetime | None = Field(None, description="When it finished.")
+    message: str = Field("", max_length=4096, description="Why it failed, for a human.")
+
+
+class BatchStatus(ApiModel):
+    """Forecast: the batch side."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    runs: list[BatchRunRecord] = Field(
+        default_factory=list, description="The latest runs, newest first (at most 10).", max_length=10
+    )
+    last_succeeded_at: datetime | None = Field(None, description="When a run last succeeded.")
+    last_handled_predict: str | None = Field(
+        None,
+        max_length=1024,
+        description=f"The value of the {PREDICT_ANNOTATION} annotation whose run was started last.",
+    )
+
+
 class MLWorkflowStatus(ApiModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -692,6 +730,7 @@ class MLWorkflowStatus(ApiModel):
     drift: DriftStatus | None = Field(None, description="The last drift check.")
     retrains: int = Field(0, ge=0, description="Retrainings since creation (every trigger but Initial).")
     endpoint: str | None = Field(None, description="In-cluster URL of the prediction Service.")
+    batch: BatchStatus | None = Field(None, description="Forecast: the batch prediction runs.")
     history: list[ModelRecord] = Field(
         default_factory=list,
         description="The latest trained versions, newest first (at most 20).",

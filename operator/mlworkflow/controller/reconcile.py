@@ -10,10 +10,12 @@ from pydantic import ValidationError
 
 from mlworkflow.api import v1alpha1
 from mlworkflow.api.conditions import Outcome, Progress, apply_outcome
-from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus
+from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Pattern
 from mlworkflow.controller.config import OperatorConfig
 from mlworkflow.desired import children
-from mlworkflow.desired.plan import Event, Observed, plan, stall_events
+from mlworkflow.desired.lifecycle import Event, Observed, ServingState, stall_events
+from mlworkflow.desired.patterns import PATTERNS
+from mlworkflow.desired.plan import plan
 from mlworkflow.desired.validation import check_spec
 from mlworkflow.kube import Kube
 
@@ -36,28 +38,33 @@ def reconcile(body: dict[str, Any], kube: Kube, config: OperatorConfig, now: dat
         return Result(refused, stall_events(status, refused))
 
     workflow = children.Workflow.from_body(body)
+    pattern = workflow.spec.pattern
+    annotations = body["metadata"].get("annotations") or {}
     observed = Observed(
         generation=generation,
         spec_hash=children.model_spec_hash(workflow.spec),
         status=status,
         runs=kube.training_runs(workflow.namespace, workflow.name),
-        serving=kube.serving_state(workflow.namespace, children.serving_name(workflow)),
+        serving=kube.serving_state(workflow.namespace, children.serving_name(workflow))
+        if pattern == Pattern.WEB_SERVICE
+        else ServingState(),
         drift=kube.latest_drift_check(workflow.namespace, workflow.name),
         created_at=_created_at(body),
-        retrain_request=(body["metadata"].get("annotations") or {}).get(v1alpha1.RETRAIN_ANNOTATION),
+        retrain_request=annotations.get(v1alpha1.RETRAIN_ANNOTATION),
+        batch_runs=kube.batch_runs(workflow.namespace, workflow.name) if pattern == Pattern.FORECAST else [],
+        predict_request=annotations.get(v1alpha1.PREDICT_ANNOTATION),
     )
     next_state = plan(workflow.spec, observed, now, children.endpoint(workflow))
     if next_state.train is not None:
         kube.apply(children.training_job(workflow, next_state.train, config.runtime))
-    if next_state.serve is not None:
-        kube.apply(children.serving_service(workflow))
-        kube.apply(children.serving_deployment(workflow, next_state.serve, config.runtime))
-        kube.apply(children.monitoring_cronjob(workflow, next_state.serve, config.runtime))
-        autoscaler = children.serving_autoscaler(workflow)
-        if autoscaler is None:
-            kube.delete_autoscaler(workflow.namespace, children.serving_name(workflow))
-        else:
-            kube.apply(autoscaler)
+    if pattern in PATTERNS:
+        wanted = PATTERNS[pattern].children_for(workflow, next_state, config.runtime)
+        for manifest in wanted.apply:
+            kube.apply(manifest)
+        for kind, name in wanted.delete:
+            kube.delete(kind, workflow.namespace, name)
+    if next_state.deploy is not None:
+        kube.apply(children.monitoring_cronjob(workflow, next_state.deploy, config.runtime))
     retrain = next_state.train.trigger if next_state.train and next_state.train.trigger != "Initial" else None
     return Result(next_state.status, next_state.events, str(retrain) if retrain else None)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from mlworkflow.api import v1alpha1
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec
-from mlworkflow.desired.plan import Event, TrainRequest
+from mlworkflow.desired.lifecycle import Event, TrainRequest
 from mlworkflow.desired.validation import DEFAULT_ALLOWED_PREFIXES
 
 Manifest = dict[str, Any]
@@ -26,7 +26,7 @@ TRIGGER_ANNOTATION = "mlworkflow.io/trigger"
 RETRAIN_REQUEST_ANNOTATION = "mlworkflow.io/retrain-request"
 STORE_MOUNT = "/artifacts"
 HTTP_PORT = 3000
-TRAINING, SERVING, MONITORING = "training", "serving", "monitoring"
+TRAINING, SERVING, MONITORING, BATCH = "training", "serving", "monitoring", "batch"
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,14 @@ class Workflow:
     def from_body(cls, body: dict[str, Any]) -> Workflow:
         meta = body["metadata"]
         return cls(meta["name"], meta["namespace"], meta["uid"], MLWorkflowSpec.model_validate(body["spec"]))
+
+
+@dataclass(frozen=True)
+class Children:
+    """What a plan needs in the cluster: manifests to apply (server-side), and (kind, name) to delete."""
+
+    apply: list[Manifest] = field(default_factory=list)
+    delete: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -108,7 +116,7 @@ def serving_name(workflow: Workflow) -> str:
     return workflow.name
 
 
-def _pod_security() -> dict[str, Any]:
+def pod_security() -> dict[str, Any]:
     return {
         "runAsNonRoot": True,
         "runAsUser": 10001,
@@ -118,22 +126,22 @@ def _pod_security() -> dict[str, Any]:
     }
 
 
-def _container_security() -> dict[str, Any]:
+def container_security() -> dict[str, Any]:
     return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
-def _store_volume(workflow: Workflow) -> dict[str, Any]:
+def store_volume(workflow: Workflow) -> dict[str, Any]:
     storage = workflow.spec.storage
     if storage.pvc is not None:
         return {"name": "store", "persistentVolumeClaim": {"claimName": storage.pvc.claim_name}}
     return {"name": "store", "hostPath": {"path": storage.path, "type": "DirectoryOrCreate"}}
 
 
-def _resources(requirements: v1alpha1.ResourceRequirements) -> dict[str, Any]:
+def container_resources(requirements: v1alpha1.ResourceRequirements) -> dict[str, Any]:
     return requirements.model_dump(by_alias=True, exclude_defaults=True)
 
 
-def _runtime_pod(
+def runtime_pod(
     workflow: Workflow,
     context: RuntimeContext,
     name: str,
@@ -151,7 +159,7 @@ def _runtime_pod(
         "restartPolicy": "Never",
         "serviceAccountName": spec.runtime.service_account_name or "default",
         "automountServiceAccountToken": False,
-        "securityContext": _pod_security(),
+        "securityContext": pod_security(),
         "containers": [
             {
                 "name": name,
@@ -160,13 +168,13 @@ def _runtime_pod(
                 "command": ["python", "-m", module],
                 "args": args,
                 "env": [{"name": k, "value": v} for k, v in (env or {}).items()],
-                "resources": _resources(resources or v1alpha1.ResourceRequirements()),
-                "securityContext": _container_security(),
+                "resources": container_resources(resources or v1alpha1.ResourceRequirements()),
+                "securityContext": container_security(),
                 "terminationMessagePolicy": "FallbackToLogsOnError",
                 "volumeMounts": [{"name": "store", "mountPath": STORE_MOUNT}],
             }
         ],
-        "volumes": [_store_volume(workflow)],
+        "volumes": [store_volume(workflow)],
     }
 
 
@@ -198,7 +206,7 @@ def training_job(workflow: Workflow, train: TrainRequest, context: RuntimeContex
             "ttlSecondsAfterFinished": 86400,
             "template": {
                 "metadata": {"labels": component_labels},
-                "spec": _runtime_pod(
+                "spec": runtime_pod(
                     workflow,
                     context,
                     "train",
@@ -218,106 +226,6 @@ def training_job(workflow: Workflow, train: TrainRequest, context: RuntimeContex
                     resources=spec.training.resources,
                 ),
             },
-        },
-    }
-
-
-def serving_deployment(workflow: Workflow, version: str, context: RuntimeContext) -> Manifest:
-    """The BentoML Deployment serving `version`; a new version rolls out readiness-gated, none unavailable."""
-    spec = workflow.spec
-    serving = spec.serving or v1alpha1.ServingSpec()
-    pod_labels = {**labels(workflow, SERVING), VERSION_LABEL: version}
-    deployment_spec: dict[str, Any] = {
-        "selector": {"matchLabels": selector(workflow, SERVING)},
-        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-        "template": {
-            "metadata": {"labels": pod_labels},
-            "spec": {
-                "serviceAccountName": spec.runtime.service_account_name or "default",
-                "automountServiceAccountToken": False,
-                "securityContext": _pod_security(),
-                "terminationGracePeriodSeconds": 30,
-                "containers": [
-                    {
-                        "name": "serve",
-                        "image": spec.runtime.image or context.image,
-                        "imagePullPolicy": context.image_pull_policy,
-                        "command": ["bentoml", "serve", "mlworkflow.runtime.serve:ModelService"],
-                        "args": ["--host=0.0.0.0", "--port=$(HTTP_PORT)"],
-                        "env": [
-                            {"name": "HTTP_PORT", "value": str(HTTP_PORT)},
-                            {"name": "MODEL_TAG", "value": f"{workflow.name}:{version}"},
-                            {"name": "BENTOML_HOME", "value": f"{STORE_MOUNT}/{workflow.name}/bentoml"},
-                            {"name": "BENTOML_DO_NOT_TRACK", "value": "true"},
-                            {"name": "MLW_ACCESS_LOG", "value": str(context.serving_access_log).lower()},
-                        ],
-                        "ports": [{"name": "http", "containerPort": HTTP_PORT}],
-                        "readinessProbe": {
-                            "httpGet": {"path": "/readyz", "port": "http"},
-                            "periodSeconds": 2,
-                            "failureThreshold": 3,
-                        },
-                        "livenessProbe": {
-                            "httpGet": {"path": "/livez", "port": "http"},
-                            "initialDelaySeconds": 30,
-                            "periodSeconds": 10,
-                            "failureThreshold": 6,
-                        },
-                        "resources": _resources(serving.resources),
-                        "securityContext": _container_security(),
-                        "volumeMounts": [{"name": "store", "mountPath": STORE_MOUNT}],
-                    }
-                ],
-                "volumes": [_store_volume(workflow)],
-            },
-        },
-    }
-    if serving.autoscaling is None:
-        deployment_spec["replicas"] = 1 if serving.replicas is None else serving.replicas
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata(workflow, serving_name(workflow), SERVING),
-        "spec": deployment_spec,
-    }
-
-
-def serving_service(workflow: Workflow) -> Manifest:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata(workflow, serving_name(workflow), SERVING),
-        "spec": {
-            "selector": selector(workflow, SERVING),
-            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
-        },
-    }
-
-
-def serving_autoscaler(workflow: Workflow) -> Manifest | None:
-    autoscaling = (workflow.spec.serving or v1alpha1.ServingSpec()).autoscaling
-    if autoscaling is None:
-        return None
-    return {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": metadata(workflow, serving_name(workflow), SERVING),
-        "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": serving_name(workflow)},
-            "minReplicas": autoscaling.min_replicas,
-            "maxReplicas": autoscaling.max_replicas,
-            "metrics": [
-                {
-                    "type": "Resource",
-                    "resource": {
-                        "name": "cpu",
-                        "target": {
-                            "type": "Utilization",
-                            "averageUtilization": autoscaling.target_cpu_utilization_percentage,
-                        },
-                    },
-                }
-            ],
         },
     }
 
@@ -348,7 +256,7 @@ def monitoring_cronjob(workflow: Workflow, version: str, context: RuntimeContext
                     "activeDeadlineSeconds": 1800,
                     "template": {
                         "metadata": {"labels": {**job_labels, VERSION_LABEL: version}},
-                        "spec": _runtime_pod(
+                        "spec": runtime_pod(
                             workflow,
                             context,
                             "drift",

@@ -1,487 +1,64 @@
 """The planner: from an MLWorkflow and what is observed of it, the next state. Pure, no I/O.
 
-The controller observes (training runs, the serving Deployment), calls `plan`, then carries the plan out:
-start the training it asks for, apply serving for the version it names, write the status it returns,
-post its events. The local runner carries out the same plans with local processes.
+The shared lifecycle (`mlworkflow.desired.lifecycle`: record finished trainings, decide champion and
+challenger, fold drift checks in, choose whether to train) runs for every pattern; the pattern's own module
+(`mlworkflow.desired.patterns`) adds its "deploy" step: serving for WebService, batch runs for Forecast.
+The controller observes, calls `plan`, then carries the plan out: start the training it asks for, apply the
+pattern's children for the version it names, write the status it returns, post its events. The local runner
+carries out the same plans with local processes.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
 
-from mlworkflow.api.conditions import STALLED, Outcome, Progress, apply_outcome, find, set_condition
-from mlworkflow.api.v1alpha1 import (
-    ConditionStatus,
-    DriftStatus,
-    MLWorkflowSpec,
-    MLWorkflowStatus,
-    ModelRecord,
-    ModelStatus,
-    Pattern,
-    Trigger,
+from mlworkflow.api.conditions import Outcome, Progress, apply_outcome, set_condition
+from mlworkflow.api.v1alpha1 import MLWorkflowSpec
+from mlworkflow.desired.lifecycle import (
+    TRAINED,
+    Event,
+    Observed,
+    Plan,
+    plan_training,
+    record_finished_runs,
+    stall_events,
+    trained_condition,
 )
-from mlworkflow.desired import cron
-
-HISTORY_LIMIT = 20
-TRAINED, SERVING, DRIFTED = "Trained", "Serving", "Drifted"
-
-RunState = Literal["Running", "Succeeded", "Failed"]
-
-
-@dataclass(frozen=True)
-class TrainingRun:
-    """A training Job as observed: its version, why and for which spec it ran, and how it ended."""
-
-    version: str
-    trigger: Trigger
-    spec_hash: str
-    state: RunState
-    result: dict[str, Any] = field(default_factory=dict)  # the termination message, parsed
-    message: str = ""  # why it failed, for a human
-    finished_at: datetime | None = None
-    retrain_request: str | None = None  # the retrain annotation's value this run answers
-
-
-@dataclass(frozen=True)
-class DriftCheck:
-    """The newest finished drift-check Job: its summary (termination message) and when it finished."""
-
-    name: str
-    finished_at: datetime
-    result: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ServingState:
-    version: str | None = None
-    ready: bool = False  # rolled out: every replica updated and available
-
-
-@dataclass(frozen=True)
-class Observed:
-    generation: int
-    spec_hash: str
-    status: MLWorkflowStatus
-    runs: list[TrainingRun] = field(default_factory=list)
-    serving: ServingState = field(default_factory=ServingState)
-    drift: DriftCheck | None = None
-    created_at: datetime | None = None
-    retrain_request: str | None = None  # the value of the workflow's retrain annotation
-
-
-@dataclass(frozen=True)
-class TrainRequest:
-    version: str
-    trigger: Trigger
-    champion: str | None = None  # the served version the new one must beat
-    drift_report: str | None = None  # the drift check that asked for it (lineage)
-    retrain_request: str | None = None  # the retrain annotation's value it answers
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What becomes of a trained version: its outcome, a one-word reason and a sentence."""
-
-    outcome: Literal["Promoted", "Rejected"]
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Event:
-    """A Kubernetes Event to post about the workflow: once per change of state. Two events with the same
-    reason, message and `key` for the same generation are the same occurrence (see `desired.children.event`),
-    so concurrent or repeated reconciles that see the same change post it once."""
-
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
-    key: str = ""  # what tells apart two occurrences with the same message, e.g. the drift check's name
-
-
-@dataclass(frozen=True)
-class Plan:
-    status: MLWorkflowStatus
-    train: TrainRequest | None = None
-    serve: str | None = None  # the version serving should run (None: no serving yet)
-    events: list[Event] = field(default_factory=list)
-
-
-def version_number(version: str) -> int:
-    match = re.fullmatch(r"v(\d+)", version)
-    return int(match.group(1)) if match else 0
-
-
-def next_version(status: MLWorkflowStatus, runs: list[TrainingRun]) -> str:
-    numbers = [version_number(r.version) for r in status.history] + [version_number(r.version) for r in runs]
-    return f"v{max(numbers, default=0) + 1}"
+from mlworkflow.desired.patterns import PATTERNS
 
 
 def plan(spec: MLWorkflowSpec, observed: Observed, now: datetime, endpoint: str | None = None) -> Plan:
     """The next state of a workflow."""
-    if spec.pattern != Pattern.WEB_SERVICE:
+    pattern = PATTERNS.get(spec.pattern)
+    if pattern is None:
         outcome = Outcome(
             Progress.STALLED,
             "PatternNotSupported",
-            f"this operator version runs the WebService pattern; {spec.pattern} is not implemented yet",
+            f"this operator version does not run the {spec.pattern} pattern yet; "
+            f"it runs {', '.join(PATTERNS)}",
             phase="Unsupported",
         )
         return Plan(apply_outcome(observed.status, outcome, observed.generation, now))
 
     status = observed.status.model_copy(deep=True)
     events: list[Event] = []
-    status = _record_finished_runs(spec, status, observed.runs, events)
-
-    # Training: one run at a time; a spec whose latest training failed waits for a change or a retrain
-    # request. The served model is a champion to beat only for a retraining of the spec it was trained for.
-    running = [r for r in observed.runs if r.state == "Running"]
-    tried = [r for r in status.history if r.spec_hash == observed.spec_hash]
-    served = status.model.version if status.model else None
-    champion = served if served and served in {r.version for r in tried} else None
-    request = _pending_retrain_request(status, observed)
-    train: TrainRequest | None = None
-    if not running and not tried:
-        trigger = Trigger.INITIAL if not status.history else Trigger.SPEC_CHANGE
-        train = TrainRequest(next_version(status, observed.runs), trigger, retrain_request=request)
-    drift_retrain = _record_drift(spec, status, observed.drift, running, now, events)
-    if train is None and request is not None and not running:
-        train = TrainRequest(
-            next_version(status, observed.runs), Trigger.MANUAL, champion=champion, retrain_request=request
-        )
-    if train is None and not running and champion and _schedule_due(spec, status, observed.created_at, now):
-        train = TrainRequest(next_version(status, observed.runs), Trigger.SCHEDULE, champion=champion)
-    if train is None and drift_retrain and champion:
-        train = TrainRequest(
-            next_version(status, observed.runs),
-            Trigger.DRIFT,
-            champion=champion,
-            drift_report=status.drift.report if status.drift else None,
-        )
-    if train is not None:
-        if train.retrain_request is not None:
-            status.last_handled_retrain = train.retrain_request
-        events.append(
-            Event("Normal", "TrainingStarted", f"training {train.version} (trigger {train.trigger})")
-        )
-    failed_for_spec = bool(tried) and tried[0].outcome == "Failed" and not running and train is None
-
-    # Serving: the pinned version, else the promoted one. A pinned version that does not exist changes
-    # nothing: what serves keeps serving, and the conditions say so.
-    pinned = spec.serving.model_version if spec.serving else None
-    trained = {r.version for r in status.history if r.outcome != "Failed"}
-    missing = pinned if pinned and pinned not in trained else None
-    serve = None if missing else pinned or (status.model.version if status.model else None)
-    serving_ready = serve is not None and observed.serving.ready and observed.serving.version == serve
-    running_version = observed.serving.version if observed.serving.ready else None
-    status.endpoint = endpoint if serve or running_version else None
+    status = record_finished_runs(spec, status, observed.runs, events)
+    training = plan_training(spec, observed, status, now, events)
+    deployment = pattern.deploy(spec, observed, status, events, now, endpoint)
     generation = observed.generation
     status.conditions = set_condition(
-        status.conditions, TRAINED, *_trained_condition(status, running, failed_for_spec), generation, now
+        status.conditions, TRAINED, *trained_condition(status, training), generation, now
     )
-    if missing:
-        not_found = f"spec.serving.modelVersion {missing} is not a trained version of this workflow"
-        serving_condition = (
-            ConditionStatus.FALSE,
-            "ModelVersionNotFound",
-            f"{running_version} keeps serving: {not_found}" if running_version else not_found,
-        )
-    elif serving_ready:
-        serving_condition = (ConditionStatus.TRUE, "Serving", f"{serve} is serving at {endpoint}")
-    else:
-        serving_condition = (
-            ConditionStatus.FALSE,
-            "RollingOut" if serve else "NoModel",
-            f"rolling out {serve}" if serve else "no model version to serve yet",
-        )
-    previous = find(observed.status.conditions, SERVING)
-    if serving_ready and (previous is None or previous.message != serving_condition[2]):
-        events.append(Event("Normal", "RolledOut", serving_condition[2]))
-    status.conditions = set_condition(status.conditions, SERVING, *serving_condition, generation, now)
-
-    if missing:
-        outcome = Outcome(Progress.STALLED, "ModelVersionNotFound", not_found, phase="Failed")
-    elif failed_for_spec:
-        outcome = Outcome(Progress.STALLED, "TrainingFailed", tried[0].message, phase="Failed")
-    elif running or train:
-        version = running[0].version if running else train.version  # type: ignore[union-attr]
+    if deployment.outcome.progress == Progress.STALLED:
+        outcome = deployment.outcome
+    elif training.failed:
+        outcome = Outcome(Progress.STALLED, "TrainingFailed", training.failed.message, phase="Failed")
+    elif training.running or training.train:
+        version = training.running[0].version if training.running else training.train.version  # type: ignore[union-attr]
         outcome = Outcome(Progress.PROGRESSING, "Training", f"training {version}", phase="Training")
-    elif not serving_ready:
-        outcome = Outcome(Progress.PROGRESSING, "RollingOut", f"rolling out {serve}", phase="Deploying")
     else:
-        outcome = Outcome(Progress.DONE, "Serving", f"{serve} is serving at {endpoint}", phase="Serving")
+        outcome = deployment.outcome
     status = apply_outcome(status, outcome, generation, now)
     told = {e.reason for e in events}
     events += [e for e in stall_events(observed.status, status) if e.reason not in told]
-    return Plan(status, train=train, serve=serve, events=events)
-
-
-def stall_events(before: MLWorkflowStatus, after: MLWorkflowStatus) -> list[Event]:
-    """A Warning Event when the workflow becomes Stalled, or stalls for another reason or generation: every
-    Stalled reason is told once, never again at each reconcile while it lasts."""
-    stalled = find(after.conditions, STALLED)
-    if stalled is None or stalled.status != ConditionStatus.TRUE:
-        return []
-    was = find(before.conditions, STALLED)
-    if (
-        was is not None
-        and was.status == ConditionStatus.TRUE
-        and (was.reason, was.message, was.observed_generation)
-        == (stalled.reason, stalled.message, stalled.observed_generation)
-    ):
-        return []
-    return [Event("Warning", stalled.reason, stalled.message)]
-
-
-def _trained_condition(
-    status: MLWorkflowStatus, running: list[TrainingRun], failed: bool
-) -> tuple[ConditionStatus, str, str]:
-    if failed:
-        return ConditionStatus.FALSE, "TrainingFailed", status.history[0].message
-    if running:
-        return ConditionStatus.FALSE, "Training", f"training {running[0].version}"
-    if status.model and status.model.version:
-        return ConditionStatus.TRUE, "Trained", f"{status.model.version} trained"
-    return ConditionStatus.FALSE, "NotTrained", "no model trained yet"
-
-
-def _pending_retrain_request(status: MLWorkflowStatus, observed: Observed) -> str | None:
-    """The retrain annotation's value when no training answered it yet (none started for it, and the
-    status does not record it as handled: either survives an operator restart)."""
-    request = observed.retrain_request
-    if not request or request == status.last_handled_retrain:
-        return None
-    if any(run.retrain_request == request for run in observed.runs):
-        status.last_handled_retrain = request
-        return None
-    return request
-
-
-def _record_finished_runs(
-    spec: MLWorkflowSpec, status: MLWorkflowStatus, runs: list[TrainingRun], events: list[Event]
-) -> MLWorkflowStatus:
-    """Fold finished runs not yet in the history into it, deciding each: promoted, rejected or failed."""
-    known = {r.version for r in status.history}
-    for run in sorted(
-        (r for r in runs if r.state != "Running" and r.version not in known),
-        key=lambda r: version_number(r.version),
-    ):
-        if run.state == "Succeeded" and run.result.get("status") == "ok":
-            metrics = {k: float(v) for k, v in (run.result.get("metrics") or {}).items()}
-            decision = decide(spec, run, metrics)
-            record = _record(run, decision.outcome, metrics, decision.reason, decision.message)
-            if decision.outcome == "Rejected":
-                reason = "InsufficientHoldout" if decision.reason == "InsufficientHoldout" else "Rejected"
-                events.append(Event("Warning", reason, f"{run.version} rejected: {decision.message}"))
-            else:
-                status.model = ModelStatus(
-                    version=run.version,
-                    metrics=metrics,
-                    trained_at=run.finished_at,
-                    trigger=run.trigger,
-                    backend=record.backend,
-                )
-                events.append(Event("Normal", "Promoted", f"{run.version} promoted: {decision.message}"))
-            if run.trigger != Trigger.INITIAL:
-                status.retrains += 1
-        else:
-            message = run.result.get("message") or run.message or "the training Job failed"
-            reason = run.result.get("reason") or "JobFailed"
-            record = _record(run, "Failed", {}, reason, message[:4096])
-            events.append(Event("Warning", "TrainingFailed", f"{run.version}: {message}"))
-        status.history = [record, *status.history][:HISTORY_LIMIT]
-    return status
-
-
-def _record(
-    run: TrainingRun, outcome: str, metrics: dict[str, float], reason: str, message: str
-) -> ModelRecord:
-    """A history entry with the run's lineage: trigger, data hash, the drift report that asked for it, and
-    the rows it was judged on."""
-    champion = run.result.get("champion") or {}
-    judged = run.result.get("holdout")
-    return ModelRecord.model_validate(
-        {
-            "version": run.version,
-            "trigger": run.trigger,
-            "specHash": run.spec_hash,
-            "outcome": outcome,
-            "reason": reason,
-            "metrics": metrics,
-            "backend": run.result.get("backend"),
-            "trainedAt": run.finished_at,
-            "message": message,
-            "dataSha256": run.result.get("dataSha256"),
-            "driftReport": run.result.get("driftReport"),
-            "champion": champion.get("version"),
-            "championMetrics": champion.get("metrics") or {},
-            "holdout": judged if isinstance(judged, dict) else None,
-        }
-    )
-
-
-def promotion_metric(spec: MLWorkflowSpec) -> str:
-    task = spec.model.task if spec.model else "classification"
-    return spec.promotion.metric or ("r2" if task == "regression" else "f1_macro")
-
-
-def decide(spec: MLWorkflowSpec, run: TrainingRun, metrics: dict[str, float]) -> Decision:
-    """Champion/challenger: whether a trained version replaces the served one.
-
-    A first version, or one trained for a changed spec, is promoted as it is (the user changed what the
-    model is). A retraining of the same spec (drift, schedule, manual) is judged against the champion on
-    held-out rows that neither was trained on: with fewer than `promotion.minHoldoutRows` of them the
-    champion stays (InsufficientHoldout); otherwise the challenger must be at least
-    `promotion.minImprovement` better on `promotion.metric` (mse and mae: lower is better).
-    """
-    champion = run.result.get("champion") or {}
-    judged = run.result.get("holdout") or {}
-    rows = judged.get("rows")
-    metric = promotion_metric(spec)
-    if run.trigger == Trigger.INITIAL:
-        return Decision("Promoted", "Initial", f"the first version; {_on_rows(metric, metrics, rows)}")
-    if run.trigger == Trigger.SPEC_CHANGE:
-        return Decision("Promoted", "SpecChange", f"the spec changed; {_on_rows(metric, metrics, rows)}")
-    if not champion.get("version"):
-        return Decision("Promoted", "NoChampion", f"no champion to beat; {_on_rows(metric, metrics, rows)}")
-    version = champion["version"]
-    excluded = judged.get("excludedRows")
-    seen = (
-        f"{excluded} rows excluded as seen by {version}"
-        if excluded is not None
-        else f"{version}'s training rows are not recorded, none excluded"
-    )
-    needed = spec.promotion.min_holdout_rows
-    if rows is not None and rows < needed:
-        return Decision(
-            "Rejected",
-            "InsufficientHoldout",
-            f"only {rows} held-out rows that neither it nor {version} was trained on ({seen}); at least "
-            f"{needed} are needed to decide (spec.promotion.minHoldoutRows): {version} keeps serving",
-        )
-    old_metrics = champion.get("metrics") or {}
-    if metric not in metrics or metric not in old_metrics:
-        return Decision(
-            "Promoted",
-            "ChampionUnscored",
-            f"{version} could not be scored on the holdout; {_on_rows(metric, metrics, rows)}",
-        )
-    new, old = metrics[metric], float(old_metrics[metric])
-    gain = (old - new) if metric in ("mse", "mae") else (new - old)
-    compared = (
-        f"{metric} {new:.4f} against {version}'s {old:.4f} on the same {rows} held-out rows, trained on by "
-        f"neither ({seen})"
-    )
-    if gain >= spec.promotion.min_improvement:
-        return Decision("Promoted", "Better", compared)
-    return Decision(
-        "Rejected",
-        "NotBetter",
-        f"{compared}; at least {spec.promotion.min_improvement} better is required",
-    )
-
-
-def _on_rows(metric: str, metrics: dict[str, float], rows: int | None) -> str:
-    value = f"{metric} {metrics[metric]:.4f}" if metric in metrics else f"no {metric}"
-    return f"{value} on {rows} held-out rows" if rows is not None else value
-
-
-def _record_drift(
-    spec: MLWorkflowSpec,
-    status: MLWorkflowStatus,
-    check: DriftCheck | None,
-    running: list[TrainingRun],
-    now: datetime,
-    events: list[Event],
-) -> bool:
-    """Fold a new drift check into the status; True when it asks for a retraining now."""
-    if check is None or (
-        status.drift and status.drift.checked_at and status.drift.checked_at >= check.finished_at
-    ):
-        return False
-    result = check.result
-    generation = status.observed_generation or 0
-    state = result.get("status")
-    if state == "ok":
-        drifted = bool(result.get("drifted"))
-        listed = [str(c.get("column")) for c in result.get("columns") or [] if isinstance(c, dict)]
-        more = int(result.get("driftedColumns") or len(listed)) - len(listed)  # the summary lists the first
-        columns = ", ".join(listed) + (f" and {more} more" if more > 0 else "") or "none"
-        message = (
-            f"{result.get('share', 0):.0%} of the feature columns drifted ({columns}); "
-            f"threshold {result.get('threshold')}"
-        )
-        status.drift = DriftStatus(
-            checked_at=check.finished_at,
-            share=float(result.get("share", 0.0)),
-            drifted=drifted,
-            report=result.get("report") or result.get("result"),
-        )
-        reason = "DriftDetected" if drifted else "NoDrift"
-        status.conditions = set_condition(
-            status.conditions,
-            DRIFTED,
-            ConditionStatus.TRUE if drifted else ConditionStatus.FALSE,
-            reason,
-            message,
-            generation,
-            now,
-        )
-        events.append(Event("Warning" if drifted else "Normal", reason, message, key=check.name))
-    else:
-        reason = "NotEnoughData" if state == "insufficient" else "DriftCheckFailed"
-        message = result.get("message") or check.name + " failed"
-        status.drift = DriftStatus(
-            checked_at=check.finished_at,
-            share=status.drift.share if status.drift else None,
-            drifted=None,
-            report=status.drift.report if status.drift else None,
-        )
-        status.conditions = set_condition(
-            status.conditions, DRIFTED, ConditionStatus.UNKNOWN, reason, message, generation, now
-        )
-        events.append(
-            Event("Normal" if state == "insufficient" else "Warning", reason, message, key=check.name)
-        )
-        return False
-    if not drifted or spec.monitoring.on_drift != "Retrain":
-        return False
-    blocked = _retrain_blocked(spec, status, running, now)
-    if blocked:
-        events.append(Event("Normal", "RetrainSkipped", blocked, key=check.name))
-        return False
-    return True
-
-
-def _schedule_due(
-    spec: MLWorkflowSpec, status: MLWorkflowStatus, created_at: datetime | None, now: datetime
-) -> bool:
-    """Whether `training.schedule` fired since the last scheduled training (or since the workflow began)."""
-    if not spec.training.schedule:
-        return False
-    scheduled = [r.trained_at for r in status.history if r.trigger == Trigger.SCHEDULE and r.trained_at]
-    since = max([*scheduled, *([created_at] if created_at else [])], default=now)
-    return cron.last_fire(spec.training.schedule, since, now) is not None
-
-
-def cooldown_seconds(text: str) -> int:
-    return sum(int(n) * {"s": 1, "m": 60, "h": 3600}[unit] for n, unit in re.findall(r"(\d+)([smh])", text))
-
-
-def _retrain_blocked(
-    spec: MLWorkflowSpec, status: MLWorkflowStatus, running: list[TrainingRun], now: datetime
-) -> str | None:
-    if running:
-        return f"drift seen while {running[0].version} trains: at most one training at a time"
-    drift_trained = [r.trained_at for r in status.history if r.trigger == Trigger.DRIFT and r.trained_at]
-    cooldown = cooldown_seconds(spec.monitoring.cooldown)
-    if drift_trained and (now - max(drift_trained)).total_seconds() < cooldown:
-        last = max(drift_trained)
-        return f"drift retraining is in its cooldown ({spec.monitoring.cooldown} since {last:%H:%M:%S})"
-    today = [t for t in drift_trained if (now - t).total_seconds() < 86400]
-    if len(today) >= spec.monitoring.max_retrains_per_day:
-        cap = spec.monitoring.max_retrains_per_day
-        return f"{len(today)} drift retrainings in 24 hours: the daily cap is {cap}"
-    return None
+    return Plan(status, training.train, deployment.version, deployment.batch_run, events)

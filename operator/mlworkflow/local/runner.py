@@ -30,7 +30,7 @@ from typing import Any
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus
 from mlworkflow.desired import cron
 from mlworkflow.desired.children import model_spec_hash
-from mlworkflow.desired.plan import (
+from mlworkflow.desired.lifecycle import (
     DriftCheck,
     Event,
     Observed,
@@ -38,9 +38,9 @@ from mlworkflow.desired.plan import (
     ServingState,
     TrainingRun,
     TrainRequest,
-    plan,
     promotion_metric,
 )
+from mlworkflow.desired.plan import plan
 from mlworkflow.desired.validation import DEFAULT_ALLOWED_PREFIXES, check_spec
 from mlworkflow.runtime import termination
 from mlworkflow.runtime.store import WorkflowStore
@@ -138,14 +138,14 @@ class LocalRunner:
         step = plan(self.spec, observed, now, self.endpoint)
         if step.train is not None:
             self._train(step.train)
-        if step.serve is not None and (
+        if step.deploy is not None and (
             self.serving is None
-            or self.serving.meta["version"] != step.serve
+            or self.serving.meta["version"] != step.deploy
             or self.serving.poll() is not None
         ):
-            self._serve(step.serve)
-        if step.serve is not None and self._drift_due(now):
-            self._check_drift(step.serve, now)
+            self._serve(step.deploy)
+        if step.deploy is not None and self._drift_due(now):
+            self._check_drift(step.deploy, now)
         self.status = step.status
         for event in step.events:
             self._event(event)
