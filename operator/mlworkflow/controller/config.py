@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from mlworkflow.api.estimators import DEFAULT_ALLOWED_PREFIXES
 from mlworkflow.desired.children import RuntimeContext
-from mlworkflow.desired.validation import DEFAULT_ALLOWED_PREFIXES
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ from datetime import datetime
 from typing import Any
 
 from mlworkflow.api import v1alpha1
+from mlworkflow.api.estimators import DEFAULT_ALLOWED_PREFIXES
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec
 from mlworkflow.desired.lifecycle import Event, TrainRequest
-from mlworkflow.desired.validation import DEFAULT_ALLOWED_PREFIXES
 
 Manifest = dict[str, Any]
 

@@ -1,33 +1,19 @@
-"""What the CRD schema cannot check: the estimators a workflow names.
-
-A manifest must not be a way to import arbitrary code, so an estimator is imported only when its module
-is under a prefix the operator's admin allows (scikit-learn's own by default). Then it must be an
-estimator class that suits the task, accept the given parameter names, and, for OnlineLearning, learn
-incrementally (`partial_fit`).
-"""
+"""What the CRD schema cannot check: schedules the cron library refuses, and the estimators a workflow names
+(see `mlworkflow.api.estimators`)."""
 
 from __future__ import annotations
 
-import importlib
-import inspect
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from sklearn.base import is_classifier, is_regressor
-
+from mlworkflow.api.estimators import (
+    DEFAULT_ALLOWED_PREFIXES,
+    Refusal,
+    check_estimator,
+    check_incremental,
+)
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Pattern
 from mlworkflow.desired import cron
-
-DEFAULT_ALLOWED_PREFIXES = ("sklearn.",)
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """Why a workflow cannot run as written: a CamelCase reason and a message naming the field."""
-
-    reason: str
-    message: str
 
 
 def check_spec(
@@ -49,7 +35,7 @@ def check_spec(
     for field, estimator, params in _estimators(spec):
         refusal = check_estimator(field, estimator, params, task, allowed_prefixes)
         if refusal is None and spec.pattern == Pattern.ONLINE_LEARNING:
-            refusal = _check_incremental(field, estimator)
+            refusal = check_incremental(field, estimator)
         if refusal:
             return refusal
     return None
@@ -65,56 +51,3 @@ def _estimators(spec: MLWorkflowSpec) -> Iterable[tuple[str, str, dict[str, Any]
             candidate.estimator,
             {k: None for k in candidate.params},
         )
-
-
-def check_estimator(
-    field: str, path: str, params: dict[str, Any], task: str, allowed_prefixes: Sequence[str]
-) -> Refusal | None:
-    if not any(path.startswith(prefix) for prefix in allowed_prefixes):
-        return Refusal(
-            "EstimatorNotAllowed",
-            f"{field}: {path} is not under an allowed module prefix ({', '.join(allowed_prefixes)}); "
-            "the operator's admin sets the allow-list",
-        )
-    module_name, _, class_name = path.rpartition(".")
-    try:
-        estimator = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError):
-        return Refusal("EstimatorNotFound", f"{field}: {path} cannot be imported: check the spelling")
-    if (
-        not inspect.isclass(estimator)
-        or not hasattr(estimator, "fit")
-        or not hasattr(estimator, "get_params")
-    ):
-        return Refusal("EstimatorNotFound", f"{field}: {path} is not a scikit-learn estimator class")
-    try:
-        instance: Any = estimator()  # scikit-learn estimators construct with defaults alone
-    except TypeError:
-        return Refusal(
-            "EstimatorNotFound", f"{field}: {path} needs constructor arguments: not a plain estimator"
-        )
-    known = set(instance.get_params(deep=False))
-    unknown = sorted(set(params) - known)
-    if unknown:
-        return Refusal(
-            "InvalidModelParams",
-            f"{field}: {path} has no parameter {', '.join(unknown)}; it has {', '.join(sorted(known))}",
-        )
-    expected = "classifier" if task == "classification" else "regressor"
-    if not (is_classifier(instance) if task == "classification" else is_regressor(instance)):
-        return Refusal(
-            "EstimatorTaskMismatch",
-            f"{field}: {path} is not a {expected}, but spec.model.task is {task}",
-        )
-    return None
-
-
-def _check_incremental(field: str, path: str) -> Refusal | None:
-    module_name, _, class_name = path.rpartition(".")
-    if hasattr(getattr(importlib.import_module(module_name), class_name), "partial_fit"):
-        return None
-    return Refusal(
-        "EstimatorNotIncremental",
-        f"{field}: {path} has no partial_fit, so it cannot learn online; "
-        "use e.g. sklearn.linear_model.SGDClassifier or sklearn.naive_bayes.GaussianNB",
-    )

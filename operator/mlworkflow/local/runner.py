@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mlworkflow.api.estimators import DEFAULT_ALLOWED_PREFIXES
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus
 from mlworkflow.desired import cron
 from mlworkflow.desired.children import model_spec_hash
@@ -41,7 +42,7 @@ from mlworkflow.desired.lifecycle import (
     promotion_metric,
 )
 from mlworkflow.desired.plan import plan
-from mlworkflow.desired.validation import DEFAULT_ALLOWED_PREFIXES, check_spec
+from mlworkflow.desired.validation import check_spec
 from mlworkflow.runtime import termination
 from mlworkflow.runtime.store import WorkflowStore
 

@@ -22,8 +22,8 @@ from sklearn.metrics import (
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from mlworkflow.api.estimators import check_estimator
 from mlworkflow.api.v1alpha1 import ModelSpec
-from mlworkflow.desired.validation import check_estimator
 from mlworkflow.runtime.data import FeatureSchema
 
 LOWER_IS_BETTER = frozenset({"mse", "mae"})

@@ -36,8 +36,8 @@ from sklearn.model_selection import (
     cross_validate,
 )
 
+from mlworkflow.api.estimators import DEFAULT_ALLOWED_PREFIXES
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Trigger
-from mlworkflow.desired.validation import DEFAULT_ALLOWED_PREFIXES
 from mlworkflow.runtime import data, holdout, onnx_export, pipeline
 from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.termination import TERMINATION_LOG, report
