@@ -81,18 +81,24 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _retrain(args: argparse.Namespace) -> int:
-    """Ask `mlworkflow run` for a retraining: a new value in the store, read as the retrain annotation."""
+def _ask(args: argparse.Namespace) -> int:
+    """Ask `mlworkflow run` for a retraining or a batch run: a new value in the store, read as the
+    mlworkflow.io/retrain or mlworkflow.io/predict annotation."""
     import time
 
+    from mlworkflow.api.v1alpha1 import Pattern
     from mlworkflow.runtime.store import WorkflowStore
 
     name, spec = _load_workflow(Path(args.file))
     store = WorkflowStore(Path(args.store or spec.storage.path or "mlworkflow-data").resolve(), name)
     if not store.base.exists():
         raise SystemExit(f"{store.base}: no such workflow in the store (is `mlworkflow run` using --store?)")
-    store.retrain_request.write_text(f"{time.time_ns()}\n")
-    print(f"asked {name} for a retraining (trigger Manual); `mlworkflow run` starts it at its next step")
+    if args.command == "predict" and spec.pattern != Pattern.FORECAST:
+        raise SystemExit(f"{args.file}: batch runs are for spec.pattern Forecast, not {spec.pattern}")
+    request = store.retrain_request if args.command == "retrain" else store.predict_request
+    request.write_text(f"{time.time_ns()}\n")
+    what = "a retraining (trigger Manual)" if args.command == "retrain" else "a batch run (trigger Manual)"
+    print(f"asked {name} for {what}; `mlworkflow run` starts it at its next step")
     return 0
 
 
@@ -170,13 +176,14 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--port", type=int, default=3000, help="local port of the prediction service")
     run.set_defaults(handler=_run)
-    retrain = commands.add_parser(
-        "retrain",
-        help="ask a running `mlworkflow run` for a retraining (as the mlworkflow.io/retrain annotation)",
-    )
-    retrain.add_argument("file", help="the MLWorkflow manifest (YAML) that `mlworkflow run` runs")
-    retrain.add_argument("--store", help="artifact store folder (as given to `mlworkflow run`)")
-    retrain.set_defaults(handler=_retrain)
+    for command, what in (("retrain", "a retraining"), ("predict", "a batch run (Forecast)")):
+        ask = commands.add_parser(
+            command,
+            help=f"ask a running `mlworkflow run` for {what} (as the mlworkflow.io/{command} annotation)",
+        )
+        ask.add_argument("file", help="the MLWorkflow manifest (YAML) that `mlworkflow run` runs")
+        ask.add_argument("--store", help="artifact store folder (as given to `mlworkflow run`)")
+        ask.set_defaults(handler=_ask)
     render = commands.add_parser("render", help="print the children the operator would create (YAML)")
     render.add_argument("file", help="the MLWorkflow manifest (YAML)")
     render.add_argument("--namespace", default="default")

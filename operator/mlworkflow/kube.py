@@ -27,7 +27,14 @@ from mlworkflow.desired.children import (
     WORKFLOW_LABEL,
     Manifest,
 )
-from mlworkflow.desired.lifecycle import BatchRun, DriftCheck, RunState, ServingState, TrainingRun
+from mlworkflow.desired.lifecycle import (
+    BatchRun,
+    DriftCheck,
+    RunState,
+    ServingState,
+    TrainingRun,
+    batch_result,
+)
 from mlworkflow.desired.patterns.forecast import PREDICT_REQUEST_ANNOTATION
 from mlworkflow.runtime import termination
 
@@ -176,18 +183,8 @@ class Kube:
                     ):
                         newest[index] = pod
             summaries = [termination.read(_termination_message(pod)) for pod in newest.values()]
-            result = {
-                key: sum(int(s.get(key) or 0) for s in summaries)
-                for key in ("rowsIn", "predicted", "rejected")
-            }
-            result["seconds"] = max((float(s.get("seconds") or 0) for s in summaries), default=0.0)
-            result["output"] = next((s["output"] for s in summaries if s.get("output")), None)
-            failures = [str(s["message"]) for s in summaries if s.get("status") != "ok" and s.get("message")]
-            message = (
-                "; ".join(dict.fromkeys(failures))
-                or condition.get("message", "")
-                or condition.get("reason", "")
-            )
+            result, failures = batch_result(summaries)
+            message = failures or condition.get("message") or condition.get("reason", "")
         annotations = meta.get("annotations") or {}
         return BatchRun(
             id=meta["name"],

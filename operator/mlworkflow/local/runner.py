@@ -25,13 +25,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mlworkflow.api.estimators import DEFAULT_ALLOWED_PREFIXES
-from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus
+from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Pattern
 from mlworkflow.desired import cron
 from mlworkflow.desired.children import model_spec_hash
 from mlworkflow.desired.lifecycle import (
+    BatchRun,
     DriftCheck,
     Event,
     Observed,
@@ -39,6 +40,7 @@ from mlworkflow.desired.lifecycle import (
     ServingState,
     TrainingRun,
     TrainRequest,
+    batch_result,
     promotion_metric,
 )
 from mlworkflow.desired.plan import plan
@@ -87,6 +89,48 @@ class Process:
                 self.popen.wait()
 
 
+BatchTrigger = Literal["Promotion", "Schedule", "Manual"]
+
+
+@dataclass
+class LocalBatchRun:
+    """A batch run (Forecast) of the local runner: one process per index, as the Indexed Job's Pods."""
+
+    id: str
+    version: str
+    trigger: BatchTrigger
+    indexes: list[Process]
+    predict_request: str | None = None
+
+    def observed(self) -> BatchRun:
+        """As the operator observes a batch Job: running until every index ended; the indexes' summaries
+        added up."""
+        codes = [p.poll() for p in self.indexes]
+        if any(code is None for code in codes):
+            return BatchRun(
+                self.id, self.version, self.trigger, "Running", predict_request=self.predict_request
+            )
+        failed = any(code != 0 for code in codes)
+        result, failures = batch_result([p.result() for p in self.indexes])
+        return BatchRun(
+            self.id,
+            self.version,
+            self.trigger,
+            "Failed" if failed else "Succeeded",
+            result,
+            failures if failed else "",
+            max(p.finished_at or p.started_at for p in self.indexes),
+            self.predict_request,
+        )
+
+
+def _request(path: Path) -> str | None:
+    """A local annotation: what `mlworkflow retrain` or `mlworkflow predict` wrote last."""
+    with contextlib.suppress(OSError):
+        return path.read_text().strip() or None
+    return None
+
+
 class RunnerError(RuntimeError):
     """The workflow cannot run locally as written; the message says what to change."""
 
@@ -113,8 +157,9 @@ class LocalRunner:
         self.trainings: dict[str, Process] = {}
         self.serving: Process | None = None
         self.drift_checks: list[Process] = []
+        self.batch_runs: dict[str, LocalBatchRun] = {}
         self.started_at = datetime.now(UTC)
-        self.last_drift_check = self.started_at
+        self.last_drift_check = self.last_batch_schedule = self.started_at
         self._last_line = ""
         self._drift_requested = False
 
@@ -134,17 +179,28 @@ class LocalRunner:
             serving=self._serving_state(),
             drift=self._latest_drift(),
             created_at=self.started_at,
-            retrain_request=self._retrain_request(),
+            retrain_request=_request(self.store.retrain_request),
+            batch_runs=[run.observed() for run in self.batch_runs.values()],
+            predict_request=_request(self.store.predict_request),
         )
         step = plan(self.spec, observed, now, self.endpoint)
         if step.train is not None:
             self._train(step.train)
-        if step.deploy is not None and (
-            self.serving is None
-            or self.serving.meta["version"] != step.deploy
-            or self.serving.poll() is not None
+        if (
+            self.spec.pattern == Pattern.WEB_SERVICE
+            and step.deploy is not None
+            and (
+                self.serving is None
+                or self.serving.meta["version"] != step.deploy
+                or self.serving.poll() is not None
+            )
         ):
             self._serve(step.deploy)
+        if step.batch_run is not None:
+            run = step.batch_run
+            self._predict(f"{self.name}-predict-{run.suffix}", run.version, run.trigger, run.predict_request)
+        elif step.deploy is not None and self._batch_schedule_due(now):
+            self._predict(f"{self.name}-predict-{now:%Y%m%d%H%M}", step.deploy, "Schedule", None)
         if step.deploy is not None and self._drift_due(now):
             self._check_drift(step.deploy, now)
         self.status = step.status
@@ -155,7 +211,12 @@ class LocalRunner:
 
     def run(self, until: Callable[[], bool] | None = None, interval: float = 1.0) -> None:
         """Tick until `until()` says so, or Ctrl-C; then stop every process."""
-        self.say(f"running {self.name}: store {self.store.base}, predictions at {self.endpoint}/predict")
+        where = (
+            f"predictions at {self.endpoint}/predict"
+            if self.spec.pattern == Pattern.WEB_SERVICE
+            else f"predictions in {self.store.root / self.spec.batch.output}"  # type: ignore[union-attr]
+        )
+        self.say(f"running {self.name}: store {self.store.base}, {where}")
         try:
             while until is None or not until():
                 self.tick()
@@ -169,6 +230,7 @@ class LocalRunner:
         for process in [
             *self.trainings.values(),
             *self.drift_checks,
+            *(p for run in self.batch_runs.values() for p in run.indexes),
             *([self.serving] if self.serving else []),
         ]:
             process.stop()
@@ -225,6 +287,39 @@ class LocalRunner:
         }
         self.serving = self._start("serve", argv, env, version=version)
 
+    def _predict(self, run_id: str, version: str, trigger: BatchTrigger, predict_request: str | None) -> None:
+        """A batch run: `spec.batch.parallelism` processes, as the Indexed Job's Pods."""
+        assert self.spec.batch is not None
+        indexes = self.spec.batch.parallelism
+        env = {"MLW_SPEC": self.spec.model_dump_json(by_alias=True, exclude_none=True)}
+        processes = [
+            self._start(
+                f"predict-{index}",
+                [
+                    sys.executable,
+                    "-m",
+                    "mlworkflow.runtime.predict",
+                    f"--store={self.store.root}",
+                    f"--workflow={self.name}",
+                    f"--version={version}",
+                    f"--run-id={run_id}",
+                    f"--indexes={indexes}",
+                    f"--index={index}",
+                ],
+                env,
+            )
+            for index in range(indexes)
+        ]
+        self.batch_runs[run_id] = LocalBatchRun(run_id, version, trigger, processes, predict_request)
+
+    def _batch_schedule_due(self, now: datetime) -> bool:
+        """`spec.batch.schedule` fired since the last look, and no run runs (concurrencyPolicy Forbid)."""
+        schedule = self.spec.batch.schedule if self.spec.batch else None
+        if not schedule or cron.last_fire(schedule, self.last_batch_schedule, now) is None:
+            return False
+        self.last_batch_schedule = now
+        return all(run.observed().state != "Running" for run in self.batch_runs.values())
+
     def _drift_due(self, now: datetime) -> bool:
         if any(p.poll() is None for p in self.drift_checks):
             return False
@@ -277,12 +372,6 @@ class LocalRunner:
             process.finished_at,
             request.retrain_request,
         )
-
-    def _retrain_request(self) -> str | None:
-        """The local retrain annotation: what `mlworkflow retrain` wrote last."""
-        with contextlib.suppress(OSError):
-            return self.store.retrain_request.read_text().strip() or None
-        return None
 
     def _serving_state(self) -> ServingState:
         if self.serving is None or self.serving.poll() is not None:
@@ -384,10 +473,32 @@ last drift check: {checked}.</p>
 <table><tr><th>version</th><th>trigger</th><th>decision</th><th>{metric}</th><th>champion's {metric}</th>
 <th>held-out rows (excluded)</th><th>why</th><th></th></tr>
 {"".join(rows)}</table>
+{_batch_runs(status)}
 <h2>Conditions</h2><table><tr><th>type</th><th>status</th><th>reason</th><th>message</th></tr>{conditions}</table>
 <h2>Drift reports (Evidently)</h2><ul>{links or "<li>none yet</li>"}</ul>
 </body></html>
 """
+
+
+def _batch_runs(status: MLWorkflowStatus) -> str:
+    """Forecast: the latest runs, each with a link to its published output."""
+    if status.batch is None:
+        return ""
+    rows = "".join(
+        f"<tr><td>{run.id}</td><td>{run.version}</td><td>{run.trigger}</td><td>{run.state}</td>"
+        f"<td>{run.predicted if run.predicted is not None else ''}</td>"
+        f"<td>{run.rejected if run.rejected is not None else ''}</td>"
+        + (
+            f'<td><a href="../{html.escape(run.output)}/_manifest.json">{html.escape(run.output)}</a></td>'
+            if run.output and run.state == "Succeeded"
+            else "<td></td>"
+        )
+        + f"<td>{html.escape(run.message)}</td></tr>"
+        for run in status.batch.runs
+    )
+    return f"""<h2>Batch runs</h2>
+<table><tr><th>run</th><th>version</th><th>trigger</th><th>state</th><th>predicted</th><th>rejected</th>
+<th>output</th><th>why</th></tr>{rows or '<tr><td colspan="8">none yet</td></tr>'}</table>"""
 
 
 def _score(metrics: dict[str, float], metric: str) -> str:

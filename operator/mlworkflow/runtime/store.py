@@ -4,6 +4,7 @@
 <root>/<workflow>/bentoml/   the BentoML model store of the workflow (BENTOML_HOME)
 <root>/<workflow>/samples/   inputs and predictions recorded by the serving Pods
 <root>/<workflow>/retrain    the local runner's retrain request (`mlworkflow retrain`)
+<root>/<workflow>/predict    the local runner's predict request (`mlworkflow predict`, Forecast)
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ class WorkflowStore:
     @property
     def retrain_request(self) -> Path:
         return self.base / "retrain"
+
+    @property
+    def predict_request(self) -> Path:
+        return self.base / "predict"
 
     def model_name(self) -> str:
         """The BentoML model name of the workflow's versions (a workflow name is already a valid one)."""
