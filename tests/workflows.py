@@ -9,6 +9,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import yaml
 from kubernetes import client
 
@@ -96,3 +98,36 @@ def claim_folder(api: client.ApiClient, ns: str, claim: str) -> Path:
         "the claim bound",
     )
     return Path(core.read_persistent_volume(volume).spec.host_path.path)
+
+
+def regime(rows: int, shifted: bool, seed: int) -> pd.DataFrame:
+    """Before: label = x1 + x2 > 0 around x1 = 0. After: x1 moved to 3 and only x2 decides (concept drift)."""
+    rng = np.random.default_rng(seed)
+    x1 = rng.normal(3.0 if shifted else 0.0, 1.0, rows)
+    x2 = rng.normal(0.0, 1.0, rows)
+    label = (x2 > 0) if shifted else (x1 + x2 > 0)
+    return pd.DataFrame({"x1": x1, "x2": x2, "label": label.astype(int)})
+
+
+def run_drift_check(api: client.ApiClient, ns: str, name: str, number: int) -> None:
+    """What the CronJob does at its next tick, now: a Job from its template."""
+    cronjob = client.BatchV1Api(api).read_namespaced_cron_job(f"{name}-drift", ns)
+    template = client.ApiClient().sanitize_for_serialization(cronjob.spec.job_template)
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": f"{name}-drift-manual-{number}",
+            "labels": template["metadata"]["labels"],
+            "ownerReferences": [
+                {
+                    "apiVersion": "batch/v1",
+                    "kind": "CronJob",
+                    "name": cronjob.metadata.name,
+                    "uid": cronjob.metadata.uid,
+                }
+            ],
+        },
+        "spec": template["spec"],
+    }
+    client.BatchV1Api(api).create_namespaced_job(ns, job)

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
 from kubernetes import client
@@ -20,7 +19,7 @@ from kubelocal.controlplane import ControlPlane
 from kubelocal.net import free_port
 from mlworkflow.api import v1alpha1
 from support import operator_in, wait_for
-from workflows import claim_folder, get, patch_spec
+from workflows import claim_folder, get, patch_spec, regime, run_drift_check
 
 pytestmark = pytest.mark.cluster
 
@@ -35,15 +34,6 @@ def operator(
     """The operator, in-process, as the Helm chart's ServiceAccount."""
     with operator_in(process_namespace, operator_kubeconfig, monkeypatch, MLW_METRICS_PORT=str(METRICS_PORT)):
         yield
-
-
-def regime(rows: int, shifted: bool, seed: int) -> pd.DataFrame:
-    """Before: label = x1 + x2 > 0 around x1 = 0. After: x1 moved to 3 and only x2 decides (concept drift)."""
-    rng = np.random.default_rng(seed)
-    x1 = rng.normal(3.0 if shifted else 0.0, 1.0, rows)
-    x2 = rng.normal(0.0, 1.0, rows)
-    label = (x2 > 0) if shifted else (x1 + x2 > 0)
-    return pd.DataFrame({"x1": x1, "x2": x2, "label": label.astype(int)})
 
 
 def manifest() -> dict[str, Any]:
@@ -95,30 +85,6 @@ def settles_on(control_plane: ControlPlane, ns: str, version: str) -> bool:
         return False
 
 
-def run_drift_check(api: client.ApiClient, ns: str, number: int) -> None:
-    """What the CronJob does at its next tick, now: a Job from its template."""
-    cronjob = client.BatchV1Api(api).read_namespaced_cron_job(f"{NAME}-drift", ns)
-    template = client.ApiClient().sanitize_for_serialization(cronjob.spec.job_template)
-    job = {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": f"{NAME}-drift-manual-{number}",
-            "labels": template["metadata"]["labels"],
-            "ownerReferences": [
-                {
-                    "apiVersion": "batch/v1",
-                    "kind": "CronJob",
-                    "name": cronjob.metadata.name,
-                    "uid": cronjob.metadata.uid,
-                }
-            ],
-        },
-        "spec": template["spec"],
-    }
-    client.BatchV1Api(api).create_namespaced_job(ns, job)
-
-
 def history(api: client.ApiClient, ns: str) -> list[dict[str, Any]]:
     return list(get(api, ns, NAME).get("status", {}).get("history", []))
 
@@ -148,7 +114,7 @@ def test_drift_retrains_and_champion_challenger_decides(
     # The world changes: shifted traffic, and the data pipeline delivers labelled data of the new regime.
     send(control_plane, ns, regime(300, shifted=True, seed=3))
     regime(1600, shifted=True, seed=4).to_csv(store / "data" / "part-2.csv", index=False)
-    run_drift_check(api, ns, 1)
+    run_drift_check(api, ns, NAME, 1)
 
     rejected = wait_for(
         lambda: (h := history(api, ns)) and h[0]["version"] == "v2" and h, 180, "v2 trained after the drift"
@@ -174,7 +140,7 @@ def test_drift_retrains_and_champion_challenger_decides(
 
     # Now a better model is enough: the next drift check's retraining is promoted and rolled out.
     patch_spec(api, ns, NAME, {"promotion": {"minImprovement": 0.0}})
-    run_drift_check(api, ns, 2)
+    run_drift_check(api, ns, NAME, 2)
     promoted = wait_for(lambda: (h := history(api, ns)) and h[0]["version"] == "v3" and h, 180, "v3 trained")
     assert promoted[0]["outcome"] == "Promoted" and promoted[0]["trigger"] == "Drift"
     assert promoted[0]["metrics"]["f1_macro"] > rejected[0]["metrics"]["f1_macro"] - 0.05
@@ -184,7 +150,7 @@ def test_drift_retrains_and_champion_challenger_decides(
     # Cooldown: a drift right after a drift retraining waits.
     patch_spec(api, ns, NAME, {"monitoring": {"cooldown": "1h"}})
     send(control_plane, ns, regime(300, shifted=False, seed=7))  # back to the old world: drift against v3
-    run_drift_check(api, ns, 3)
+    run_drift_check(api, ns, NAME, 3)
     events = wait_for(
         lambda: [e for e in core.list_namespaced_event(ns).items if e.reason == "RetrainSkipped"],
         120,

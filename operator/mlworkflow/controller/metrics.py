@@ -44,6 +44,26 @@ TRAINED_AT = Gauge(
     ["namespace", "workflow"],
 )
 
+BATCH_ROWS = Counter(
+    "mlworkflow_batch_rows",
+    "Rows of finished batch runs (Forecast), by outcome (predicted, rejected)",
+    ["namespace", "workflow", "outcome"],
+)
+BATCH_RUNS = Counter(
+    "mlworkflow_batch_runs", "Finished batch runs, by state", ["namespace", "workflow", "state"]
+)
+BATCH_DURATION = Histogram(
+    "mlworkflow_batch_run_duration_seconds",
+    "How long finished batch runs took (the slowest index)",
+    ["namespace", "workflow"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200),
+)
+BATCH_SUCCEEDED_AT = Gauge(
+    "mlworkflow_batch_last_success_timestamp_seconds",
+    "When a batch run last succeeded (Unix time): alert on time() minus it",
+    ["namespace", "workflow"],
+)
+
 
 class WorkflowCollector(Collector):
     """Gauges from the latest status of every workflow: counts by pattern and phase, the served version."""
@@ -101,6 +121,23 @@ def record_status(
         DRIFTED.labels(namespace, name).set(1 if after.drift.drifted else 0)
     if after.model and after.model.trained_at:
         TRAINED_AT.labels(namespace, name).set(after.model.trained_at.timestamp())
+    if after.batch is not None:
+        _record_batch_runs(namespace, name, before, after)
+
+
+def _record_batch_runs(namespace: str, name: str, before: MLWorkflowStatus, after: MLWorkflowStatus) -> None:
+    """Runs this reconcile saw finish: counted once, when their record stops being Running."""
+    finished_before = {r.id for r in (before.batch.runs if before.batch else []) if r.state != "Running"}
+    for run in after.batch.runs if after.batch else []:
+        if run.state == "Running" or run.id in finished_before:
+            continue
+        BATCH_RUNS.labels(namespace, name, run.state).inc()
+        BATCH_ROWS.labels(namespace, name, "predicted").inc(run.predicted or 0)
+        BATCH_ROWS.labels(namespace, name, "rejected").inc(run.rejected or 0)
+        if run.seconds is not None:
+            BATCH_DURATION.labels(namespace, name).observe(run.seconds)
+    if after.batch and after.batch.last_succeeded_at:
+        BATCH_SUCCEEDED_AT.labels(namespace, name).set(after.batch.last_succeeded_at.timestamp())
 
 
 def record_retrain(namespace: str, name: str, trigger: str) -> None:
@@ -109,7 +146,7 @@ def record_retrain(namespace: str, name: str, trigger: str) -> None:
 
 def forget(namespace: str, name: str) -> None:
     WORKFLOWS.forget(namespace, name)
-    for gauge in (DRIFT_SHARE, DRIFTED, TRAINED_AT):
+    for gauge in (DRIFT_SHARE, DRIFTED, TRAINED_AT, BATCH_SUCCEEDED_AT):
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name)
 
