@@ -77,4 +77,3 @@ def test_a_data_error_fails_the_training_job_with_one_pod_and_a_crash_is_retried
     runs = {run.version: run for run in Kube(api).training_runs(ns, "broken")}
     assert runs["v1"].state == "Failed" and runs["v1"].result["reason"] == "DataInvalid"
     assert "no file matches 'data/missing.csv'" in runs["v1"].message
-    print(f"data error: Job failed {seconds:.1f}s after its creation, with 1 Pod")
