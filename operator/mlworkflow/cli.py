@@ -103,7 +103,7 @@ def _ask(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from mlworkflow.local.demo import run_demo
+    from mlworkflow.local.demo import Stopped, run_demo
 
     _port_free(args.port)
     try:
@@ -111,6 +111,9 @@ def _demo(args: argparse.Namespace) -> int:
     except TimeoutError as error:
         logs = Path(args.store) / "demo" / "local"
         raise SystemExit(f"{error}; the runtimes' logs are in {logs}") from None
+    except Stopped as stopped:
+        print(f"the demo {stopped}", file=sys.stderr)
+        return 128 + stopped.signal  # as a shell reports a process ended by that signal
     complete = (
         outcome.get("driftDetected")
         and outcome.get("retrained")

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
 import yaml
 
 from kubelocal.net import free_port
@@ -48,6 +50,37 @@ def test_the_demo_closes_the_loop(tmp_path: Path) -> None:
     assert "The loop closed" in done.stdout and "index.html" in done.stdout
 
 
+def test_the_demo_stops_every_process_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [MLWORKFLOW, "demo", "--quick", f"--store={tmp_path}", f"--port={port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=ignore_sigint,
+    )
+    status_file = tmp_path / "demo" / "status.json"
+    try:
+        wait_for(
+            lambda: status_file.exists() and json.loads(status_file.read_text()).get("phase") == "Serving",
+            120,
+            "the demo's v1 serving",
+        )
+        assert len(processes_of(tmp_path)) >= 2, "the server and its worker, found while serving"
+    finally:
+        os.kill(process.pid, signal.SIGTERM)
+        output = stopped(process, signal.SIGTERM)
+        leftovers = processes_of(tmp_path)
+        for pid in leftovers:
+            os.kill(pid, signal.SIGKILL)
+    assert process.returncode == 128 + signal.SIGTERM, output
+    assert "stopping (SIGTERM)" in output and "the demo stopped by SIGTERM before the loop closed" in output
+    assert leftovers == [], "SIGTERM left processes of the demo running"
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, "the prediction service outlived SIGTERM"
+
+
 def manifest(tmp_path: Path, **spec: object) -> Path:
     document = yaml.safe_load(
         (Path(__file__).resolve().parents[2] / "examples" / "webservice-iris.yaml").read_text()
@@ -61,17 +94,28 @@ def manifest(tmp_path: Path, **spec: object) -> Path:
     return path
 
 
+def ignore_sigint() -> None:
+    """What a non-interactive shell does to a job it starts in the background (`make test &`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def run_until(
-    path: Path, port: int, phase: str, timeout: float, then: Callable[[Path], None] | None = None
+    path: Path,
+    port: int,
+    phase: str,
+    timeout: float,
+    then: Callable[[Path], None] | None = None,
+    stop: signal.Signals = signal.SIGINT,
 ) -> tuple[int, str]:
-    """`mlworkflow run` until the workflow reaches `phase` (and `then(status file)` returns), then Ctrl-C;
-    its exit code and output."""
+    """`mlworkflow run`, started with SIGINT ignored, until the workflow reaches `phase` (and `then(status
+    file)` returns), then `stop` (Ctrl-C by default) to it; its exit code and output."""
     process = subprocess.Popen(
         [MLWORKFLOW, "run", str(path), f"--port={port}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=ignore_sigint,
     )
     status_file = path.parent / "store" / yaml.safe_load(path.read_text())["metadata"]["name"] / "status.json"
     try:
@@ -83,18 +127,79 @@ def run_until(
         if then is not None:
             then(status_file)
     finally:
-        os.killpg(process.pid, signal.SIGINT)
-        output, _ = process.communicate(timeout=60)
+        os.kill(process.pid, stop)
+        output = stopped(process, stop)
     return process.returncode, output
 
 
-def test_run_serves_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+def stopped(process: subprocess.Popen[str], stop: signal.Signals) -> str:
+    """The output of `process` once it has ended after `stop`, within 30 s (else it is killed: a failure)."""
+    try:
+        return process.communicate(timeout=30)[0]
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise AssertionError(f"still running 30 s after {stop.name}:\n{process.communicate()[0]}") from None
+
+
+def processes_of(store: Path) -> list[int]:
+    """The processes the runner started for `store`: each has it in its environment (its termination-log path,
+    BENTOML_HOME), inherited by what it starts in turn (the server's workers)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours
+            if str(store).encode() in environ.read_bytes():
+                found.append(int(environ.parent.name))
+    return found
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Path]:
+    """The store of `manifest(tmp_path)`; what of the runner's processes outlived a failed test is killed."""
+    yield tmp_path / "store"
+    for pid in processes_of(tmp_path / "store"):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda s: s.name)
+def test_a_stop_signal_stops_the_server_and_every_process(
+    tmp_path: Path, store: Path, stop: signal.Signals
+) -> None:
     port = free_port()
-    code, output = run_until(manifest(tmp_path), port, "Serving", 120)
+    started: list[int] = []
+    code, output = run_until(
+        manifest(tmp_path),
+        port,
+        "Serving",
+        120,
+        then=lambda _: started.extend(processes_of(store)),
+        stop=stop,
+    )
     assert code == 0, output
-    assert "stopping (Ctrl-C)" in output
+    assert f"stopping ({stop.name})" in output
+    assert len(started) >= 2, "the server and its worker, found while serving"
+    assert processes_of(store) == [], f"{stop.name} left processes of the runner running"
     with socket.socket() as probe:
-        assert probe.connect_ex(("127.0.0.1", port)) != 0, "the prediction service outlived Ctrl-C"
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, f"the prediction service outlived {stop.name}"
+
+
+def test_a_stop_signal_ends_a_running_training(tmp_path: Path, store: Path) -> None:
+    slow = manifest(
+        tmp_path,
+        model={"estimator": "sklearn.ensemble.RandomForestClassifier", "params": {"n_estimators": 100_000}},
+    )
+    training: list[int] = []
+    code, output = run_until(
+        slow,
+        free_port(),
+        "Training",
+        60,
+        then=lambda _: training.extend(processes_of(store)),
+        stop=signal.SIGTERM,
+    )
+    assert code == 0 and "stopping (SIGTERM)" in output, output
+    assert len(training) == 1, "the training process, found while it ran"
+    assert processes_of(store) == [], "the training outlived SIGTERM"
 
 
 def test_a_typo_in_the_manifest_names_the_field(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from mlworkflow.api import exitcodes
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Trigger
 from mlworkflow.desired import children
 from mlworkflow.desired.lifecycle import Event, TrainRequest
@@ -61,6 +62,27 @@ def test_training_job_runs_the_trainer_non_root_with_the_spec() -> None:
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert pod["volumes"] == [{"name": "store", "persistentVolumeClaim": {"claimName": "ml-artifacts"}}]
     assert job["spec"]["backoffLimit"] == 2
+
+
+def test_an_invalid_input_fails_the_job_at_once_and_evictions_are_not_counted() -> None:
+    wf = workflow()
+    drift_jobs = children.monitoring_cronjob(wf, "v1", CONTEXT)["spec"]["jobTemplate"]
+    for job in (children.training_job(wf, TrainRequest("v1", Trigger.INITIAL), CONTEXT), drift_jobs):
+        pod = job["spec"]["template"]["spec"]
+        assert pod["restartPolicy"] == "Never", "the API server refuses a podFailurePolicy otherwise"
+        (container,) = pod["containers"]
+        assert job["spec"]["podFailurePolicy"]["rules"] == [
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": container["name"],
+                    "operator": "In",
+                    "values": [exitcodes.INVALID_INPUT],
+                },
+            },
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        ]
+        assert job["spec"]["backoffLimit"] >= 1, "any other failure is still retried"
 
 
 def test_serving_rolls_out_readiness_gated_with_probes() -> None:

@@ -232,7 +232,15 @@ class TrainingSpec(ApiModel):
     schedule: str | None = cron_field(
         "Retrain periodically on this cron schedule as well (trigger `Schedule`)."
     )
-    backoff_limit: int = Field(2, ge=0, le=10, description="Retries of a failed training Pod.")
+    backoff_limit: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description=(
+            "Retries of a training Pod that failed for a reason a retry may fix (a crash, a lost node); "
+            "invalid data or model parameters fail the training at once."
+        ),
+    )
     active_deadline_seconds: int = Field(
         3600, ge=1, le=7 * 24 * 3600, description="A training Job running longer than this fails."
     )

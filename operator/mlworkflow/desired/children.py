@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from mlworkflow.api import v1alpha1
+from mlworkflow.api import exitcodes, v1alpha1
 from mlworkflow.api.estimators import DEFAULT_ALLOWED_PREFIXES
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec
 from mlworkflow.desired.lifecycle import Event, TrainRequest
@@ -178,6 +178,25 @@ def runtime_pod(
     }
 
 
+def _pod_failure_policy(container: str) -> dict[str, Any]:
+    """Retry only what a retry may fix: a runtime that exits with `exitcodes.INVALID_INPUT` (bad data, a bad
+    model spec) fails the Job at once; an evicted or preempted Pod (condition DisruptionTarget) does not count
+    against `backoffLimit`; any other failure (a crash, OOMKilled, a lost node) is retried up to it."""
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": container,
+                    "operator": "In",
+                    "values": [exitcodes.INVALID_INPUT],
+                },
+            },
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        ]
+    }
+
+
 def training_job(workflow: Workflow, train: TrainRequest, context: RuntimeContext) -> Manifest:
     """The Job that trains `train.version`: one Pod running `python -m mlworkflow.runtime.train` (which also
     scores the served `train.champion` on its holdout, for the promotion decision)."""
@@ -201,6 +220,7 @@ def training_job(workflow: Workflow, train: TrainRequest, context: RuntimeContex
         },
         "spec": {
             "backoffLimit": spec.training.backoff_limit,
+            "podFailurePolicy": _pod_failure_policy("train"),
             "activeDeadlineSeconds": spec.training.active_deadline_seconds,
             # Results live in the MLWorkflow's status (history) once read; the Job can go after a day.
             "ttlSecondsAfterFinished": 86400,
@@ -253,6 +273,7 @@ def monitoring_cronjob(workflow: Workflow, version: str, context: RuntimeContext
                 "metadata": {"labels": job_labels},
                 "spec": {
                     "backoffLimit": 1,
+                    "podFailurePolicy": _pod_failure_policy("drift"),
                     "activeDeadlineSeconds": 1800,
                     "template": {
                         "metadata": {"labels": {**job_labels, VERSION_LABEL: version}},

@@ -4,12 +4,14 @@ A WebService workflow trains v1 on generated data and serves it; traffic then sh
 appends labelled data of the new regime to the same source; the drift check (Evidently) sees it, the
 workflow retrains, the challenger is judged against the champion on held-out rows neither was trained on,
 and the better model serves. The
-runner is `mlworkflow run`'s; this module only plays the world around it (data, traffic).
+runner is `mlworkflow run`'s; this module only plays the world around it (data, traffic). SIGINT (Ctrl-C),
+SIGTERM and SIGHUP stop the demo and every process it started (`Stopped`).
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 import urllib.request
@@ -23,7 +25,7 @@ import yaml
 
 from mlworkflow.api import v1alpha1
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec
-from mlworkflow.local.runner import LocalRunner
+from mlworkflow.local.runner import LocalRunner, stop_signals
 
 NAME = "demo"
 T = TypeVar("T")
@@ -70,9 +72,20 @@ def manifest(quick: bool) -> dict[str, Any]:
     }
 
 
-def wait(what: str, check: Callable[[], T | None], timeout: float) -> T:
+class Stopped(Exception):
+    """A stop signal ended the demo before the loop closed; its processes are stopped."""
+
+    def __init__(self, received: signal.Signals) -> None:
+        super().__init__(f"stopped by {received.name} before the loop closed")
+        self.signal = received
+
+
+def wait(what: str, check: Callable[[], T | None], timeout: float, runner: LocalRunner) -> T:
+    """`check()`'s first true value; TimeoutError after `timeout` seconds, Stopped at a stop signal."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if runner.stop_signal is not None:
+            raise Stopped(runner.stop_signal)
         value = check()
         if value:
             return value
@@ -92,6 +105,55 @@ def predict(endpoint: str, frame: pd.DataFrame) -> str:
     return version
 
 
+def play(runner: LocalRunner, store: Path, rows: int) -> dict[str, Any]:
+    """The scenario around the running runner: v1 serves, the world changes, drift, a retraining decided."""
+    outcome: dict[str, Any] = {}
+    wait("v1 to serve", lambda: runner.status.phase == "Serving", 180, runner)
+    outcome["firstVersion"] = predict(runner.endpoint, regime(250, shifted=False, seed=2))
+    print(
+        f"\n>>> {outcome['firstVersion']} serves. Now the world changes: usage doubles, and only the "
+        "plan decides churn. Shifted traffic arrives; the data pipeline delivers labelled new data.\n"
+    )
+    predict(runner.endpoint, regime(300, shifted=True, seed=3))
+    regime(rows * 2, shifted=True, seed=4).to_csv(store / "data" / "part-2.csv", index=False)
+    runner.request_drift_check()
+    drift = wait(
+        "the drift check",
+        lambda: (
+            runner.status.drift if runner.status.drift and runner.status.drift.drifted is not None else None
+        ),
+        120,
+        runner,
+    )
+    outcome["driftDetected"], outcome["driftShare"] = drift.drifted, drift.share
+    decided = wait(
+        "the retraining's decision",
+        lambda: next((r for r in runner.status.history if r.trigger == "Drift"), None),
+        180,
+        runner,
+    )
+    outcome["retrained"], outcome["decision"] = decided.version, decided.outcome
+    if decided.outcome == "Promoted":
+        wait(
+            f"{decided.version} to serve",
+            lambda: (
+                runner.status.phase == "Serving"
+                and runner.status.model
+                and runner.status.model.version == decided.version
+            ),
+            120,
+            runner,
+        )
+    outcome["servedBy"] = predict(runner.endpoint, regime(100, shifted=True, seed=5))
+    # Both scored on the challenger's holdout: rows of either regime that neither model was trained on.
+    outcome["metrics"] = {"champion": decided.champion_metrics, "challenger": decided.metrics}
+    outcome["reason"], outcome["why"] = decided.reason, decided.message
+    if decided.holdout:
+        outcome["holdoutRows"] = decided.holdout.rows
+        outcome["excludedRows"] = decided.holdout.excluded_rows
+    return outcome
+
+
 def run_demo(store: Path, quick: bool = False, port: int = 3000) -> dict[str, Any]:
     """Play the scenario; returns what happened (also written to <store>/demo/demo-result.json)."""
     rows = 600 if quick else 3000
@@ -106,54 +168,18 @@ def run_demo(store: Path, quick: bool = False, port: int = 3000) -> dict[str, An
     thread = threading.Thread(
         target=runner.run, kwargs={"until": finished.is_set, "interval": 0.5}, daemon=True
     )
-    thread.start()
-    outcome: dict[str, Any] = {}
-    try:
-        wait("v1 to serve", lambda: runner.status.phase == "Serving", 180)
-        outcome["firstVersion"] = predict(runner.endpoint, regime(250, shifted=False, seed=2))
-        print(
-            f"\n>>> {outcome['firstVersion']} serves. Now the world changes: usage doubles, and only the "
-            "plan decides churn. Shifted traffic arrives; the data pipeline delivers labelled new data.\n"
-        )
-        predict(runner.endpoint, regime(300, shifted=True, seed=3))
-        regime(rows * 2, shifted=True, seed=4).to_csv(store / "data" / "part-2.csv", index=False)
-        runner.request_drift_check()
-        drift = wait(
-            "the drift check",
-            lambda: (
-                runner.status.drift
-                if runner.status.drift and runner.status.drift.drifted is not None
-                else None
-            ),
-            120,
-        )
-        outcome["driftDetected"], outcome["driftShare"] = drift.drifted, drift.share
-        decided = wait(
-            "the retraining's decision",
-            lambda: next((r for r in runner.status.history if r.trigger == "Drift"), None),
-            180,
-        )
-        outcome["retrained"], outcome["decision"] = decided.version, decided.outcome
-        if decided.outcome == "Promoted":
-            wait(
-                f"{decided.version} to serve",
-                lambda: (
-                    runner.status.phase == "Serving"
-                    and runner.status.model
-                    and runner.status.model.version == decided.version
-                ),
-                120,
-            )
-        outcome["servedBy"] = predict(runner.endpoint, regime(100, shifted=True, seed=5))
-        # Both scored on the challenger's holdout: rows of either regime that neither model was trained on.
-        outcome["metrics"] = {"champion": decided.champion_metrics, "challenger": decided.metrics}
-        outcome["reason"], outcome["why"] = decided.reason, decided.message
-        if decided.holdout:
-            outcome["holdoutRows"] = decided.holdout.rows
-            outcome["excludedRows"] = decided.holdout.excluded_rows
-    finally:
-        finished.set()
-        thread.join(30)
+    # Signals reach the main thread only: it passes them on to the runner, whose thread stops every process.
+    with stop_signals(runner.request_stop):
+        thread.start()
+        try:
+            outcome = play(runner, store, rows)
+        except Exception:
+            if runner.stop_signal is None:
+                raise
+            raise Stopped(runner.stop_signal) from None  # or a request to the server as it stopped
+        finally:
+            finished.set()
+            thread.join()
     (runner.store.base / "demo-result.json").write_text(json.dumps(outcome, indent=2))
     print(f"""
 >>> The loop closed: drift {outcome["driftShare"]:.0%} of columns -> retrained {outcome["retrained"]}

@@ -8,6 +8,8 @@ training (`mlworkflow.runtime.train`), serving (`bentoml serve` on 127.0.0.1), d
 `mlworkflow retrain FILE.yaml` asks a running runner for a retraining (trigger Manual), as the
 `mlworkflow.io/retrain` annotation asks the operator: it writes a new value to `<store>/<workflow>/retrain`,
 which the runner reads as the annotation.
+
+SIGINT (Ctrl-C), SIGTERM and SIGHUP stop the runner and every process it started (`stop_signals`).
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +52,27 @@ from mlworkflow.runtime import termination
 from mlworkflow.runtime.store import WorkflowStore
 
 BIN = Path(sys.executable).parent
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def stop_signals(stop: Callable[[signal.Signals], None]) -> Iterator[None]:
+    """Inside, SIGINT, SIGTERM and SIGHUP call `stop(signal)`, which must only note it (it runs in the main
+    thread between any two bytecodes: no lock, no I/O); the previous handlers are back on exit. Main thread
+    only.
+
+    Installed whatever was inherited: a shell that starts a job in the background makes it ignore SIGINT (and
+    Python then raises no KeyboardInterrupt), and SIGTERM or SIGHUP would end the process at once, leaving
+    its children running (each in a session of its own, out of reach of the terminal's signals)."""
+    previous = {
+        signum: signal.signal(signum, lambda received, _frame: stop(signal.Signals(received)))
+        for signum in STOP_SIGNALS
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @dataclass
@@ -162,6 +186,7 @@ class LocalRunner:
         self.last_drift_check = self.last_batch_schedule = self.started_at
         self._last_line = ""
         self._drift_requested = False
+        self.stop_signal: signal.Signals | None = None
 
     @property
     def endpoint(self) -> str:
@@ -210,21 +235,32 @@ class LocalRunner:
         self._write_status()
 
     def run(self, until: Callable[[], bool] | None = None, interval: float = 1.0) -> None:
-        """Tick until `until()` says so, or Ctrl-C; then stop every process."""
+        """Tick until `until()` says so or a stop signal arrives, then stop every process. In the main thread
+        it takes SIGINT, SIGTERM and SIGHUP itself; in another, the main thread passes them on
+        (`request_stop`)."""
         where = (
             f"predictions at {self.endpoint}/predict"
             if self.spec.pattern == Pattern.WEB_SERVICE
             else f"predictions in {self.store.root / self.spec.batch.output}"  # type: ignore[union-attr]
         )
         self.say(f"running {self.name}: store {self.store.base}, {where}")
-        try:
-            while until is None or not until():
-                self.tick()
-                time.sleep(interval)
-        except KeyboardInterrupt:
-            self.say("stopping (Ctrl-C)")
-        finally:
-            self.stop()
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        with stop_signals(self.request_stop) if in_main_thread else contextlib.nullcontext():
+            try:
+                # A signal only sets `stop_signal`: a step is never cut between starting a process and
+                # recording it, so no process escapes `stop()`.
+                while self.stop_signal is None and (until is None or not until()):
+                    self.tick()
+                    time.sleep(interval)
+            finally:
+                if self.stop_signal is not None:
+                    with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
+                        self.say(f"stopping ({self.stop_signal.name})")
+                self.stop()
+
+    def request_stop(self, received: signal.Signals) -> None:
+        """Stop after the current step, as `received` asks (safe in a signal handler or another thread)."""
+        self.stop_signal = self.stop_signal or received
 
     def stop(self) -> None:
         for process in [

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlworkflow.api import exitcodes
 from mlworkflow.runtime.data import FeatureSchema
 from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.termination import TERMINATION_LOG, report
@@ -324,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = check(store, args.version, args.threshold, args.min_samples, args.max_rows, args.html)
     except DriftError as error:
         report({"status": "error", "reason": error.reason, "message": str(error)}, args.termination_log)
-        return 2
+        return exitcodes.INVALID_INPUT
     # Only the summary goes into the termination message (4 KiB at most); the full result is in the store.
     report(summary, args.termination_log)
     return 0

@@ -36,6 +36,7 @@ from sklearn.model_selection import (
     cross_validate,
 )
 
+from mlworkflow.api import exitcodes
 from mlworkflow.api.estimators import DEFAULT_ALLOWED_PREFIXES
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Trigger
 from mlworkflow.runtime import data, holdout, onnx_export, pipeline
@@ -381,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             {"status": "error", "version": args.version, "reason": reason, "message": str(error)},
             args.termination_log,
         )
-        return 2
+        return exitcodes.INVALID_INPUT
     report(
         {
             "status": "ok",

@@ -218,6 +218,8 @@ def batch_job_spec(workflow: Workflow, version: str, context: RuntimeContext) ->
         "completions": indexes,
         "parallelism": indexes,
         "backoffLimitPerIndex": RETRIES_PER_INDEX,
+        # One Pod per index at a time: a replacement starts only once the failed Pod is gone.
+        "podReplacementPolicy": "Failed",
         "activeDeadlineSeconds": spec.training.active_deadline_seconds,
         "ttlSecondsAfterFinished": 86400,
         "podFailurePolicy": {
