@@ -162,25 +162,21 @@ def _kind(path: Path) -> str | None:
 
 def describe(root: Path, files: Sequence[Path]) -> list[InputFile]:
     """The files for `share`: a Parquet file's row groups from its footer (nothing else is read)."""
-    return [
-        InputFile(
-            str(p.relative_to(root)),
-            tuple(
-                pq.ParquetFile(p).metadata.row_group(g).num_rows
-                for g in range(pq.ParquetFile(p).num_row_groups)
-            )
-            if _kind(p) == "parquet"
-            else None,
-        )
-        for p in files
-    ]
+    described = []
+    for path in files:
+        groups = None
+        if _kind(path) == "parquet":
+            metadata = pq.ParquetFile(path).metadata
+            groups = tuple(metadata.row_group(g).num_rows for g in range(metadata.num_row_groups))
+        described.append(InputFile(str(path.relative_to(root)), groups))
+    return described
 
 
-def read(root: Path, part: Share, columns: Sequence[str], features: set[str]) -> Iterator[Chunk]:
-    """The rows of `part`, in chunks of at most CHUNK_ROWS, with those of `columns` the file has. A CSV
-    file's `features` and other columns are read as text, so that one bad cell rejects its row instead of
-    failing the file (pyarrow would type a column from the first block), and passthrough columns are copied
-    as written."""
+def read(root: Path, part: Share, columns: Sequence[str]) -> Iterator[Chunk]:
+    """The rows of `part`, in chunks of at most CHUNK_ROWS, with those of `columns` the file has. Memory is
+    bounded by a chunk and by the Parquet reader's buffers of one row group (the writer chose its size).
+    A CSV file's columns are read as text, so that one bad cell rejects its row instead of failing the file
+    (pyarrow would type a column from its first block), and passthrough columns are copied as written."""
     path = root / part.path
     if _kind(path) == "parquet":
         parquet = pq.ParquetFile(path)
@@ -400,7 +396,7 @@ def predict_share(
     classes = model.classes if model.probabilities else None
     version = pa.scalar(model.version)
     for part in shares:
-        for chunk in read(root, part, wanted, set(features)):
+        for chunk in read(root, part, wanted):
             rows = chunk.table.num_rows
             writer.outcome.rows_in += rows
             first = chunk.first
