@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test unit lint crds cluster control-plane bench-serving bench-drift clean
+.PHONY: venv demo test unit lint crds cluster control-plane bench-serving bench-drift bench-batch clean
 
 venv: $(STAMP)
 
@@ -53,6 +53,10 @@ bench-serving: venv
 ## Drift-check benchmark: our check against a per-column KS floor, 10k to 1M rows.
 bench-drift: venv
 	$(BIN)/python bench/drift/run.py
+
+## Batch prediction benchmark: our runtime (1 and 2 indexes) against read_parquet -> predict -> to_parquet, 1M rows.
+bench-batch: venv
+	$(BIN)/python bench/batch/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build operator/*.egg-info
