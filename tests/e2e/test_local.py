@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from kubelocal.net import free_port
-from support import wait_for
+from support import REPO, wait_for
 
 MLWORKFLOW = str(Path(sys.executable).parent / "mlworkflow")
 
@@ -254,3 +254,50 @@ def test_retrain_asks_a_running_workflow_for_a_manual_retraining(tmp_path: Path)
     assert (manual["version"], manual["trigger"], manual["champion"]) == ("v2", "Manual", "v1")
     assert manual["reason"] in ("Better", "NotBetter") and manual["holdout"]["rows"] == 29
     assert "TrainingStarted: training v2 (trigger Manual)" in output
+
+
+def test_the_forecast_example_runs_locally_and_predicts_when_asked(tmp_path: Path) -> None:
+    """The example as its header tells a newcomer to run it: a batch of patients, `mlworkflow run`, and
+    `mlworkflow predict` for a run now (its schedule is daily)."""
+    import pandas as pd
+    from sklearn.datasets import load_diabetes
+
+    document = yaml.safe_load((REPO / "examples" / "forecast-diabetes.yaml").read_text())
+    document["spec"]["storage"] = {"path": str(tmp_path / "store")}
+    document["spec"]["model"]["params"] = {"n_estimators": 20}
+    path = tmp_path / "forecast.yaml"
+    path.write_text(yaml.safe_dump(document))
+    (tmp_path / "store" / "incoming").mkdir(parents=True)
+    patients = load_diabetes(as_frame=True).data.assign(patient=range(442))
+    patients.to_csv(tmp_path / "store" / "incoming" / "diabetes-1.csv", index=False)
+
+    def predict_now(status_file: Path) -> None:
+        asked = subprocess.run([MLWORKFLOW, "predict", str(path)], capture_output=True, text=True, timeout=60)
+        assert asked.returncode == 0, asked.stderr
+        wait_for(
+            lambda: (
+                (runs := json.loads(status_file.read_text()).get("batch", {}).get("runs"))
+                and runs[0]["state"] != "Running"
+            ),
+            120,
+            "the asked-for batch run",
+        )
+
+    code, output = run_until(path, free_port(), "Scheduled", 120, then=predict_now)
+    assert code == 0, output
+    status = json.loads((tmp_path / "store" / "diabetes-progression" / "status.json").read_text())
+    [run] = status["batch"]["runs"]
+    assert (run["state"], run["trigger"], run["version"], run["predicted"]) == (
+        "Succeeded",
+        "Manual",
+        "v1",
+        442,
+    )
+    folder = tmp_path / "store" / run["output"]
+    assert (folder / "_SUCCESS").exists() and run["output"].startswith(
+        "predictions/diabetes-progression-predict-v1-"
+    )
+    predicted = pd.concat(pd.read_parquet(part) for part in folder.glob("part-*.parquet"))
+    assert sorted(predicted["patient"].astype(int)) == list(range(442)), "two indexes, every patient once"
+    page = (tmp_path / "store" / "diabetes-progression" / "index.html").read_text()
+    assert "Batch runs" in page and f"../{run['output']}/_manifest.json" in page
