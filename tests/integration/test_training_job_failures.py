@@ -13,7 +13,7 @@ from kubernetes import client
 import mlworkflow
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Trigger
 from mlworkflow.desired.children import RuntimeContext, Workflow, training_job
-from mlworkflow.desired.plan import TrainRequest
+from mlworkflow.desired.lifecycle import TrainRequest
 from mlworkflow.kube import Kube
 from support import wait_for
 
