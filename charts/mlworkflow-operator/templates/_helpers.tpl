@@ -59,11 +59,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["list", "patch", "create"]
-# The drift-check CronJob; its Jobs are listed with the training Jobs above.
+# The drift-check CronJob and Forecast's batch CronJob (deleted when spec.batch.schedule is removed); their
+# Jobs are listed with the training Jobs above.
 - apiGroups: ["batch"]
   resources: ["cronjobs"]
-  verbs: ["patch", "create"]
-# A training Pod's result is its termination message; the operator only reads Pods.
+  verbs: ["patch", "create", "delete"]
+# A Job's result is its Pods' termination messages; the operator only reads Pods.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
