@@ -63,6 +63,20 @@ class Kube:
             "HorizontalPodAutoscaler": self.autoscaling.patch_namespaced_horizontal_pod_autoscaler,
         }
 
+    def _deleters(self) -> dict[str, Callable[..., Any]]:
+        return {
+            "HorizontalPodAutoscaler": self.autoscaling.delete_namespaced_horizontal_pod_autoscaler,
+            "CronJob": self.batch.delete_namespaced_cron_job,
+        }
+
+    def appliable(self) -> list[str]:
+        """The kinds `apply` can apply (each needs the patch and create verbs)."""
+        return list(self._patchers())
+
+    def deletable(self) -> list[str]:
+        """The kinds `delete` can delete (each needs the delete verb)."""
+        return list(self._deleters())
+
     def apply(self, manifest: Manifest) -> JSON:
         """Server-side apply with the operator's field manager: re-applying the same manifest changes nothing,
         and fields other managers own (an HPA's replicas, a GitOps tool's labels) are left to them."""
@@ -93,12 +107,8 @@ class Kube:
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
         """Delete a child the plan no longer wants (a HorizontalPodAutoscaler, a CronJob); gone is fine."""
-        deleters: dict[str, Callable[..., Any]] = {
-            "HorizontalPodAutoscaler": self.autoscaling.delete_namespaced_horizontal_pod_autoscaler,
-            "CronJob": self.batch.delete_namespaced_cron_job,
-        }
         try:
-            deleters[kind](name, namespace)
+            self._deleters()[kind](name, namespace)
         except client.ApiException as error:
             if error.status != 404:
                 raise

@@ -1,0 +1,42 @@
+"""The chart's RBAC grants every verb the operator's code uses, kind by kind: a child the code starts to
+apply or delete without its rule fails here, not as a 403 in a cluster."""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+from kubernetes import client
+
+from mlworkflow.kube import Kube
+from support import CHART
+
+RESOURCES = {
+    "Job": "jobs",
+    "CronJob": "cronjobs",
+    "Deployment": "deployments",
+    "Service": "services",
+    "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+}
+
+
+def granted() -> dict[str, set[str]]:
+    """Verbs per resource in the chart's `mlworkflow-operator.rules` helper."""
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    block = re.search(r'define "mlworkflow-operator.rules" -}}\n(.*?){{- end }}', helpers, re.S)
+    assert block is not None
+    verbs: dict[str, set[str]] = {}
+    for rule in yaml.safe_load(block.group(1)):
+        for resource in rule["resources"]:
+            verbs.setdefault(resource, set()).update(rule["verbs"])
+    return verbs
+
+
+def test_every_kind_the_operator_applies_or_deletes_is_granted() -> None:
+    kube = Kube(client.ApiClient())
+    rules = granted()
+    for kind in kube.appliable():
+        assert {"patch", "create"} <= rules.get(RESOURCES[kind], set()), f"server-side apply of {kind}"
+    for kind in kube.deletable():
+        assert "delete" in rules.get(RESOURCES[kind], set()), f"delete of {kind}"
+    assert {"list"} <= rules["jobs"] and {"list"} <= rules["pods"], "observing Jobs and their Pods"
