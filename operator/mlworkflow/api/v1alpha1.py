@@ -434,13 +434,44 @@ class AutoMLSpec(ApiModel):
     )
 
     candidates: list[Candidate] = Field(
-        min_length=1, max_length=20, description="Model families to search, each with its parameter space."
+        default_factory=list,
+        max_length=20,
+        description=(
+            "Model families to search, each with its parameter space. Empty: a preset for spec.model.task "
+            "(linear, histogram gradient boosting, extra trees, random forest, k-NN for small data)."
+        ),
+        json_schema_extra={"default": []},
     )
-    search: Literal["random", "grid"] = Field("random", description="How trials sample the search space.")
+    search: Literal["random", "grid", "tpe"] = Field(
+        "random",
+        description=(
+            "How trials sample the space (Optuna's samplers): random, grid (every combination of listed "
+            "values), or tpe (a Tree-structured Parzen Estimator learning from finished trials)."
+        ),
+    )
     trials: int = Field(20, ge=1, le=1000, description="How many trials to run in all.")
-    parallelism: int = Field(4, ge=1, le=64, description="Trials (Kubernetes Jobs) running at once.")
+    parallelism: int = Field(4, ge=1, le=64, description="Worker Pods running trials at once.")
     metric: Metric | None = Field(None, description="Metric that ranks trials (default as for promotion).")
-    seed: int = Field(0, ge=0, description="Seed of the random search, for a repeatable search.")
+    seed: int = Field(0, ge=0, description="Seed of the search, for a repeatable search.")
+    time_budget_seconds: int | None = Field(
+        None,
+        ge=10,
+        le=7 * 24 * 3600,
+        description="Stop starting trials after this long (the running ones finish); unset: trials decide.",
+    )
+    max_failed_trials: int = Field(
+        5,
+        ge=0,
+        le=1000,
+        description="Failed trials (a fit that raises) the search tolerates before it fails.",
+    )
+    pruning: Literal["none", "median", "halving"] = Field(
+        "none",
+        description=(
+            "Stop unpromising trials early on their cross-validation folds: Optuna's median pruner or "
+            "successive halving."
+        ),
+    )
 
 
 class PVCStorage(ApiModel):
