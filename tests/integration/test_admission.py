@@ -56,7 +56,9 @@ def policy_namespace(control_plane: ControlPlane, api: client.ApiClient, crd: ob
     # The API server picks a new policy and binding up from its informers: wait until it refuses.
     bad = with_estimator(example("webservice-iris.yaml"), "xgboost.XGBClassifier", "probe")
     wait_for(
-        lambda: REFUSED in apply(control_plane, namespace, bad, "--dry-run=server")[1], 30, "the policy active"
+        lambda: REFUSED in apply(control_plane, namespace, bad, "--dry-run=server")[1],
+        30,
+        "the policy active",
     )
     yield namespace
     control_plane.helm("uninstall", release, "--namespace", namespace, "--wait")
@@ -73,7 +75,9 @@ def test_a_model_estimator_outside_the_allow_list_is_refused_naming_the_field(
         "spec.model.estimator: xgboost.XGBClassifier is not under an allowed module prefix (sklearn.); "
         "the operator's admin sets the allow-list" in said
     ), said
-    assert "ValidatingAdmissionPolicy" in said and f"{policy_namespace}-mlworkflow-operator-estimators" in said
+    assert (
+        "ValidatingAdmissionPolicy" in said and f"{policy_namespace}-mlworkflow-operator-estimators" in said
+    )
 
 
 def test_an_automl_candidate_outside_the_allow_list_is_refused_naming_its_index(
@@ -83,7 +87,9 @@ def test_an_automl_candidate_outside_the_allow_list_is_refused_naming_its_index(
     body["spec"]["automl"]["candidates"][1]["estimator"] = "os.system"
     took, said = apply(control_plane, policy_namespace, body)
     assert not took
-    assert "spec.automl.candidates[1].estimator: os.system is not under an allowed module prefix" in said, said
+    assert "spec.automl.candidates[1].estimator: os.system is not under an allowed module prefix" in said, (
+        said
+    )
 
 
 def test_allowed_estimators_are_accepted(control_plane: ControlPlane, policy_namespace: str) -> None:
@@ -107,7 +113,9 @@ def test_the_admin_widens_the_allow_list_through_the_chart_and_narrowing_spares_
     upgrade("sklearn.,xgboost.")
     try:
         # One list for both checks: the policy's parameter and the operator's environment.
-        deployment = client.AppsV1Api(api).read_namespaced_deployment(f"{release}-mlworkflow-operator", namespace)
+        deployment = client.AppsV1Api(api).read_namespaced_deployment(
+            f"{release}-mlworkflow-operator", namespace
+        )
         env = {e.name: e.value for e in deployment.spec.template.spec.containers[0].env}
         assert env["MLW_ALLOWED_ESTIMATOR_PREFIXES"] == "sklearn.,xgboost."
         wait_for(lambda: apply(control_plane, namespace, body)[0], 30, "xgboost accepted once allowed")
