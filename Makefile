@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test unit lint crds cluster control-plane bench-serving bench-drift bench-batch clean
+.PHONY: venv checkov demo test unit lint crds cluster control-plane bench-serving bench-drift bench-batch clean
 
 venv: $(STAMP)
 
@@ -14,6 +14,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+## checkov (tests/integration/test_chart_checkov.py) in a virtualenv of its own: its pins (packaging<24,
+## python-dateutil<3) conflict with the project's. Exact versions in constraints-checkov.txt.
+checkov: .venv-checkov/.installed
+
+.venv-checkov/.installed: constraints-checkov.txt
+	test -x .venv-checkov/bin/python || $(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/pip install --quiet -c constraints-checkov.txt checkov
+	touch $@
 
 ## The main job: the whole loop on this machine (train, serve, drift, retrain, champion/challenger), no cluster.
 demo: venv
@@ -24,7 +33,7 @@ control-plane:
 	bash hack/build-control-plane.sh
 
 ## All tests: unit, then integration against a real API server started once for the session.
-test: venv control-plane
+test: venv control-plane checkov
 	$(BIN)/pytest
 
 unit: venv
@@ -59,5 +68,5 @@ bench-batch: venv
 	$(BIN)/python bench/batch/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build operator/*.egg-info
+	rm -rf $(VENV) .venv-checkov .pytest_cache .mypy_cache .ruff_cache build operator/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -77,6 +77,11 @@ def operator_kubeconfig(control_plane: ControlPlane, api: client.ApiClient, crd:
         "--wait",
         "--timeout",
         "90s",
+        # The operator's own refusal (EstimatorNotAllowed at reconcile) is tested through this release: its
+        # admission policy would refuse such workflows first. tests/integration/test_admission.py tests
+        # the policy with a release of its own, bound to its namespace.
+        "--set",
+        "admission.enabled=false",
     )
     token = (
         client.CoreV1Api(api)
