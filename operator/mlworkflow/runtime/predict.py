@@ -41,6 +41,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -214,6 +215,16 @@ def read(root: Path, part: Share, columns: Sequence[str]) -> Iterator[Chunk]:
                 yield Chunk(part.path, row + start, pa.Table.from_batches([batch.slice(start, end - start)]))
             start = end
         row += batch.num_rows
+
+
+def ahead(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+    """`chunks`, each read in a background thread while the caller works on the one before (pyarrow's
+    reader releases the GIL, onnxruntime too): one chunk more in memory at most."""
+    with ThreadPoolExecutor(1, thread_name_prefix="read") as pool:
+        pending = pool.submit(next, chunks, None)
+        while (chunk := pending.result()) is not None:
+            pending = pool.submit(next, chunks, None)
+            yield chunk
 
 
 # --- checking and predicting -----------------------------------------------------------------------------
@@ -404,6 +415,10 @@ class Writer:
         self.part_rows = 0
         self.rejects: pq.ParquetWriter | None = None
         self.outcome = Outcome()
+        # A part's chunks are written in a background thread while the next one is predicted; one write
+        # at a time, so that at most one chunk waits in memory.
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="write")
+        self.writing: Future[None] | None = None
 
     def write(self, table: pa.Table) -> None:
         # A new part past PART_ROWS, or when a file's passthrough columns have other types than the last.
@@ -412,8 +427,15 @@ class Writer:
             name = f"part-{self.index}-{len(self.outcome.parts)}.parquet"
             self.part = pq.ParquetWriter(self.folder / name, table.schema)
             self.outcome.parts.append(name)
-        self.part.write_table(table)
+        self.wait()
+        self.writing = self.pool.submit(self.part.write_table, table)
         self.part_rows += table.num_rows
+
+    def wait(self) -> None:
+        """Until the last chunk is written; raises what writing it raised."""
+        if self.writing is not None:
+            self.writing.result()
+            self.writing = None
 
     def reject(self, path: str, rows: list[int], reasons: list[str]) -> None:
         if self.rejects is None:
@@ -427,12 +449,14 @@ class Writer:
         self.outcome.rejected += len(rows)
 
     def close_part(self) -> None:
+        self.wait()
         if self.part is not None:
             self.part.close()
         self.part, self.part_rows = None, 0
 
     def close(self) -> Outcome:
         self.close_part()
+        self.pool.shutdown()
         if self.rejects is not None:
             self.rejects.close()
         return self.outcome
@@ -447,50 +471,45 @@ def predict_share(
     wanted = list(dict.fromkeys([*features, *batch.passthrough_columns]))
     classes = model.classes if model.probabilities else None
     version = pa.scalar(model.version)
-    for part in shares:
-        for chunk in read(root, part, wanted):
-            rows = chunk.table.num_rows
-            writer.outcome.rows_in += rows
-            first = chunk.first
-            absent = [c for c in wanted if c not in chunk.table.column_names]
-            if absent:
-                kind = "feature" if absent[0] in features else "passthrough column"
-                reason = f"{chunk.path}: {kind} {absent[0]!r} is missing"
-                writer.reject(chunk.path, list(range(first, first + rows)), [reason] * rows)
-                continue
-            clean = checked_at_once(model, chunk.table)
-            if clean is not None:
-                checked = Checked(clean, np.arange(rows))
-            else:
-                columns = {
-                    c: numbers(chunk.table[c]) if c in model.schema.numeric else chunk.table[c].to_pylist()
-                    for c in features
-                }
-                checked = check(model, columns, rows, chunk.where)
-            rejected = dict(checked.rejected)
-            kept = checked.positions
-            if checked.batch is not None:
-                predicted = model.predict(checked.batch, probabilities=classes is not None)
-                answered = np.ones(len(kept), dtype=bool)
-                for position, reason in predicted.refused.items():
-                    rejected[int(kept[position])] = (
-                        f"{chunk.path} row {first + int(kept[position])}: {reason}"
-                    )
-                    answered[position] = False
-                sample.offer(_rows(checked.batch, np.flatnonzero(answered)), predicted.predictions)
-                out = chunk.table.select(passthrough).take(pa.array(kept[answered]))
-                out = out.append_column("prediction", pa.array(predicted.predictions))
-                if classes is not None and predicted.probabilities is not None:
-                    for position, name in enumerate(classes):
-                        out = out.append_column(
-                            f"proba_{name}", pa.array(predicted.probabilities[:, position])
-                        )
-                out = out.append_column("model_version", pa.repeat(version, out.num_rows))
-                writer.write(out)
-                writer.outcome.predicted += out.num_rows
-            if rejected:
-                positions = sorted(rejected)
-                writer.reject(chunk.path, [first + p for p in positions], [rejected[p] for p in positions])
+    for chunk in ahead(chunk for part in shares for chunk in read(root, part, wanted)):
+        rows = chunk.table.num_rows
+        writer.outcome.rows_in += rows
+        first = chunk.first
+        absent = [c for c in wanted if c not in chunk.table.column_names]
+        if absent:
+            kind = "feature" if absent[0] in features else "passthrough column"
+            reason = f"{chunk.path}: {kind} {absent[0]!r} is missing"
+            writer.reject(chunk.path, list(range(first, first + rows)), [reason] * rows)
+            continue
+        clean = checked_at_once(model, chunk.table)
+        if clean is not None:
+            checked = Checked(clean, np.arange(rows))
+        else:
+            columns = {
+                c: numbers(chunk.table[c]) if c in model.schema.numeric else chunk.table[c].to_pylist()
+                for c in features
+            }
+            checked = check(model, columns, rows, chunk.where)
+        rejected = dict(checked.rejected)
+        kept = checked.positions
+        if checked.batch is not None:
+            predicted = model.predict(checked.batch, probabilities=classes is not None)
+            answered = np.ones(len(kept), dtype=bool)
+            for position, reason in predicted.refused.items():
+                rejected[int(kept[position])] = f"{chunk.path} row {first + int(kept[position])}: {reason}"
+                answered[position] = False
+            sample.offer(_rows(checked.batch, np.flatnonzero(answered)), predicted.predictions)
+            out = chunk.table.select(passthrough).take(pa.array(kept[answered]))
+            out = out.append_column("prediction", pa.array(predicted.predictions))
+            if classes is not None and predicted.probabilities is not None:
+                for position, name in enumerate(classes):
+                    out = out.append_column(f"proba_{name}", pa.array(predicted.probabilities[:, position]))
+            out = out.append_column("model_version", pa.repeat(version, out.num_rows))
+            writer.write(out)
+            writer.outcome.predicted += out.num_rows
+        if rejected:
+            positions = sorted(rejected)
+            writer.reject(chunk.path, [first + p for p in positions], [rejected[p] for p in positions])
     return writer.close()
 
 
