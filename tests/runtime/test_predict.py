@@ -24,6 +24,7 @@ from mlworkflow.api.v1alpha1 import MLWorkflowSpec
 from mlworkflow.runtime import drift
 from mlworkflow.runtime.data import FeatureSchema
 from mlworkflow.runtime.features import FeatureChecker
+from mlworkflow.runtime.onnx_export import _cgroup_limit, usable_cpus
 from mlworkflow.runtime.predict import InputFile, Share, check, checked_at_once, numbers, share
 from mlworkflow.runtime.store import WorkflowStore
 from runtime.conftest import churn_frame, churn_spec, train_apart
@@ -369,3 +370,18 @@ def test_onnxruntime_predicts_where_it_was_verified(tmp_path: Path) -> None:
         "proba_yes",
         "model_version",
     ]
+
+
+def test_a_batch_pod_uses_the_cpus_its_affinity_and_cpu_limit_allow(tmp_path: Path) -> None:
+    assert usable_cpus() <= len(os.sched_getaffinity(0))
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # cgroup v2: a limit of 1.5 CPUs
+    assert _cgroup_limit(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert _cgroup_limit(tmp_path) is None
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()  # cgroup v1
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert _cgroup_limit(tmp_path) == 2.0
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert _cgroup_limit(tmp_path) is None

@@ -37,10 +37,10 @@ class Prediction(NamedTuple):
 class LoadedModel:
     """One model version, loaded for inference, with the checker its requests must pass."""
 
-    def __init__(self, path: Path, threads: int = 1, lazy_fallback: bool = False) -> None:
-        """`threads`: onnxruntime's (`OnnxPredictor`). `lazy_fallback`: behind onnxruntime, load the
-        scikit-learn pipeline only when a row needs it (a batch Pod, ~45 MiB less for this benchmark's
-        forest), instead of at once so that a serving Pod's memory is what it is from the start."""
+    def __init__(self, path: Path, batch: bool = False) -> None:
+        """`batch`: for a batch Pod, onnxruntime on all its CPUs (`OnnxPredictor`), and the scikit-learn
+        pipeline behind it loaded only when a row needs it; a serving Pod loads it at once, so that its
+        memory is what it is from the start."""
         self._path = path
         card = json.loads((path / "card.json").read_text())
         self.name: str = card["workflow"]
@@ -53,14 +53,12 @@ class LoadedModel:
         one_hot = card["pipeline"]["preprocessing"]["oneHot"]
         onnx_path = path / "model.onnx"
         self.onnx = (
-            OnnxPredictor(onnx_path.read_bytes(), self.schema, one_hot, threads)
-            if onnx_path.exists()
-            else None
+            OnnxPredictor(onnx_path.read_bytes(), self.schema, one_hot, batch) if onnx_path.exists() else None
         )
         self.backend = "onnxruntime" if self.onnx else "sklearn"
         # Needed even behind onnxruntime: it answers the rows whose float32 arithmetic overflows.
         self._pipeline: Pipeline | None = None
-        if not (lazy_fallback and self.onnx):
+        if not (batch and self.onnx):
             self._pipeline = self.pipeline
 
     @property

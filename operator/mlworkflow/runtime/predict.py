@@ -57,7 +57,6 @@ from mlworkflow.api.exitcodes import INVALID_INPUT
 from mlworkflow.api.v1alpha1 import BatchSpec, MLWorkflowSpec
 from mlworkflow.runtime.features import FeatureBatch, RequestError
 from mlworkflow.runtime.model import LoadedModel, sample_line
-from mlworkflow.runtime.onnx_export import usable_cpus
 from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.termination import TERMINATION_LOG, report
 
@@ -558,9 +557,7 @@ def load_model(store: WorkflowStore, version: str) -> LoadedModel:
     path = store.bentoml_home / "models" / store.model_name() / version
     if not (path / "card.json").is_file():
         raise BatchError("ModelNotFound", f"model {store.model_name()}:{version} is not in {path.parent}")
-    # All the CPUs the Pod may use for onnxruntime (one process per Pod, unlike serving's workers); the
-    # scikit-learn pipeline only if a row overflows onnxruntime's float32.
-    return LoadedModel(path, threads=usable_cpus(), lazy_fallback=True)
+    return LoadedModel(path, batch=True)
 
 
 def run_index(run: Run, sample_rows: int) -> dict[str, Any]:
