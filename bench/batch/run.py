@@ -1,17 +1,21 @@
 """Batch prediction benchmark: our runtime against the floor a user would write, measured in one run.
 
-    python bench/batch/run.py [--rows 1000000]
+    python bench/batch/run.py [--rows 1000000] [--repeat 2]
 
 The serving benchmark's model (ColumnTransformer: impute + scale 8 numerics, one-hot 3 categoricals;
 RandomForest of 100 trees; 5% missing values) trained by our training runtime on 20,000 rows, and `--rows`
 new rows of the same shape in one Parquet file (row groups of 131,072 rows, so that two indexes can share
 it). Each contender runs as a fresh process, as a Pod would, timed from start to exit (imports included)
-with its peak resident memory (VmHWM) read from the process itself:
+with its peak resident memory (VmHWM) and CPU seconds read from the process itself:
 
 - the floor: `pd.read_parquet` -> `pipeline.predict` -> `to_parquet` (the id and the prediction);
-- `python -m mlworkflow.runtime.predict` with 1 index, then with 2 indexes (two processes at once), which
-  also checks every row, writes the class probabilities and the model version, publishes the run with
-  its manifest, and samples 10,000 rows for the drift monitor.
+- `python -m mlworkflow.runtime.predict`, which also checks every row, writes the class probabilities and
+  the model version, publishes the run with its manifest, and samples 10,000 rows for the drift monitor:
+  1 index on all the cores (onnxruntime takes them all), 1 index pinned to one core (a Pod of one CPU),
+  and 2 indexes at once, each pinned to its own core (two such Pods).
+
+`--repeat` rounds, each running every contender in turn: a ratio is taken within a round, so that both
+sides saw the same load; the table gives medians and the spread over the rounds.
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ import importlib.util
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Trigger
@@ -40,7 +46,8 @@ import atexit, os, runpy, sys
 def peak():
     status = open("/proc/self/status").read()
     kib = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
-    open(os.environ["PEAK_FILE"], "w").write(kib)
+    cpu = os.times().user + os.times().system
+    open(os.environ["PEAK_FILE"], "w").write(f"{kib} {cpu}")
 atexit.register(peak)
 what = sys.argv.pop(1)
 if what == "-m":
@@ -67,14 +74,23 @@ def serving_data():  # type: ignore[no-untyped-def]
     return module.generated
 
 
+@dataclass(frozen=True)
+class Measured:
+    seconds: float  # wall, from the first start until the last exit
+    peaks: list[float]  # MiB, each process's
+    cpu: float  # CPU seconds (user + system) of all the processes
+    outputs: list[str]
+
+
 def measured(
-    argvs: list[list[str]], folder: Path, env: dict[str, str] | None = None
-) -> tuple[float, list[float], list[str]]:
-    """Runs the programs at once; wall seconds until the last exits, each one's peak MiB, their output."""
+    argvs: list[list[str]], folder: Path, env: dict[str, str] | None = None, pin: bool = False
+) -> Measured:
+    """Runs the programs at once, the n-th on CPU n when `pin` (as Pods of one CPU each would run)."""
     started = time.perf_counter()
     processes = []
     for n, argv in enumerate(argvs):
         peak = folder / f"peak-{os.getpid()}-{n}-{time.monotonic_ns()}"
+        cpus = {sorted(os.sched_getaffinity(0))[n]} if pin else None
         processes.append(
             (
                 subprocess.Popen(
@@ -83,6 +99,7 @@ def measured(
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
                     text=True,
+                    preexec_fn=(lambda cpus=cpus: os.sched_setaffinity(0, cpus)) if cpus else None,
                 ),
                 peak,
             )
@@ -91,7 +108,8 @@ def measured(
     seconds = time.perf_counter() - started
     for (process, _), output in zip(processes, outputs, strict=True):
         assert process.returncode == 0, output
-    return seconds, [int(peak.read_text()) / 1024 for _, peak in processes], outputs
+    kib, cpu = zip(*(peak.read_text().split() for _, peak in processes), strict=True)
+    return Measured(seconds, [int(k) / 1024 for k in kib], sum(map(float, cpu)), outputs)
 
 
 def main() -> None:
@@ -99,6 +117,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=2, help="rounds, each measuring every contender")
     args = parser.parse_args()
     generated = serving_data()
 
@@ -138,37 +157,60 @@ def main() -> None:
     )
     del frame
 
-    results: list[tuple[str, float, list[float], str]] = []
     floor = [FLOOR, str(model_dir / "pipeline.joblib"), str(folder / "in" / "rows.parquet")]
-    seconds, peaks, _ = measured([[*floor, str(folder / "floor.parquet")]], folder)
-    results.append(("floor: read_parquet -> predict -> to_parquet", seconds, peaks, "sklearn"))
     ours = ["-m", "mlworkflow.runtime.predict", f"--store={folder}", "--workflow=bench", "--version=v1"]
     env = {"MLW_SPEC": spec.model_dump_json(by_alias=True)}
-    for indexes in (1, 2):
-        argvs = [
-            [*ours, f"--run-id=run-{indexes}", f"--indexes={indexes}", f"--index={i}"] for i in range(indexes)
-        ]
-        argvs = [
-            [*argv, f"--termination-log={folder / f'termination-{indexes}-{n}'}"]
-            for n, argv in enumerate(argvs)
-        ]
-        seconds, peaks, outputs = measured(argvs, folder, env)
-        summaries = [json.loads(output.strip().splitlines()[-1]) for output in outputs]
-        assert sum(s["predicted"] for s in summaries) + sum(s["rejected"] for s in summaries) == args.rows
-        name = f"mlworkflow.runtime.predict, {indexes} index{'es' if indexes > 1 else ''}"
-        results.append((name, seconds, peaks, summaries[0]["backend"]))
+    cores = len(os.sched_getaffinity(0))
+    # name -> (indexes, pinned to a core each): the runtime gives onnxruntime the CPUs it may use.
+    contenders = {
+        "floor: read_parquet -> predict -> to_parquet": (0, False),
+        f"mlworkflow.runtime.predict, 1 index, {cores} cores": (1, False),
+        "mlworkflow.runtime.predict, 1 index, 1 core": (1, True),
+        "mlworkflow.runtime.predict, 2 indexes, 1 core each": (2, True),
+    }
+    results: dict[str, list[Measured]] = {name: [] for name in contenders}
+    backend = ""
+    for round_ in range(args.repeat):  # interleaved, so that each round's ratios share the machine's load
+        for name, (indexes, pin) in contenders.items():
+            if not indexes:
+                run = measured([[*floor, str(folder / "floor.parquet")]], folder)
+            else:
+                argvs = [
+                    [
+                        *ours,
+                        f"--run-id=run-{round_}-{len(results[name])}-{indexes}{pin}",
+                        f"--indexes={indexes}",
+                        f"--index={i}",
+                        f"--termination-log={folder / f'termination-{round_}-{indexes}{pin}-{i}'}",
+                    ]
+                    for i in range(indexes)
+                ]
+                run = measured(argvs, folder, env, pin)
+                summaries = [json.loads(output.strip().splitlines()[-1]) for output in run.outputs]
+                assert sum(s["predicted"] + s["rejected"] for s in summaries) == args.rows
+                backend = summaries[0]["backend"]
+            results[name].append(run)
+            print(f"round {round_ + 1}: {name}: {run.seconds:.1f} s, {max(run.peaks):.0f} MiB", flush=True)
 
     print()
-    print("| implementation | backend | seconds | rows/s | vs floor | peak MiB (per process) | vs floor |")
-    print("|---|---|---|---|---|---|---|")
-    _, floor_seconds, floor_peaks, _ = results[0]
-    for name, seconds, peaks, backend in results:
-        rate = args.rows / seconds
-        peak = max(peaks)
+    print(
+        "| implementation | backend | seconds (median, min-max) | rows/s | vs floor (each round) "
+        "| CPU s | peak MiB (per process) | vs floor |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    floors = results[next(iter(contenders))]
+    floor_peak = statistics.median(max(r.peaks) for r in floors)
+    for name, runs in results.items():
+        seconds = [r.seconds for r in runs]
+        ratios = sorted(f.seconds / r.seconds for f, r in zip(floors, runs, strict=True))
+        peak = statistics.median(max(r.peaks) for r in runs)
         print(
-            f"| {name} | {backend} | {seconds:.1f} | {rate:,.0f} | {floor_seconds / seconds:.2f}x | "
-            f"{peak:.0f} | {peak / floor_peaks[0]:.2f}x |"
+            f"| {name} | {'sklearn' if runs is floors else backend} | {statistics.median(seconds):.1f} "
+            f"({min(seconds):.1f}-{max(seconds):.1f}) | {args.rows / statistics.median(seconds):,.0f} | "
+            f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f}) | "
+            f"{statistics.median(r.cpu for r in runs):.1f} | {peak:.0f} | {peak / floor_peak:.2f}x |"
         )
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     shutil.rmtree(folder, ignore_errors=True)
 
 

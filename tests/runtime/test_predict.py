@@ -9,18 +9,23 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import joblib
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from mlworkflow.api.exitcodes import INVALID_INPUT
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec
 from mlworkflow.runtime import drift
-from mlworkflow.runtime.predict import InputFile, Share, share
+from mlworkflow.runtime.data import FeatureSchema
+from mlworkflow.runtime.features import FeatureChecker
+from mlworkflow.runtime.onnx_export import _cgroup_limit, usable_cpus
+from mlworkflow.runtime.predict import InputFile, Share, check, checked_at_once, numbers, share
 from mlworkflow.runtime.store import WorkflowStore
 from runtime.conftest import churn_frame, churn_spec, train_apart
 
@@ -172,6 +177,37 @@ def test_share_deals_every_row_to_exactly_one_index() -> None:
         assert sorted(dealt(mixed, csv_rows, indexes)) == sorted(every)
 
 
+def test_whole_column_checks_give_what_the_checks_value_by_value_give() -> None:
+    """`checked_at_once` (a clean chunk, on Arrow columns) gives the batch the serving checker gives on the
+    values one by one, for the column types the files bring; it gives None where a value fails."""
+    schema = FeatureSchema("y", ["f", "i", "t"], ["s", "b", "n"], {"b": ["False", "True"]})
+    table = pa.table(
+        {
+            "f": pa.array([1.5, None, float("nan"), -0.0, 3e38]),
+            "i": pa.array([1, None, 3, 2**53 + 1, -7], pa.int64()),
+            "t": pa.array(["1.5", None, "nan", "2", "-1e3"]),  # a CSV's text
+            "s": pa.array(["a", None, "3.0", "a", "03"]),
+            "b": pa.array([True, None, False, True, True]),
+            "n": pa.array([1.0, 2.5, None, float("nan"), 1.0]),
+        }
+    )
+    model = SimpleNamespace(schema=schema, checker=FeatureChecker(schema, impute=True))
+    fast = checked_at_once(model, table)  # type: ignore[arg-type]
+    columns = {c: numbers(table[c]) if c in schema.numeric else table[c].to_pylist() for c in schema.features}
+    slow = check(model, columns, table.num_rows, str).batch  # type: ignore[arg-type]
+    assert fast is not None and slow is not None
+    for column in schema.numeric:
+        np.testing.assert_array_equal(fast.numeric[column], slow.numeric[column])
+    for column in schema.categorical:
+        assert fast.categorical[column].tolist() == slow.categorical[column].tolist()
+    no_imputer = SimpleNamespace(schema=schema, checker=FeatureChecker(schema, impute=False))
+    assert checked_at_once(no_imputer, table) is None  # type: ignore[arg-type]
+    for bad in (pa.array([1.0, 2.0, float("inf"), 0.0, 0.0]), pa.array([1e39, 0.0, 0.0, 0.0, 0.0])):
+        assert checked_at_once(model, table.set_column(0, "f", bad)) is None  # type: ignore[arg-type]
+    text = pa.array(["1", "x", "2", "3", "4"])
+    assert checked_at_once(model, table.set_column(2, "t", text)) is None  # type: ignore[arg-type]
+
+
 def test_predicts_200k_parquet_rows_in_bounded_memory(store: WorkflowStore, tmp_path: Path) -> None:
     """Predictions equal scikit-learn's on the good rows; the bad ones are rejected with their reason; and
     a run on four times the rows takes no more memory."""
@@ -180,7 +216,9 @@ def test_predicts_200k_parquet_rows_in_bounded_memory(store: WorkflowStore, tmp_
     for row, value in bad.items():
         frame.loc[row, "monthly"] = value
     (store.root / "in").mkdir(exist_ok=True)
-    frame.to_parquet(store.root / "in" / "rows-200k.parquet", index=False)
+    # Row groups of 100,000 rows in both files: the reader holds one row group's buffers, which grow with
+    # the writer's row groups (not with the file's rows).
+    frame.to_parquet(store.root / "in" / "rows-200k.parquet", index=False, row_group_size=100_000)
     result = predict_apart(store, batch_spec("in/rows-200k.parquet"), "r200k")
     assert result.code == 0, result.log
     summary = result.summary
@@ -214,10 +252,9 @@ def test_predicts_200k_parquet_rows_in_bounded_memory(store: WorkflowStore, tmp_
     window, seen, _ = drift.read_window(tmp_path, 0.0, 10_000)
     assert seen == 500 and list(window.columns) == ["tenure", "monthly", "plan", "region"]
 
-    # Four times the rows: the peak stays put; holding the rows would grow it by their size at least. (What
-    # it grows by, about 11 MiB here, is the Parquet reader's buffers: the file is one row group.)
+    # Four times the rows: the peak stays put; holding the rows would grow it by their size at least.
     pd.concat([frame] * 4, ignore_index=True).assign(id=np.arange(800_000)).to_parquet(
-        store.root / "in" / "rows-800k.parquet", index=False
+        store.root / "in" / "rows-800k.parquet", index=False, row_group_size=100_000
     )
     larger = predict_apart(store, batch_spec("in/rows-800k.parquet"), "r800k", version="v1")
     assert larger.code == 0 and larger.summary["rowsIn"] == 800_000, larger.log
@@ -333,3 +370,18 @@ def test_onnxruntime_predicts_where_it_was_verified(tmp_path: Path) -> None:
         "proba_yes",
         "model_version",
     ]
+
+
+def test_a_batch_pod_uses_the_cpus_its_affinity_and_cpu_limit_allow(tmp_path: Path) -> None:
+    assert usable_cpus() <= len(os.sched_getaffinity(0))
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # cgroup v2: a limit of 1.5 CPUs
+    assert _cgroup_limit(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert _cgroup_limit(tmp_path) is None
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()  # cgroup v1
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert _cgroup_limit(tmp_path) == 2.0
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert _cgroup_limit(tmp_path) is None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import joblib
 import numpy as np
@@ -21,6 +21,9 @@ import pandas as pd
 from mlworkflow.runtime.data import FeatureSchema
 from mlworkflow.runtime.features import FeatureBatch, FeatureChecker, RequestError
 from mlworkflow.runtime.onnx_export import OnnxPredictor
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
 
 class Prediction(NamedTuple):
@@ -34,7 +37,11 @@ class Prediction(NamedTuple):
 class LoadedModel:
     """One model version, loaded for inference, with the checker its requests must pass."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, batch: bool = False) -> None:
+        """`batch`: for a batch Pod, onnxruntime on all its CPUs (`OnnxPredictor`), and the scikit-learn
+        pipeline behind it loaded only when a row needs it; a serving Pod loads it at once, so that its
+        memory is what it is from the start."""
+        self._path = path
         card = json.loads((path / "card.json").read_text())
         self.name: str = card["workflow"]
         self.version: str = card["version"]
@@ -46,12 +53,20 @@ class LoadedModel:
         one_hot = card["pipeline"]["preprocessing"]["oneHot"]
         onnx_path = path / "model.onnx"
         self.onnx = (
-            OnnxPredictor(onnx_path.read_bytes(), self.schema, one_hot) if onnx_path.exists() else None
+            OnnxPredictor(onnx_path.read_bytes(), self.schema, one_hot, batch) if onnx_path.exists() else None
         )
-        # Loaded even behind onnxruntime: it answers the rows whose float32 arithmetic overflows. Loaded
-        # now rather than at the first such row, so that a Pod's memory is what it is from the start.
-        self.pipeline = joblib.load(path / "pipeline.joblib")
         self.backend = "onnxruntime" if self.onnx else "sklearn"
+        # Needed even behind onnxruntime: it answers the rows whose float32 arithmetic overflows.
+        self._pipeline: Pipeline | None = None
+        if not (batch and self.onnx):
+            self._pipeline = self.pipeline
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The fitted scikit-learn pipeline, loaded at its first use."""
+        if self._pipeline is None:
+            self._pipeline = joblib.load(self._path / "pipeline.joblib")
+        return self._pipeline
 
     def predict(self, batch: FeatureBatch, probabilities: bool = False) -> Prediction:
         """Predictions, and the class probabilities (columns in `classes` order) when asked for.

@@ -7,8 +7,11 @@ convert, or whose check fails, keeps scikit-learn: never a silent difference.
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -49,14 +52,26 @@ def convert(pipeline: Pipeline, schema: FeatureSchema, one_hot: bool) -> bytes |
 
 
 class OnnxPredictor:
-    """An onnxruntime session over a converted pipeline; one thread, as one serving worker wants."""
+    """An onnxruntime session over a converted pipeline.
 
-    def __init__(self, model: bytes, schema: FeatureSchema, one_hot: bool) -> None:
+    For a serving worker (one of several processes on the Pod's cores): one thread, and onnxruntime's
+    memory arena, which keeps the buffers of small requests for the next. For a batch Pod (`batch`):
+    a thread per CPU the process may use (`usable_cpus`), which split each chunk's rows (a forest of 100
+    trees: 1.9x on 2 cores), sleeping rather than spinning while they wait, and no arena (a chunk's buffers
+    are few and large: the arena kept ~20 MiB of them after the run).
+    """
+
+    def __init__(self, model: bytes, schema: FeatureSchema, one_hot: bool, batch: bool = False) -> None:
         import onnxruntime
 
+        threads = usable_cpus() if batch else 1
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = 1
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # On a node whose cores other Pods share (or under a CPU quota), a spinning thread burns the time
+        # its busy sibling needs (1M rows, 2 threads on a loaded machine: 63 s spinning, 17 s not).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0" if threads > 1 else "1")
+        options.enable_cpu_mem_arena = not batch
         self.session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self.numeric, self.categorical = input_columns(schema, one_hot)
         # skl2onnx sanitises column names ("sepal length (cm)" -> "sepal_length__cm_"); the order is kept.
@@ -85,6 +100,29 @@ class OnnxPredictor:
         predictions = predictions[:, 0] if predictions.shape[1] == 1 else predictions
         probabilities = np.asarray(results[1]) if len(results) > 1 else None
         return predictions, probabilities
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (what `taskset` or a static CPU manager gives),
+    capped by the container's CPU limit (cgroup v2 `cpu.max`, else v1 `cpu.cfs_quota_us`), rounded up."""
+    cpus = len(os.sched_getaffinity(0))
+    limit = _cgroup_limit()
+    return max(1, min(cpus, math.ceil(limit))) if limit else cpus
+
+
+def _cgroup_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPU limit in CPUs (quota / period), None when there is none."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 else None
 
 
 def verify(pipeline: Pipeline, predictor: OnnxPredictor, x: pd.DataFrame, task: str) -> Verification:

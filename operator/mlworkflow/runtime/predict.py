@@ -41,6 +41,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -215,7 +216,54 @@ def read(root: Path, part: Share, columns: Sequence[str]) -> Iterator[Chunk]:
         row += batch.num_rows
 
 
+def ahead(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+    """`chunks`, each read in a background thread while the caller works on the one before (pyarrow's
+    reader releases the GIL, onnxruntime too): one chunk more in memory at most."""
+    with ThreadPoolExecutor(1, thread_name_prefix="read") as pool:
+        pending = pool.submit(next, chunks, None)
+        while (chunk := pending.result()) is not None:
+            pending = pool.submit(next, chunks, None)
+            yield chunk
+
+
 # --- checking and predicting -----------------------------------------------------------------------------
+
+
+def checked_at_once(model: LoadedModel, table: pa.Table) -> FeatureBatch | None:
+    """The chunk's batch when every row passes the checks, found on whole Arrow columns
+    (`FeatureChecker.from_arrays`: the same checks, the same result as on the values one by one); None
+    when some row does not, or a column's type needs the values one by one (`numbers`, `check`)."""
+    numeric = {}
+    for column in model.schema.numeric:
+        array = _floats(table[column])
+        if array is None:
+            return None
+        numeric[column] = array
+    categorical = {}
+    for column in model.schema.categorical:
+        encoded = table[column].combine_chunks()
+        try:
+            if not pa.types.is_dictionary(encoded.type):
+                encoded = pc.dictionary_encode(encoded)
+        except pa.ArrowNotImplementedError:
+            return None
+        values = encoded.dictionary.to_pylist()
+        # A null is one more distinct value, None, after the dictionary's.
+        codes = encoded.indices.fill_null(len(values)).to_numpy()
+        categorical[column] = ([*values, None], codes)
+    return model.checker.from_arrays(numeric, categorical, table.num_rows)
+
+
+def _floats(column: pa.ChunkedArray) -> np.ndarray | None:
+    """A numeric feature as float64, NaN where missing, as `numbers` reads it; None for another type."""
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        try:
+            column = pc.cast(column, pa.float64())
+        except pa.ArrowInvalid:
+            return None
+    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+        return None
+    return np.asarray(column.to_numpy(), dtype=np.float64)  # nulls are NaN
 
 
 def numbers(column: pa.ChunkedArray) -> list[Any]:
@@ -303,14 +351,17 @@ def check(
 @dataclass
 class Sample:
     """A uniform sample of at most `size` rows of all those offered (bottom-k: each row gets a random key
-    and the `size` smallest keys stay), kept as the JSON lines the drift check reads."""
+    and the `size` smallest keys stay). The kept rows stay columns; only those left at the end become
+    the JSON lines the drift check reads (`lines`): a million rows offer ~40,000 on their way."""
 
     size: int
     rng: np.random.Generator
     keys: np.ndarray = field(default_factory=lambda: np.empty(0))
-    lines: list[str] = field(default_factory=list)
+    rows: FeatureBatch | None = None
+    times: np.ndarray = field(default_factory=lambda: np.empty(0))  # when each row was offered, epoch s
+    predictions: np.ndarray = field(default_factory=lambda: np.empty(0))
 
-    def offer(self, version: str, batch: FeatureBatch, predictions: list[Any]) -> None:
+    def offer(self, batch: FeatureBatch, predictions: np.ndarray) -> None:
         if self.size <= 0 or not batch.rows:
             return
         keys = self.rng.random(batch.rows)
@@ -320,16 +371,27 @@ class Sample:
             chosen = chosen[np.argpartition(keys[chosen], self.size - 1)[: self.size]]
         if not len(chosen):
             return
-        now = time.time()
-        features = _rows(batch, chosen).records(range(len(chosen)))
-        lines = [
-            sample_line(now, version, f, predictions[i])
-            for i, f in zip(chosen.tolist(), features, strict=True)
-        ]
+        new = _rows(batch, chosen)
         all_keys = np.concatenate([self.keys, keys[chosen]])
         kept = np.argsort(all_keys, kind="stable")[: self.size]
-        every = self.lines + lines
-        self.keys, self.lines = all_keys[kept], [every[k] for k in kept.tolist()]
+        times = np.full(len(chosen), time.time())
+        if self.rows is None:  # the predictions' dtype is the model's: start from it
+            every, every_predictions = new, predictions[chosen]
+        else:
+            every = _joined([self.rows, new])
+            every_predictions = np.concatenate([self.predictions, predictions[chosen]])
+            times = np.concatenate([self.times, times])
+        self.keys, self.rows = all_keys[kept], _rows(every, kept)
+        self.times, self.predictions = times[kept], every_predictions[kept]
+
+    def lines(self, version: str) -> list[str]:
+        if self.rows is None:
+            return []
+        features = self.rows.records(range(self.rows.rows))
+        return [
+            sample_line(ts, version, f, p)
+            for ts, f, p in zip(self.times.tolist(), features, self.predictions.tolist(), strict=True)
+        ]
 
 
 @dataclass
@@ -352,6 +414,10 @@ class Writer:
         self.part_rows = 0
         self.rejects: pq.ParquetWriter | None = None
         self.outcome = Outcome()
+        # A part's chunks are written in a background thread while the next one is predicted; one write
+        # at a time, so that at most one chunk waits in memory.
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="write")
+        self.writing: Future[None] | None = None
 
     def write(self, table: pa.Table) -> None:
         # A new part past PART_ROWS, or when a file's passthrough columns have other types than the last.
@@ -360,8 +426,15 @@ class Writer:
             name = f"part-{self.index}-{len(self.outcome.parts)}.parquet"
             self.part = pq.ParquetWriter(self.folder / name, table.schema)
             self.outcome.parts.append(name)
-        self.part.write_table(table)
+        self.wait()
+        self.writing = self.pool.submit(self.part.write_table, table)
         self.part_rows += table.num_rows
+
+    def wait(self) -> None:
+        """Until the last chunk is written; raises what writing it raised."""
+        if self.writing is not None:
+            self.writing.result()
+            self.writing = None
 
     def reject(self, path: str, rows: list[int], reasons: list[str]) -> None:
         if self.rejects is None:
@@ -375,12 +448,14 @@ class Writer:
         self.outcome.rejected += len(rows)
 
     def close_part(self) -> None:
+        self.wait()
         if self.part is not None:
             self.part.close()
         self.part, self.part_rows = None, 0
 
     def close(self) -> Outcome:
         self.close_part()
+        self.pool.shutdown()
         if self.rejects is not None:
             self.rejects.close()
         return self.outcome
@@ -395,47 +470,45 @@ def predict_share(
     wanted = list(dict.fromkeys([*features, *batch.passthrough_columns]))
     classes = model.classes if model.probabilities else None
     version = pa.scalar(model.version)
-    for part in shares:
-        for chunk in read(root, part, wanted):
-            rows = chunk.table.num_rows
-            writer.outcome.rows_in += rows
-            first = chunk.first
-            absent = [c for c in wanted if c not in chunk.table.column_names]
-            if absent:
-                kind = "feature" if absent[0] in features else "passthrough column"
-                reason = f"{chunk.path}: {kind} {absent[0]!r} is missing"
-                writer.reject(chunk.path, list(range(first, first + rows)), [reason] * rows)
-                continue
+    for chunk in ahead(chunk for part in shares for chunk in read(root, part, wanted)):
+        rows = chunk.table.num_rows
+        writer.outcome.rows_in += rows
+        first = chunk.first
+        absent = [c for c in wanted if c not in chunk.table.column_names]
+        if absent:
+            kind = "feature" if absent[0] in features else "passthrough column"
+            reason = f"{chunk.path}: {kind} {absent[0]!r} is missing"
+            writer.reject(chunk.path, list(range(first, first + rows)), [reason] * rows)
+            continue
+        clean = checked_at_once(model, chunk.table)
+        if clean is not None:
+            checked = Checked(clean, np.arange(rows))
+        else:
             columns = {
                 c: numbers(chunk.table[c]) if c in model.schema.numeric else chunk.table[c].to_pylist()
                 for c in features
             }
             checked = check(model, columns, rows, chunk.where)
-            rejected = dict(checked.rejected)
-            kept = checked.positions
-            if checked.batch is not None:
-                predicted = model.predict(checked.batch, probabilities=classes is not None)
-                answered = np.ones(len(kept), dtype=bool)
-                for position, reason in predicted.refused.items():
-                    rejected[int(kept[position])] = (
-                        f"{chunk.path} row {first + int(kept[position])}: {reason}"
-                    )
-                    answered[position] = False
-                values: list[Any] = predicted.predictions.tolist()
-                sample.offer(model.version, _rows(checked.batch, np.flatnonzero(answered)), values)
-                out = chunk.table.select(passthrough).take(pa.array(kept[answered]))
-                out = out.append_column("prediction", pa.array(predicted.predictions))
-                if classes is not None and predicted.probabilities is not None:
-                    for position, name in enumerate(classes):
-                        out = out.append_column(
-                            f"proba_{name}", pa.array(predicted.probabilities[:, position])
-                        )
-                out = out.append_column("model_version", pa.repeat(version, out.num_rows))
-                writer.write(out)
-                writer.outcome.predicted += out.num_rows
-            if rejected:
-                positions = sorted(rejected)
-                writer.reject(chunk.path, [first + p for p in positions], [rejected[p] for p in positions])
+        rejected = dict(checked.rejected)
+        kept = checked.positions
+        if checked.batch is not None:
+            predicted = model.predict(checked.batch, probabilities=classes is not None)
+            answered = np.ones(len(kept), dtype=bool)
+            for position, reason in predicted.refused.items():
+                rejected[int(kept[position])] = f"{chunk.path} row {first + int(kept[position])}: {reason}"
+                answered[position] = False
+            sample.offer(_rows(checked.batch, np.flatnonzero(answered)), predicted.predictions)
+            out = chunk.table.select(passthrough).take(pa.array(kept[answered]))
+            out = out.append_column("prediction", pa.array(predicted.predictions))
+            if classes is not None and predicted.probabilities is not None:
+                for position, name in enumerate(classes):
+                    out = out.append_column(f"proba_{name}", pa.array(predicted.probabilities[:, position]))
+            out = out.append_column("model_version", pa.repeat(version, out.num_rows))
+            writer.write(out)
+            writer.outcome.predicted += out.num_rows
+        if rejected:
+            positions = sorted(rejected)
+            writer.reject(chunk.path, [first + p for p in positions], [rejected[p] for p in positions])
     return writer.close()
 
 
@@ -484,7 +557,7 @@ def load_model(store: WorkflowStore, version: str) -> LoadedModel:
     path = store.bentoml_home / "models" / store.model_name() / version
     if not (path / "card.json").is_file():
         raise BatchError("ModelNotFound", f"model {store.model_name()}:{version} is not in {path.parent}")
-    return LoadedModel(path)
+    return LoadedModel(path, batch=True)
 
 
 def run_index(run: Run, sample_rows: int) -> dict[str, Any]:
@@ -505,6 +578,7 @@ def run_index(run: Run, sample_rows: int) -> dict[str, Any]:
     except pa.ArrowInvalid as error:
         # An unreadable file (not Parquet, a ragged CSV): the same input fails the same way.
         raise BatchError("InputInvalid", f"spec.batch.input: {error}") from None
+    sampled = sample.lines(model.version)
     manifest = {
         "index": run.index,
         "indexes": run.indexes,
@@ -519,7 +593,7 @@ def run_index(run: Run, sample_rows: int) -> dict[str, Any]:
         "input": {"pattern": run.batch.input, "files": listing, "fingerprint": digest},
         "started": started,
         "finished": time.time(),
-        "sampled": len(sample.lines),
+        "sampled": len(sampled),
     }
     limit = run.batch.max_reject_fraction
     if outcome.rejected > limit * outcome.rows_in:
@@ -530,9 +604,9 @@ def run_index(run: Run, sample_rows: int) -> dict[str, Any]:
             f"spec.batch.maxRejectFraction {limit}); the first: {first}",
             {k: manifest[k] for k in ("rowsIn", "predicted", "rejected", "backend")},
         )
-    if sample.lines:
+    if sampled:
         run.store.samples.mkdir(parents=True, exist_ok=True)
-        _write_atomically(run.store.samples / f"batch-{run.run_id}-{run.index}.jsonl", "".join(sample.lines))
+        _write_atomically(run.store.samples / f"batch-{run.run_id}-{run.index}.jsonl", "".join(sampled))
     _write_atomically(run.mine / INDEX_MANIFEST, json.dumps(manifest))
     return {**manifest, "published": publish(run, take_lock=True)}
 
