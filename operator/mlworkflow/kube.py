@@ -36,6 +36,7 @@ from mlworkflow.desired.lifecycle import (
     ServingState,
     TrainingRun,
     batch_result,
+    search_result,
 )
 from mlworkflow.desired.patterns.automl import CHAMPION_ANNOTATION, DRIFT_REPORT_ANNOTATION
 from mlworkflow.desired.patterns.forecast import PREDICT_REQUEST_ANNOTATION
@@ -195,22 +196,14 @@ class Kube:
         result: JSON = {}
         message = ""
         if state != "Running":
-            # Every worker reports the study's best when it ends: the summary that counted most trials is
-            # the final one. A failed search says why through its failed workers.
             summaries = [
                 termination.read(_termination_message(pod))
                 for pod in self._pods(namespace, meta["name"])
                 if _phase(pod) in ("Succeeded", "Failed")
             ]
-            ok = [s for s in summaries if s.get("status") == "ok"]
-            if ok and state == "Succeeded":
-                result = max(ok, key=lambda s: int((s.get("trials") or {}).get("total") or 0))
-            else:
-                failed = [s for s in summaries if s.get("status") != "ok"]
-                result = failed[0] if failed else {}
-                message = str(
-                    result.get("message") or condition.get("message") or condition.get("reason", "")
-                )
+            result, failure = search_result(summaries, state == "Succeeded")
+            if state == "Failed":
+                message = failure or condition.get("message") or condition.get("reason", "")
         annotations = meta.get("annotations") or {}
         return SearchRun(
             version=meta["labels"].get(VERSION_LABEL, ""),

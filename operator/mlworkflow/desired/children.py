@@ -198,9 +198,13 @@ def pod_failure_policy(container: str, action: str = "FailJob") -> dict[str, Any
     }
 
 
-def model_fields(spec: MLWorkflowSpec) -> dict[str, Any]:
-    """`spec.model` as its wire form (task, preprocessing, ...), or {} when absent."""
-    return spec.model.model_dump(by_alias=True, exclude_none=True) if spec.model else {}
+def trained_spec(spec: MLWorkflowSpec, train: TrainRequest) -> MLWorkflowSpec:
+    """The spec a training runs with: the workflow's, with an AutoML search's winner (estimator and
+    parameters) as its model when `train.model` names one."""
+    if not train.model:
+        return spec
+    model = spec.model.model_dump(by_alias=True, exclude_none=True) if spec.model else {}
+    return spec.model_copy(update={"model": v1alpha1.ModelSpec.model_validate({**model, **train.model})})
 
 
 def training_job(workflow: Workflow, train: TrainRequest, context: RuntimeContext) -> Manifest:
@@ -209,13 +213,7 @@ def training_job(workflow: Workflow, train: TrainRequest, context: RuntimeContex
     AutoML search's winner), that estimator and its parameters are trained; the Job still carries the
     workflow's own spec hash."""
     spec = workflow.spec
-    trained = (
-        spec.model_copy(
-            update={"model": v1alpha1.ModelSpec.model_validate({**model_fields(spec), **train.model})}
-        )
-        if train.model
-        else spec
-    )
+    trained = trained_spec(spec, train)
     version, trigger, champion, drift_report = (
         train.version,
         train.trigger,
