@@ -33,18 +33,20 @@ from typing import Any, Literal
 from mlworkflow.api.estimators import DEFAULT_ALLOWED_PREFIXES
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Pattern
 from mlworkflow.desired import cron
-from mlworkflow.desired.children import model_spec_hash
+from mlworkflow.desired.children import model_spec_hash, trained_spec
 from mlworkflow.desired.lifecycle import (
     BatchRun,
     DriftCheck,
     Event,
     Observed,
     RunState,
+    SearchRun,
     ServingState,
     TrainingRun,
     TrainRequest,
     batch_result,
     promotion_metric,
+    search_result,
 )
 from mlworkflow.desired.plan import plan
 from mlworkflow.desired.validation import check_spec
@@ -148,6 +150,36 @@ class LocalBatchRun:
         )
 
 
+@dataclass
+class LocalSearch:
+    """A model search (AutoML) of the local runner: one process per worker, as the search Job's Pods."""
+
+    request: TrainRequest
+    spec_hash: str
+    workers: list[Process]
+
+    def observed(self) -> SearchRun:
+        """As the operator observes a search Job: running until every worker ended."""
+        codes = [p.poll() for p in self.workers]
+        train = self.request
+        if any(code is None for code in codes):
+            return SearchRun(train.version, train.trigger, self.spec_hash, "Running")
+        succeeded = all(code == 0 for code in codes)
+        result, failure = search_result([p.result() for p in self.workers], succeeded)
+        return SearchRun(
+            train.version,
+            train.trigger,
+            self.spec_hash,
+            "Succeeded" if succeeded else "Failed",
+            result,
+            "" if succeeded else failure,
+            max(p.finished_at or p.started_at for p in self.workers),
+            train.champion,
+            train.drift_report,
+            train.retrain_request,
+        )
+
+
 def _request(path: Path) -> str | None:
     """A local annotation: what `mlworkflow retrain` or `mlworkflow predict` wrote last."""
     with contextlib.suppress(OSError):
@@ -182,6 +214,7 @@ class LocalRunner:
         self.serving: Process | None = None
         self.drift_checks: list[Process] = []
         self.batch_runs: dict[str, LocalBatchRun] = {}
+        self.searches: dict[str, LocalSearch] = {}
         self.started_at = datetime.now(UTC)
         self.last_drift_check = self.last_batch_schedule = self.started_at
         self._last_line = ""
@@ -207,12 +240,18 @@ class LocalRunner:
             retrain_request=_request(self.store.retrain_request),
             batch_runs=[run.observed() for run in self.batch_runs.values()],
             predict_request=_request(self.store.predict_request),
+            searches=[search.observed() for search in self.searches.values()],
         )
         step = plan(self.spec, observed, now, self.endpoint)
         if step.train is not None:
-            self._train(step.train)
+            if self.spec.pattern == Pattern.AUTOML:
+                self._search(step.train)
+            else:
+                self._train(step.train)
+        if step.refit is not None:
+            self._train(step.refit)
         if (
-            self.spec.pattern == Pattern.WEB_SERVICE
+            self.spec.pattern in (Pattern.WEB_SERVICE, Pattern.AUTOML)
             and step.deploy is not None
             and (
                 self.serving is None
@@ -267,6 +306,7 @@ class LocalRunner:
             *self.trainings.values(),
             *self.drift_checks,
             *(p for run in self.batch_runs.values() for p in run.indexes),
+            *(p for search in self.searches.values() for p in search.workers),
             *([self.serving] if self.serving else []),
         ]:
             process.stop()
@@ -300,10 +340,38 @@ class LocalRunner:
         ]
         argv += [f"--champion={train.champion}"] if train.champion else []
         argv += [f"--drift-report={train.drift_report}"] if train.drift_report else []
-        env = {"MLW_SPEC": self.spec.model_dump_json(by_alias=True, exclude_none=True)}
+        env = {"MLW_SPEC": trained_spec(self.spec, train).model_dump_json(by_alias=True, exclude_none=True)}
         self.trainings[train.version] = self._start(
             "train", argv, env, request=train, spec_hash=model_spec_hash(self.spec)
         )
+
+    def _search(self, train: TrainRequest) -> None:
+        """AutoML: `spec.automl.parallelism` search workers on one study, as the search Job's Pods."""
+        automl = self.spec.automl
+        assert automl is not None
+        warm = self.store.base / "automl" / (train.champion or "") / "leaderboard.json"
+        common = [
+            f"--store={self.store.root}",
+            f"--workflow={self.name}",
+            f"--search-id={train.version}",
+            f"--workers={automl.parallelism}",
+            f"--sampler={automl.search}",
+            f"--trials={automl.trials}",
+            f"--max-failed={automl.max_failed_trials}",
+            f"--pruning={'successive-halving' if automl.pruning == 'halving' else automl.pruning}",
+            *([f"--time-budget={automl.time_budget_seconds}"] if automl.time_budget_seconds else []),
+            *([f"--warm-start={warm}"] if train.champion and warm.exists() else []),
+        ]
+        env = {"MLW_SPEC": self.spec.model_dump_json(by_alias=True, exclude_none=True)}
+        workers = [
+            self._start(
+                f"search-{worker}",
+                [sys.executable, "-m", "mlworkflow.runtime.search", *common, f"--worker={worker}"],
+                env,
+            )
+            for worker in range(automl.parallelism)
+        ]
+        self.searches[train.version] = LocalSearch(train, model_spec_hash(self.spec), workers)
 
     def _serve(self, version: str) -> None:
         if self.serving is not None:
