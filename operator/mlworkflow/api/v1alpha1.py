@@ -783,6 +783,7 @@ class SearchStatus(ApiModel):
         max_length=10,
         description="The ten best trials; every trial is in <store>/<workflow>/automl/<version>/.",
     )
+    seconds: float | None = Field(None, ge=0, description="How long the search ran (its slowest worker).")
     finished_at: datetime | None = Field(None, description="When the search finished.")
     message: str = Field("", max_length=4096, description="Why it failed, for a human.")
 

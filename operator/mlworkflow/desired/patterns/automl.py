@@ -94,6 +94,7 @@ def search_status(spec: MLWorkflowSpec, search: SearchRun) -> SearchStatus:
         leaderboard=[
             LeaderboardEntry.model_validate(row) for row in (search.result.get("leaderboard") or [])[:10]
         ],
+        seconds=search.result.get("seconds"),
         finished_at=search.finished_at,
         message=(search.message or "")[:4096] if search.state == "Failed" else "",
     )
