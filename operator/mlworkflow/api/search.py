@@ -274,7 +274,11 @@ def _trees(estimator: str, classifier: bool) -> Preset:
     }
     if classifier:
         params["criterion"] = ["gini", "entropy"]
-    start = {"n_estimators": 100, "max_features": 0.3 if classifier else 1.0, "min_samples_leaf": 1}
+    start: dict[str, Any] = {
+        "n_estimators": 100,
+        "max_features": 0.3 if classifier else 1.0,
+        "min_samples_leaf": 1,
+    }
     if classifier:
         start["criterion"] = "gini"
     return Preset(estimator, params, start)

@@ -60,6 +60,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sklearn.base import clone
 from sklearn.metrics import get_scorer
 from sklearn.model_selection import KFold, StratifiedKFold, TimeSeriesSplit
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from mlworkflow.api import exitcodes
 from mlworkflow.api.estimators import DEFAULT_ALLOWED_PREFIXES
@@ -221,16 +222,16 @@ class Worker:
     def _sampler(self) -> optuna.samplers.BaseSampler:
         # Each worker its own seed, so that two workers of one search never draw the same sequence; the
         # same (seed, worker) draws the same sequence again.
-        seed = int(
-            np.random.SeedSequence(
-                [self.spec.automl.seed if self.spec.automl else 0, self.options.worker]
-            ).generate_state(1)[0]
-        )
-        if self.options.sampler == "grid":
-            return optuna.samplers.GridSampler({"point": list(range(len(self.grid)))}, seed=seed)
+        seed = self._seed(self.options.worker)
+        # A grid search's trials are all enqueued points: its sampler never draws.
         if self.options.sampler == "tpe":
             return optuna.samplers.TPESampler(seed=seed)
         return optuna.samplers.RandomSampler(seed=seed)
+
+    def _seed(self, worker: int) -> int:
+        """spec.automl.seed mixed with a worker's index (numpy's SeedSequence: independent streams)."""
+        base = self.spec.automl.seed if self.spec.automl else 0
+        return int(np.random.SeedSequence([base, worker]).generate_state(1)[0])
 
     def _pruner(self) -> optuna.pruners.BasePruner:
         """Pruning on the running CV mean after each fold (Optuna's pruners compare a trial's intermediate
@@ -258,8 +259,13 @@ class Worker:
         with self._claiming():
             self._recover()
             self._enqueue_once()
-        while (trial := self._next_trial()) is not None:
-            self._run_trial(trial)
+        # The workers of one machine share its cores: each takes its share for the native thread pools
+        # (OpenMP of HistGradientBoosting, BLAS), as joblib's loky does for scikit-learn's n_jobs.
+        # Oversubscribed, HistGradientBoosting on two busy cores ran 10 times slower.
+        threads = max(1, len(os.sched_getaffinity(0)) // self.options.workers)
+        with threadpool_limits(threads):
+            while (trial := self._next_trial()) is not None:
+                self._run_trial(trial)
 
     def _recover(self) -> None:
         """Fail this worker's trials left RUNNING: its previous Pod ended during them (one Pod per index at
@@ -278,7 +284,14 @@ class Worker:
             return
         self.study.set_user_attr("startedAt", time.time())
         if self.grid:
-            return  # a grid tries every point anyway
+            # The grid's points in a seeded random order, as Optuna's GridSampler takes them (its
+            # after_trial stops an optimize() loop, which these workers do not run): each point is one
+            # enqueued trial, so workers never take the same point, and a budget under the grid's size
+            # gets a fair sample of it.
+            order = np.random.default_rng(self._seed(worker=0)).permutation(len(self.grid))
+            for point in order[: self.budget]:
+                self.study.enqueue_trial({"point": int(point)})
+            return
         limit = max(1, int(self.budget * MAX_ENQUEUED_SHARE))
         points = warm_start_points(self.options.warm_start, self.space) if self.options.warm_start else []
         points += [(i, dict(c.start)) for i, c in enumerate(self.space.candidates) if c.start]
@@ -343,7 +356,9 @@ class Worker:
     def _suggest(self, trial: optuna.Trial) -> tuple[int, dict[str, Any]]:
         """The candidate's index and its parameters' values for this trial."""
         if self.grid:
-            point = trial.suggest_categorical("point", list(range(len(self.grid))))
+            # Every grid trial is enqueued with its point (_enqueue_once): this reads it back. An integer, not
+            # a categorical, keeps the grid's size out of each trial's record in the journal.
+            point = trial.suggest_int("point", 0, len(self.grid) - 1)
             return self.grid[point]
         index = trial.suggest_categorical("candidate", list(range(len(self.space.candidates))))
         candidate = self.space.candidates[index]
