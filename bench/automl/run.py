@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from scipy import stats
 from sklearn.base import clone
@@ -171,7 +170,7 @@ class LogInt:
         self.dist = stats.loguniform(low - 0.4999, high + 0.4999)
 
     def rvs(self, random_state: Any = None) -> int:
-        return int(round(float(self.dist.rvs(random_state=random_state))))
+        return round(float(self.dist.rvs(random_state=random_state)))
 
 
 def distributions(spec: MLWorkflowSpec) -> list[dict[str, Any]]:
@@ -348,7 +347,8 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     print()
     print(
-        "| dataset | trials | contender | wall s | best CV | holdout | best family | wall vs floor | holdout vs floor | holdout vs FLAML |"
+        "| dataset | trials | contender | wall s | best CV | holdout | best family | wall vs floor "
+        "| holdout vs floor | holdout vs FLAML |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for row in lines:
@@ -360,8 +360,9 @@ def main() -> None:
             seconds, cv, score, family = row[name]
             vs_flaml = f"{score - flaml_h:+.4f}" if flaml_h is not None else "-"
             print(
-                f"| {row['dataset']} | {row['trials'] if name != 'flaml' else '-'} | {name} | {seconds:.1f} | {cv:.4f} | "
-                f"{score:.4f} | {family} | {seconds / floor_s:.2f}x | {score - floor_h:+.4f} | {vs_flaml} |"
+                f"| {row['dataset']} | {row['trials'] if name != 'flaml' else '-'} | {name} | {seconds:.1f} "
+                f"| {cv:.4f} | {score:.4f} | {family} | {seconds / floor_s:.2f}x | {score - floor_h:+.4f} "
+                f"| {vs_flaml} |"
             )
 
 
