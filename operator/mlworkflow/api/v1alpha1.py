@@ -463,9 +463,12 @@ class AutoMLSpec(ApiModel):
         5,
         ge=0,
         le=1000,
-        description="Failed trials (a fit that raises) the search tolerates before it fails.",
+        description=(
+            "Failed trials (a fit that raises, e.g. a parameter combination the estimator refuses) the "
+            "search tolerates; one more fails it."
+        ),
     )
-    pruning: Literal["none", "median", "halving"] = Field(
+    pruning: Literal["none", "median", "successive-halving"] = Field(
         "none",
         description=(
             "Stop unpromising trials early on their cross-validation folds: Optuna's median pruner or "

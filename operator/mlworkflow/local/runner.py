@@ -358,9 +358,10 @@ class LocalRunner:
             f"--sampler={automl.search}",
             f"--trials={automl.trials}",
             f"--max-failed={automl.max_failed_trials}",
-            f"--pruning={'successive-halving' if automl.pruning == 'halving' else automl.pruning}",
+            f"--pruning={automl.pruning}",
             *([f"--time-budget={automl.time_budget_seconds}"] if automl.time_budget_seconds else []),
             *([f"--warm-start={warm}"] if train.champion and warm.exists() else []),
+            *([f"--champion={train.champion}"] if train.champion else []),
         ]
         env = {"MLW_SPEC": self.spec.model_dump_json(by_alias=True, exclude_none=True)}
         workers = [

@@ -172,9 +172,12 @@ def search_job(
         f"--sampler={automl.search}",
         f"--trials={automl.trials}",
         f"--max-failed={automl.max_failed_trials}",
-        f"--pruning={_pruning(automl.pruning)}",
+        f"--pruning={automl.pruning}",
         *([f"--time-budget={automl.time_budget_seconds}"] if automl.time_budget_seconds else []),
         *([f"--warm-start={warm}"] if warm else []),
+        # The champion's training rows stay out of the holdout: the search scores on the rows the refit
+        # trains on.
+        *([f"--champion={train.champion}"] if train.champion else []),
     ]
     pod = children.runtime_pod(
         workflow,
@@ -213,10 +216,6 @@ def search_job(
             "template": {"metadata": {"labels": labels}, "spec": pod},
         },
     }
-
-
-def _pruning(value: str) -> str:
-    return "successive-halving" if value == "halving" else value
 
 
 def _warm_start(workflow: Workflow, status: MLWorkflowStatus, train: TrainRequest) -> str | None:
