@@ -277,10 +277,11 @@ class LocalRunner:
         """Tick until `until()` says so or a stop signal arrives, then stop every process. In the main thread
         it takes SIGINT, SIGTERM and SIGHUP itself; in another, the main thread passes them on
         (`request_stop`)."""
+        batch = self.spec.batch
         where = (
-            f"predictions at {self.endpoint}/predict"
-            if self.spec.pattern == Pattern.WEB_SERVICE
-            else f"predictions in {self.store.root / self.spec.batch.output}"  # type: ignore[union-attr]
+            f"predictions in {self.store.root / batch.output}"
+            if batch is not None
+            else f"predictions at {self.endpoint}/predict"
         )
         self.say(f"running {self.name}: store {self.store.base}, {where}")
         in_main_thread = threading.current_thread() is threading.main_thread()
