@@ -512,10 +512,35 @@ class LocalRunner:
             + (f" {metric[0]}={metric[1]:.3f}" if metric else "")
             + (f" drift={drift.share:.2f}" if drift and drift.share is not None else "")
             + f" retrains={self.status.retrains}"
+            + self._search_progress()
         )
         if line != self._last_line:
             self.say(f"{datetime.now(UTC):%H:%M:%S}   {line}")
             self._last_line = line
+
+    def _search_progress(self) -> str:
+        """A running search, as its study says: trials done, failed, pruned of the budget; best so far; the
+        time budget left."""
+        running = [s for s in self.searches.values() if s.observed().state == "Running"]
+        automl = self.spec.automl
+        if not running or automl is None:
+            return ""
+        from mlworkflow.runtime import search  # optuna: only when a search runs
+
+        now = search.progress(self.store, running[0].request.version)
+        if now is None:
+            return f" searching {running[0].request.version}"
+        finished = now["done"] + now["failed"] + now["pruned"]
+        best = f" best={now['best']:.4f}" if now["best"] is not None else ""
+        left = (
+            f" {max(0, automl.time_budget_seconds - now['seconds']):.0f}s left"
+            if automl.time_budget_seconds
+            else ""
+        )
+        return (
+            f" searching {running[0].request.version}: {finished}/{automl.trials} trials "
+            f"({now['failed']} failed, {now['pruned']} pruned){best}{left}"
+        )
 
     def _write_status(self) -> None:
         status = self.status.model_dump(by_alias=True, exclude_none=True, mode="json")

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import datetime
 import io
 import json
 import math
@@ -573,6 +574,37 @@ def summary(
 
 def _round(value: Any) -> Any:
     return float(f"{value:.6g}") if isinstance(value, float) and math.isfinite(value) else value
+
+
+def progress(store: WorkflowStore, search_id: str) -> dict[str, Any] | None:
+    """How a search stands, read from its study (for a live display): `{"done", "failed", "pruned",
+    "running", "best", "seconds"}` (best: the best score so far or None; seconds since the first trial
+    started), or None before its study exists."""
+    journal = store.base / "automl" / search_id / "journal.log"
+    if not journal.exists():
+        return None
+    try:
+        study = optuna.load_study(
+            study_name=search_id, storage=JournalStorage(JournalFileBackend(str(journal)))
+        )
+    except KeyError:  # the journal exists, the study is not in it yet
+        return None
+    trials = study.get_trials(deepcopy=False)
+    states = [t.state for t in trials]
+    values = [
+        float(t.value) for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None
+    ]
+    best = (max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min)(values, default=None)
+    started = [t.datetime_start for t in trials if t.datetime_start is not None]
+    return {
+        "done": states.count(optuna.trial.TrialState.COMPLETE),
+        "failed": states.count(optuna.trial.TrialState.FAIL),
+        "pruned": states.count(optuna.trial.TrialState.PRUNED),
+        "running": states.count(optuna.trial.TrialState.RUNNING),
+        "best": best,
+        # Optuna stamps trials with naive local times.
+        "seconds": (datetime.datetime.now() - min(started)).total_seconds() if started else 0.0,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
