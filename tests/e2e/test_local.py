@@ -334,3 +334,4 @@ def test_the_automl_example_searches_with_local_workers_and_serves_the_winner(tm
     board = tmp_path / "store" / "breast-cancer-automl" / "automl" / "v1" / "leaderboard.csv"
     assert board.exists() and len(board.read_text().splitlines()) == 5, "every trial, in the store"
     assert "SearchSucceeded" in output and "Promoted" in output
+    assert "searching v1: " in output and "/4 trials" in output, "the search's progress, live"
