@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv checkov demo test unit lint crds cluster control-plane bench-serving bench-drift bench-batch clean
+.PHONY: venv checkov demo test unit lint crds cluster control-plane bench-serving bench-drift bench-batch bench-automl clean
 
 venv: $(STAMP)
 
@@ -67,6 +67,14 @@ bench-drift: venv
 bench-batch: venv
 	$(BIN)/python bench/batch/run.py
 
+## AutoML benchmark: our search (2 workers) against RandomizedSearchCV(n_jobs=2) and FLAML on 3 datasets.
+## FLAML (and the lightgbm and xgboost it imports) go to a folder of their own, never into the venv.
+BENCH_DEPS := .bench-deps
+bench-automl: venv
+	test -d $(BENCH_DEPS)/flaml || $(BIN)/pip install --quiet --no-deps --target $(BENCH_DEPS) \
+		flaml==2.8.0 lightgbm==4.7.0 xgboost-cpu==2.1.4
+	PYTHONPATH=operator $(BIN)/python bench/automl/run.py --flaml-path $(BENCH_DEPS)
+
 clean:
-	rm -rf $(VENV) .venv-checkov .pytest_cache .mypy_cache .ruff_cache build operator/*.egg-info
+	rm -rf $(VENV) .venv-checkov .bench-deps .pytest_cache .mypy_cache .ruff_cache build operator/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -19,6 +19,7 @@ from mlworkflow.desired.children import (
     MANAGER,
     MONITORING,
     RETRAIN_REQUEST_ANNOTATION,
+    SEARCH,
     SERVING,
     SPEC_HASH_ANNOTATION,
     TRAINING,
@@ -31,10 +32,13 @@ from mlworkflow.desired.lifecycle import (
     BatchRun,
     DriftCheck,
     RunState,
+    SearchRun,
     ServingState,
     TrainingRun,
     batch_result,
+    search_result,
 )
+from mlworkflow.desired.patterns.automl import CHAMPION_ANNOTATION, DRIFT_REPORT_ANNOTATION
 from mlworkflow.desired.patterns.forecast import PREDICT_REQUEST_ANNOTATION
 from mlworkflow.runtime import termination
 
@@ -173,6 +177,46 @@ class Kube:
             for job in jobs["items"]
             if not job["metadata"].get("deletionTimestamp")
         ]
+
+    def searches(self, namespace: str, workflow: str) -> list[SearchRun]:
+        """The model search Jobs (AutoML), each with its workers' final summary."""
+        selector = f"{WORKFLOW_LABEL}={workflow},app.kubernetes.io/component={SEARCH}"
+        jobs = _json(
+            self.batch.list_namespaced_job(namespace, label_selector=selector, _preload_content=False)
+        )
+        return [
+            self._search(namespace, job)
+            for job in jobs["items"]
+            if not job["metadata"].get("deletionTimestamp")
+        ]
+
+    def _search(self, namespace: str, job: JSON) -> SearchRun:
+        meta = job["metadata"]
+        state, condition, finished_at = _job_state(job)
+        result: JSON = {}
+        message = ""
+        if state != "Running":
+            summaries = [
+                termination.read(_termination_message(pod))
+                for pod in self._pods(namespace, meta["name"])
+                if _phase(pod) in ("Succeeded", "Failed")
+            ]
+            result, failure = search_result(summaries, state == "Succeeded")
+            if state == "Failed":
+                message = failure or condition.get("message") or condition.get("reason", "")
+        annotations = meta.get("annotations") or {}
+        return SearchRun(
+            version=meta["labels"].get(VERSION_LABEL, ""),
+            trigger=Trigger(annotations.get(TRIGGER_ANNOTATION, Trigger.INITIAL.value)),
+            spec_hash=annotations.get(SPEC_HASH_ANNOTATION, ""),
+            state=state,
+            result=result,
+            message=message,
+            finished_at=finished_at,
+            champion=annotations.get(CHAMPION_ANNOTATION),
+            drift_report=annotations.get(DRIFT_REPORT_ANNOTATION),
+            retrain_request=annotations.get(RETRAIN_REQUEST_ANNOTATION),
+        )
 
     def _batch_run(self, namespace: str, job: JSON) -> BatchRun:
         meta = job["metadata"]

@@ -301,3 +301,37 @@ def test_the_forecast_example_runs_locally_and_predicts_when_asked(tmp_path: Pat
     assert sorted(predicted["patient"].astype(int)) == list(range(442)), "two indexes, every patient once"
     page = (tmp_path / "store" / "diabetes-progression" / "index.html").read_text()
     assert "Batch runs" in page and f"../{run['output']}/_manifest.json" in page
+
+
+def test_the_automl_example_searches_with_local_workers_and_serves_the_winner(tmp_path: Path) -> None:
+    document = yaml.safe_load((REPO / "examples" / "automl-breast-cancer.yaml").read_text())
+    document["spec"]["storage"] = {"path": str(tmp_path / "store")}
+    document["spec"]["serving"] = {"replicas": 1}
+    document["spec"]["automl"].update({"trials": 4, "parallelism": 2})
+    document["spec"]["training"] = {"crossValidation": 3}
+    path = tmp_path / "automl.yaml"
+    path.write_text(yaml.safe_dump(document))
+    code, output = run_until(path, free_port(), "Serving", 240)
+    assert code == 0, output
+    status = json.loads((tmp_path / "store" / "breast-cancer-automl" / "status.json").read_text())
+    search = status["search"]
+    assert search["state"] == "Succeeded"
+    assert search["trialsComplete"] + search["trialsFailed"] + search["trialsPruned"] == 4
+    winner = search["leaderboard"][0]
+    card = json.loads(
+        (
+            tmp_path
+            / "store"
+            / "breast-cancer-automl"
+            / "bentoml"
+            / "models"
+            / "breast-cancer-automl"
+            / "v1"
+            / "card.json"
+        ).read_text()
+    )
+    assert card["pipeline"]["estimator"] == winner["estimator"], "the winner is what was trained"
+    board = tmp_path / "store" / "breast-cancer-automl" / "automl" / "v1" / "leaderboard.csv"
+    assert board.exists() and len(board.read_text().splitlines()) == 5, "every trial, in the store"
+    assert "SearchSucceeded" in output and "Promoted" in output
+    assert "searching v1: " in output and "/4 trials" in output, "the search's progress, live"

@@ -157,7 +157,7 @@ def test_every_stall_is_told_once_per_reason_and_generation() -> None:
     assert stall_events(refused, refused) == []
 
 
-@pytest.mark.parametrize("example", ["onlinelearning-wine.yaml", "automl-breast-cancer.yaml"])
+@pytest.mark.parametrize("example", ["onlinelearning-wine.yaml"])
 def test_patterns_not_implemented_yet_say_so(example: str) -> None:
     result = step(Observed(1, "h1", MLWorkflowStatus()), spec(example))
     assert result.train is None and result.deploy is None

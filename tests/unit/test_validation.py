@@ -84,3 +84,11 @@ def test_a_schedule_the_schema_let_through_is_still_checked() -> None:
     refusal = check_spec(workflow)
     assert refusal is not None and refusal.reason == "InvalidSchedule"
     assert "spec.training.schedule" in refusal.message and "out of range" in refusal.message
+
+
+def test_a_search_space_the_schema_let_through_but_the_search_cannot_use_is_refused() -> None:
+    document = yaml.safe_load((EXAMPLES / "automl-breast-cancer.yaml").read_text())["spec"]
+    document["automl"]["candidates"][0]["params"]["max_depth"] = {"low": 12, "high": 2}
+    refusal = check_spec(MLWorkflowSpec.model_validate(document))
+    assert refusal is not None and refusal.reason == "InvalidSearchSpace"
+    assert refusal.message.startswith("spec.automl.candidates[0].params.max_depth")

@@ -463,9 +463,12 @@ class AutoMLSpec(ApiModel):
         5,
         ge=0,
         le=1000,
-        description="Failed trials (a fit that raises) the search tolerates before it fails.",
+        description=(
+            "Failed trials (a fit that raises, e.g. a parameter combination the estimator refuses) the "
+            "search tolerates; one more fails it."
+        ),
     )
-    pruning: Literal["none", "median", "halving"] = Field(
+    pruning: Literal["none", "median", "successive-halving"] = Field(
         "none",
         description=(
             "Stop unpromising trials early on their cross-validation folds: Optuna's median pruner or "
@@ -753,6 +756,41 @@ class BatchStatus(ApiModel):
     )
 
 
+class LeaderboardEntry(ApiModel):
+    """One trial of a model search (AutoML)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    rank: int = Field(ge=1, description="1 is the best cross-validation score.")
+    estimator: str = Field(description="The estimator's import path.")
+    params: dict[str, Any] = Field(default_factory=dict, description="The trial's parameters.")
+    score: float | None = Field(None, description="Mean cross-validation score (the search's metric).")
+    std: float | None = Field(None, description="Its standard deviation over the folds.")
+    seconds: float | None = Field(None, description="Fit and score time of the trial.")
+
+
+class SearchStatus(ApiModel):
+    """AutoML: the latest model search."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    version: str = Field(description="The model version the search chooses (its winner is refit as it).")
+    state: Literal["Running", "Succeeded", "Failed"] = Field(description="How the search stands.")
+    trials_complete: int | None = Field(None, ge=0, description="Trials that finished with a score.")
+    trials_failed: int | None = Field(None, ge=0, description="Trials whose fit raised (see the store).")
+    trials_pruned: int | None = Field(None, ge=0, description="Trials stopped early as unpromising.")
+    trials: int | None = Field(None, ge=0, description="The trial budget (spec.automl.trials).")
+    metric: str | None = Field(None, description="The metric trials are ranked by.")
+    leaderboard: list[LeaderboardEntry] = Field(
+        default_factory=list,
+        max_length=10,
+        description="The ten best trials; every trial is in <store>/<workflow>/automl/<version>/.",
+    )
+    seconds: float | None = Field(None, ge=0, description="How long the search ran (its slowest worker).")
+    finished_at: datetime | None = Field(None, description="When the search finished.")
+    message: str = Field("", max_length=4096, description="Why it failed, for a human.")
+
+
 class MLWorkflowStatus(ApiModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -770,6 +808,7 @@ class MLWorkflowStatus(ApiModel):
     retrains: int = Field(0, ge=0, description="Retrainings since creation (every trigger but Initial).")
     endpoint: str | None = Field(None, description="In-cluster URL of the prediction Service.")
     batch: BatchStatus | None = Field(None, description="Forecast: the batch prediction runs.")
+    search: SearchStatus | None = Field(None, description="AutoML: the latest model search.")
     history: list[ModelRecord] = Field(
         default_factory=list,
         description="The latest trained versions, newest first (at most 20).",

@@ -64,6 +64,23 @@ BATCH_SUCCEEDED_AT = Gauge(
     ["namespace", "workflow"],
 )
 
+SEARCH_TRIALS = Counter(
+    "mlworkflow_search_trials",
+    "Trials of finished model searches (AutoML), by state (complete, failed, pruned)",
+    ["namespace", "workflow", "state"],
+)
+SEARCH_BEST = Gauge(
+    "mlworkflow_search_best_score",
+    "Best cross-validation score of the last finished search (its metric; errors are positive)",
+    ["namespace", "workflow"],
+)
+SEARCH_DURATION = Histogram(
+    "mlworkflow_search_duration_seconds",
+    "How long finished model searches took",
+    ["namespace", "workflow"],
+    buckets=(10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600),
+)
+
 
 class WorkflowCollector(Collector):
     """Gauges from the latest status of every workflow: counts by pattern and phase, the served version."""
@@ -123,6 +140,22 @@ def record_status(
         TRAINED_AT.labels(namespace, name).set(after.model.trained_at.timestamp())
     if after.batch is not None:
         _record_batch_runs(namespace, name, before, after)
+    search, was = after.search, before.search
+    if (
+        search
+        and search.state != "Running"
+        and (was is None or (was.version, was.state) != (search.version, search.state))
+    ):
+        for state, count in (
+            ("complete", search.trials_complete),
+            ("failed", search.trials_failed),
+            ("pruned", search.trials_pruned),
+        ):
+            SEARCH_TRIALS.labels(namespace, name, state).inc(count or 0)
+        if search.leaderboard and search.leaderboard[0].score is not None:
+            SEARCH_BEST.labels(namespace, name).set(search.leaderboard[0].score)
+        if search.seconds is not None:
+            SEARCH_DURATION.labels(namespace, name).observe(search.seconds)
 
 
 def _record_batch_runs(namespace: str, name: str, before: MLWorkflowStatus, after: MLWorkflowStatus) -> None:
@@ -146,7 +179,7 @@ def record_retrain(namespace: str, name: str, trigger: str) -> None:
 
 def forget(namespace: str, name: str) -> None:
     WORKFLOWS.forget(namespace, name)
-    for gauge in (DRIFT_SHARE, DRIFTED, TRAINED_AT, BATCH_SUCCEEDED_AT):
+    for gauge in (DRIFT_SHARE, DRIFTED, TRAINED_AT, BATCH_SUCCEEDED_AT, SEARCH_BEST):
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name)
 

@@ -53,9 +53,10 @@ def reconcile(body: dict[str, Any], kube: Kube, config: OperatorConfig, now: dat
         retrain_request=annotations.get(v1alpha1.RETRAIN_ANNOTATION),
         batch_runs=kube.batch_runs(workflow.namespace, workflow.name) if pattern == Pattern.FORECAST else [],
         predict_request=annotations.get(v1alpha1.PREDICT_ANNOTATION),
+        searches=kube.searches(workflow.namespace, workflow.name) if pattern == Pattern.AUTOML else [],
     )
     next_state = plan(workflow.spec, observed, now, children.endpoint(workflow))
-    if next_state.train is not None:
+    if next_state.train is not None and pattern != Pattern.AUTOML:  # AutoML searches first (its children)
         kube.apply(children.training_job(workflow, next_state.train, config.runtime))
     if pattern in PATTERNS:
         wanted = PATTERNS[pattern].children_for(workflow, next_state, config.runtime)

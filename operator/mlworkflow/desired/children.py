@@ -26,7 +26,7 @@ TRIGGER_ANNOTATION = "mlworkflow.io/trigger"
 RETRAIN_REQUEST_ANNOTATION = "mlworkflow.io/retrain-request"
 STORE_MOUNT = "/artifacts"
 HTTP_PORT = 3000
-TRAINING, SERVING, MONITORING, BATCH = "training", "serving", "monitoring", "batch"
+TRAINING, SERVING, MONITORING, BATCH, SEARCH = "training", "serving", "monitoring", "batch", "search"
 
 
 @dataclass(frozen=True)
@@ -178,14 +178,15 @@ def runtime_pod(
     }
 
 
-def _pod_failure_policy(container: str) -> dict[str, Any]:
+def pod_failure_policy(container: str, action: str = "FailJob") -> dict[str, Any]:
     """Retry only what a retry may fix: a runtime that exits with `exitcodes.INVALID_INPUT` (bad data, a bad
-    model spec) fails the Job at once; an evicted or preempted Pod (condition DisruptionTarget) does not count
-    against `backoffLimit`; any other failure (a crash, OOMKilled, a lost node) is retried up to it."""
+    model spec) fails the Job at once (`FailIndex`: that index of an Indexed Job); an evicted or preempted
+    Pod (condition DisruptionTarget) does not count against the retries; any other failure (a crash,
+    OOMKilled, a lost node) is retried up to them."""
     return {
         "rules": [
             {
-                "action": "FailJob",
+                "action": action,
                 "onExitCodes": {
                     "containerName": container,
                     "operator": "In",
@@ -197,10 +198,22 @@ def _pod_failure_policy(container: str) -> dict[str, Any]:
     }
 
 
+def trained_spec(spec: MLWorkflowSpec, train: TrainRequest) -> MLWorkflowSpec:
+    """The spec a training runs with: the workflow's, with an AutoML search's winner (estimator and
+    parameters) as its model when `train.model` names one."""
+    if not train.model:
+        return spec
+    model = spec.model.model_dump(by_alias=True, exclude_none=True) if spec.model else {}
+    return spec.model_copy(update={"model": v1alpha1.ModelSpec.model_validate({**model, **train.model})})
+
+
 def training_job(workflow: Workflow, train: TrainRequest, context: RuntimeContext) -> Manifest:
     """The Job that trains `train.version`: one Pod running `python -m mlworkflow.runtime.train` (which also
-    scores the served `train.champion` on its holdout, for the promotion decision)."""
+    scores the served `train.champion` on its holdout, for the promotion decision). With `train.model` (an
+    AutoML search's winner), that estimator and its parameters are trained; the Job still carries the
+    workflow's own spec hash."""
     spec = workflow.spec
+    trained = trained_spec(spec, train)
     version, trigger, champion, drift_report = (
         train.version,
         train.trigger,
@@ -220,7 +233,7 @@ def training_job(workflow: Workflow, train: TrainRequest, context: RuntimeContex
         },
         "spec": {
             "backoffLimit": spec.training.backoff_limit,
-            "podFailurePolicy": _pod_failure_policy("train"),
+            "podFailurePolicy": pod_failure_policy("train"),
             "activeDeadlineSeconds": spec.training.active_deadline_seconds,
             # Results live in the MLWorkflow's status (history) once read; the Job can go after a day.
             "ttlSecondsAfterFinished": 86400,
@@ -240,7 +253,7 @@ def training_job(workflow: Workflow, train: TrainRequest, context: RuntimeContex
                         *([f"--drift-report={drift_report}"] if drift_report else []),
                     ],
                     env={
-                        "MLW_SPEC": spec.model_dump_json(by_alias=True, exclude_none=True),
+                        "MLW_SPEC": trained.model_dump_json(by_alias=True, exclude_none=True),
                         "MLW_ALLOWED_ESTIMATOR_PREFIXES": ",".join(context.allowed_estimator_prefixes),
                     },
                     resources=spec.training.resources,
@@ -273,7 +286,7 @@ def monitoring_cronjob(workflow: Workflow, version: str, context: RuntimeContext
                 "metadata": {"labels": job_labels},
                 "spec": {
                     "backoffLimit": 1,
-                    "podFailurePolicy": _pod_failure_policy("drift"),
+                    "podFailurePolicy": pod_failure_policy("drift"),
                     "activeDeadlineSeconds": 1800,
                     "template": {
                         "metadata": {"labels": {**job_labels, VERSION_LABEL: version}},

@@ -8,7 +8,7 @@ the pattern's own "deploy" step (`mlworkflow.desired.patterns`) into a `Plan`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -42,6 +42,24 @@ class TrainingRun:
     message: str = ""  # why it failed, for a human
     finished_at: datetime | None = None
     retrain_request: str | None = None  # the retrain annotation's value this run answers
+    searching: bool = False  # AutoML: the model search that comes before this version's training
+
+
+@dataclass(frozen=True)
+class SearchRun:
+    """A model search Job (AutoML) as observed: the version whose estimator it chooses, the request that
+    started it (trigger, spec, champion, lineage), how it stands, and its workers' final summary."""
+
+    version: str
+    trigger: Trigger
+    spec_hash: str
+    state: RunState
+    result: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
+    finished_at: datetime | None = None
+    champion: str | None = None
+    drift_report: str | None = None
+    retrain_request: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +105,16 @@ def batch_result(summaries: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
     return result, "; ".join(dict.fromkeys(failures))
 
 
+def search_result(summaries: list[dict[str, Any]], succeeded: bool) -> tuple[dict[str, Any], str]:
+    """A search's result from its workers' summaries: every worker reports the study's best when it ends,
+    so the one that counted most trials is final; a failed search says why through a failed worker."""
+    ok = [s for s in summaries if s.get("status") == "ok"]
+    if succeeded and ok:
+        return max(ok, key=lambda s: int((s.get("trials") or {}).get("total") or 0)), ""
+    failed = [s for s in summaries if s.get("status") != "ok"]
+    return (failed[0], str(failed[0].get("message") or "")) if failed else ({}, "")
+
+
 @dataclass(frozen=True)
 class Observed:
     generation: int
@@ -99,6 +127,7 @@ class Observed:
     retrain_request: str | None = None  # the value of the workflow's retrain annotation
     batch_runs: list[BatchRun] = field(default_factory=list)
     predict_request: str | None = None  # the value of the workflow's predict annotation
+    searches: list[SearchRun] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -108,6 +137,7 @@ class TrainRequest:
     champion: str | None = None  # the served version the new one must beat
     drift_report: str | None = None  # the drift check that asked for it (lineage)
     retrain_request: str | None = None  # the retrain annotation's value it answers
+    model: dict[str, Any] | None = None  # AutoML: the search's winner ({estimator, params}) to refit
 
 
 @dataclass(frozen=True)
@@ -149,20 +179,45 @@ class Deployment:
     version: str | None
     outcome: Outcome
     batch_run: BatchRunRequest | None = None
+    refit: TrainRequest | None = None
 
 
 @dataclass(frozen=True)
 class Plan:
     status: MLWorkflowStatus
-    train: TrainRequest | None = None
+    train: TrainRequest | None = None  # AutoML: the search that chooses what to train
     deploy: str | None = None  # the version the pattern's children run (serving, batch); None: none yet
     batch_run: BatchRunRequest | None = None
     events: list[Event] = field(default_factory=list)
+    refit: TrainRequest | None = None  # AutoML: train a search's winner as its version
 
 
 def version_number(version: str) -> int:
     match = re.fullmatch(r"v(\d+)", version)
     return int(match.group(1)) if match else 0
+
+
+def with_searches(observed: Observed) -> Observed:
+    """The observation with each model search (AutoML) whose version has no training yet counted as that
+    version's training: running while it searches and until its winner's training starts, failed when the
+    search failed. So the lifecycle starts nothing else meanwhile, and a failed search is a failed version."""
+    trained = {r.version for r in observed.runs}
+    pending = [
+        TrainingRun(
+            search.version,
+            search.trigger,
+            search.spec_hash,
+            "Failed" if search.state == "Failed" else "Running",
+            search.result,
+            search.message,
+            search.finished_at,
+            search.retrain_request,
+            searching=True,
+        )
+        for search in observed.searches
+        if search.version not in trained
+    ]
+    return replace(observed, runs=[*observed.runs, *pending]) if pending else observed
 
 
 def next_version(status: MLWorkflowStatus, runs: list[TrainingRun]) -> str:

@@ -23,6 +23,7 @@ from mlworkflow.desired.lifecycle import (
     record_finished_runs,
     stall_events,
     trained_condition,
+    with_searches,
 )
 from mlworkflow.desired.patterns import PATTERNS
 
@@ -40,6 +41,7 @@ def plan(spec: MLWorkflowSpec, observed: Observed, now: datetime, endpoint: str 
         )
         return Plan(apply_outcome(observed.status, outcome, observed.generation, now))
 
+    observed = with_searches(observed)
     status = observed.status.model_copy(deep=True)
     events: list[Event] = []
     status = record_finished_runs(spec, status, observed.runs, events)
@@ -53,12 +55,17 @@ def plan(spec: MLWorkflowSpec, observed: Observed, now: datetime, endpoint: str 
         outcome = deployment.outcome
     elif training.failed:
         outcome = Outcome(Progress.STALLED, "TrainingFailed", training.failed.message, phase="Failed")
-    elif training.running or training.train:
-        version = training.running[0].version if training.running else training.train.version  # type: ignore[union-attr]
+    elif training.running and training.running[0].searching and not deployment.refit:
+        version = training.running[0].version
+        outcome = Outcome(Progress.PROGRESSING, "Searching", f"searching a model for {version}", "Searching")
+    elif training.running or training.train or deployment.refit:
+        version = (
+            training.running[0].version if training.running else (training.train or deployment.refit).version  # type: ignore[union-attr]
+        )
         outcome = Outcome(Progress.PROGRESSING, "Training", f"training {version}", phase="Training")
     else:
         outcome = deployment.outcome
     status = apply_outcome(status, outcome, generation, now)
     told = {e.reason for e in events}
     events += [e for e in stall_events(observed.status, status) if e.reason not in told]
-    return Plan(status, training.train, deployment.version, deployment.batch_run, events)
+    return Plan(status, training.train, deployment.version, deployment.batch_run, events, deployment.refit)

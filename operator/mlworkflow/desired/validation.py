@@ -1,11 +1,13 @@
-"""What the CRD schema cannot check: schedules the cron library refuses, and the estimators a workflow names
-(see `mlworkflow.api.estimators`)."""
+"""What the CRD schema cannot check: schedules the cron library refuses, the estimators a workflow names
+(see `mlworkflow.api.estimators`), and an AutoML search space the search cannot use
+(`mlworkflow.api.search`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from mlworkflow.api import search
 from mlworkflow.api.estimators import (
     DEFAULT_ALLOWED_PREFIXES,
     Refusal,
@@ -38,6 +40,11 @@ def check_spec(
             refusal = check_incremental(field, estimator)
         if refusal:
             return refusal
+    if spec.automl is not None:
+        try:
+            search.search_space(spec, spec.automl.search, allowed_prefixes)
+        except search.SearchSpaceError as error:
+            return Refusal(error.reason, str(error))
     return None
 
 

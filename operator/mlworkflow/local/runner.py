@@ -33,18 +33,20 @@ from typing import Any, Literal
 from mlworkflow.api.estimators import DEFAULT_ALLOWED_PREFIXES
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Pattern
 from mlworkflow.desired import cron
-from mlworkflow.desired.children import model_spec_hash
+from mlworkflow.desired.children import model_spec_hash, trained_spec
 from mlworkflow.desired.lifecycle import (
     BatchRun,
     DriftCheck,
     Event,
     Observed,
     RunState,
+    SearchRun,
     ServingState,
     TrainingRun,
     TrainRequest,
     batch_result,
     promotion_metric,
+    search_result,
 )
 from mlworkflow.desired.plan import plan
 from mlworkflow.desired.validation import check_spec
@@ -148,6 +150,36 @@ class LocalBatchRun:
         )
 
 
+@dataclass
+class LocalSearch:
+    """A model search (AutoML) of the local runner: one process per worker, as the search Job's Pods."""
+
+    request: TrainRequest
+    spec_hash: str
+    workers: list[Process]
+
+    def observed(self) -> SearchRun:
+        """As the operator observes a search Job: running until every worker ended."""
+        codes = [p.poll() for p in self.workers]
+        train = self.request
+        if any(code is None for code in codes):
+            return SearchRun(train.version, train.trigger, self.spec_hash, "Running")
+        succeeded = all(code == 0 for code in codes)
+        result, failure = search_result([p.result() for p in self.workers], succeeded)
+        return SearchRun(
+            train.version,
+            train.trigger,
+            self.spec_hash,
+            "Succeeded" if succeeded else "Failed",
+            result,
+            "" if succeeded else failure,
+            max(p.finished_at or p.started_at for p in self.workers),
+            train.champion,
+            train.drift_report,
+            train.retrain_request,
+        )
+
+
 def _request(path: Path) -> str | None:
     """A local annotation: what `mlworkflow retrain` or `mlworkflow predict` wrote last."""
     with contextlib.suppress(OSError):
@@ -182,6 +214,7 @@ class LocalRunner:
         self.serving: Process | None = None
         self.drift_checks: list[Process] = []
         self.batch_runs: dict[str, LocalBatchRun] = {}
+        self.searches: dict[str, LocalSearch] = {}
         self.started_at = datetime.now(UTC)
         self.last_drift_check = self.last_batch_schedule = self.started_at
         self._last_line = ""
@@ -207,12 +240,18 @@ class LocalRunner:
             retrain_request=_request(self.store.retrain_request),
             batch_runs=[run.observed() for run in self.batch_runs.values()],
             predict_request=_request(self.store.predict_request),
+            searches=[search.observed() for search in self.searches.values()],
         )
         step = plan(self.spec, observed, now, self.endpoint)
         if step.train is not None:
-            self._train(step.train)
+            if self.spec.pattern == Pattern.AUTOML:
+                self._search(step.train)
+            else:
+                self._train(step.train)
+        if step.refit is not None:
+            self._train(step.refit)
         if (
-            self.spec.pattern == Pattern.WEB_SERVICE
+            self.spec.pattern in (Pattern.WEB_SERVICE, Pattern.AUTOML)
             and step.deploy is not None
             and (
                 self.serving is None
@@ -238,10 +277,11 @@ class LocalRunner:
         """Tick until `until()` says so or a stop signal arrives, then stop every process. In the main thread
         it takes SIGINT, SIGTERM and SIGHUP itself; in another, the main thread passes them on
         (`request_stop`)."""
+        batch = self.spec.batch
         where = (
-            f"predictions at {self.endpoint}/predict"
-            if self.spec.pattern == Pattern.WEB_SERVICE
-            else f"predictions in {self.store.root / self.spec.batch.output}"  # type: ignore[union-attr]
+            f"predictions in {self.store.root / batch.output}"
+            if batch is not None
+            else f"predictions at {self.endpoint}/predict"
         )
         self.say(f"running {self.name}: store {self.store.base}, {where}")
         in_main_thread = threading.current_thread() is threading.main_thread()
@@ -267,6 +307,7 @@ class LocalRunner:
             *self.trainings.values(),
             *self.drift_checks,
             *(p for run in self.batch_runs.values() for p in run.indexes),
+            *(p for search in self.searches.values() for p in search.workers),
             *([self.serving] if self.serving else []),
         ]:
             process.stop()
@@ -300,10 +341,39 @@ class LocalRunner:
         ]
         argv += [f"--champion={train.champion}"] if train.champion else []
         argv += [f"--drift-report={train.drift_report}"] if train.drift_report else []
-        env = {"MLW_SPEC": self.spec.model_dump_json(by_alias=True, exclude_none=True)}
+        env = {"MLW_SPEC": trained_spec(self.spec, train).model_dump_json(by_alias=True, exclude_none=True)}
         self.trainings[train.version] = self._start(
             "train", argv, env, request=train, spec_hash=model_spec_hash(self.spec)
         )
+
+    def _search(self, train: TrainRequest) -> None:
+        """AutoML: `spec.automl.parallelism` search workers on one study, as the search Job's Pods."""
+        automl = self.spec.automl
+        assert automl is not None
+        warm = self.store.base / "automl" / (train.champion or "") / "leaderboard.json"
+        common = [
+            f"--store={self.store.root}",
+            f"--workflow={self.name}",
+            f"--search-id={train.version}",
+            f"--workers={automl.parallelism}",
+            f"--sampler={automl.search}",
+            f"--trials={automl.trials}",
+            f"--max-failed={automl.max_failed_trials}",
+            f"--pruning={automl.pruning}",
+            *([f"--time-budget={automl.time_budget_seconds}"] if automl.time_budget_seconds else []),
+            *([f"--warm-start={warm}"] if train.champion and warm.exists() else []),
+            *([f"--champion={train.champion}"] if train.champion else []),
+        ]
+        env = {"MLW_SPEC": self.spec.model_dump_json(by_alias=True, exclude_none=True)}
+        workers = [
+            self._start(
+                f"search-{worker}",
+                [sys.executable, "-m", "mlworkflow.runtime.search", *common, f"--worker={worker}"],
+                env,
+            )
+            for worker in range(automl.parallelism)
+        ]
+        self.searches[train.version] = LocalSearch(train, model_spec_hash(self.spec), workers)
 
     def _serve(self, version: str) -> None:
         if self.serving is not None:
@@ -442,10 +512,35 @@ class LocalRunner:
             + (f" {metric[0]}={metric[1]:.3f}" if metric else "")
             + (f" drift={drift.share:.2f}" if drift and drift.share is not None else "")
             + f" retrains={self.status.retrains}"
+            + self._search_progress()
         )
         if line != self._last_line:
             self.say(f"{datetime.now(UTC):%H:%M:%S}   {line}")
             self._last_line = line
+
+    def _search_progress(self) -> str:
+        """A running search, as its study says: trials done, failed, pruned of the budget; best so far; the
+        time budget left."""
+        running = [s for s in self.searches.values() if s.observed().state == "Running"]
+        automl = self.spec.automl
+        if not running or automl is None:
+            return ""
+        from mlworkflow.runtime import search  # optuna: only when a search runs
+
+        now = search.progress(self.store, running[0].request.version)
+        if now is None:
+            return f" searching {running[0].request.version}"
+        finished = now["done"] + now["failed"] + now["pruned"]
+        best = f" best={now['best']:.4f}" if now["best"] is not None else ""
+        left = (
+            f" {max(0, automl.time_budget_seconds - now['seconds']):.0f}s left"
+            if automl.time_budget_seconds
+            else ""
+        )
+        return (
+            f" searching {running[0].request.version}: {finished}/{automl.trials} trials "
+            f"({now['failed']} failed, {now['pruned']} pruned){best}{left}"
+        )
 
     def _write_status(self) -> None:
         status = self.status.model_dump(by_alias=True, exclude_none=True, mode="json")

@@ -15,7 +15,7 @@ from typing import Protocol
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Pattern
 from mlworkflow.desired.children import Children, RuntimeContext, Workflow
 from mlworkflow.desired.lifecycle import Deployment, Event, Observed, Plan
-from mlworkflow.desired.patterns import forecast, webservice
+from mlworkflow.desired.patterns import automl, forecast, webservice
 
 
 class PatternModule(Protocol):
@@ -35,4 +35,5 @@ class PatternModule(Protocol):
 PATTERNS: dict[Pattern, PatternModule] = {
     Pattern.WEB_SERVICE: webservice,
     Pattern.FORECAST: forecast,
+    Pattern.AUTOML: automl,
 }

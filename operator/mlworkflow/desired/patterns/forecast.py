@@ -9,7 +9,6 @@ import hashlib
 from datetime import datetime
 from typing import Any, Literal
 
-from mlworkflow.api import exitcodes
 from mlworkflow.api.conditions import Outcome, Progress, set_condition
 from mlworkflow.api.v1alpha1 import (
     BatchRunRecord,
@@ -222,19 +221,7 @@ def batch_job_spec(workflow: Workflow, version: str, context: RuntimeContext) ->
         "podReplacementPolicy": "Failed",
         "activeDeadlineSeconds": spec.training.active_deadline_seconds,
         "ttlSecondsAfterFinished": 86400,
-        "podFailurePolicy": {
-            "rules": [
-                {
-                    "action": "FailIndex",
-                    "onExitCodes": {
-                        "containerName": "predict",
-                        "operator": "In",
-                        "values": [exitcodes.INVALID_INPUT],
-                    },
-                },
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-            ]
-        },
+        "podFailurePolicy": children.pod_failure_policy("predict", "FailIndex"),
         "template": {
             "metadata": {
                 "labels": {**children.labels(workflow, children.BATCH), children.VERSION_LABEL: version}

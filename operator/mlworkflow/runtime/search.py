@@ -1,0 +1,678 @@
+"""One worker of an AutoML model search: `python -m mlworkflow.runtime.search` (a search Pod's program).
+
+    python -m mlworkflow.runtime.search --store DIR --workflow NAME --search-id ID \\
+        [--workers N] [--worker I] [--sampler random|grid|tpe] [--trials N] [--time-budget SECONDS] \\
+        [--max-failed N] [--pruning none|median|successive-halving] [--warm-start PATH] \\
+        [--champion VERSION] [--termination-log PATH]
+    (the workflow's spec as JSON in $MLW_SPEC; --worker defaults to $JOB_COMPLETION_INDEX, set by an
+    Indexed Job, else 0; the estimator allow-list in $MLW_ALLOWED_ESTIMATOR_PREFIXES)
+
+Any number of workers share one Optuna study, stored in the artifact store as Optuna's journal file (an
+append-only log behind a lock file: it works across processes and Pods sharing a volume, as Optuna's
+documentation for `JournalFileBackend` says). Each worker takes one trial at a time from the study until the
+budget is spent: together they run exactly `--trials` trials (COMPLETE, FAIL and PRUNED all count), because
+a trial is only created under a second lock (`claim.lock`) after counting those already created.
+
+Each trial picks a candidate (`spec.automl.candidates`, or the preset of the task: `mlworkflow.api.search`)
+and its parameters, builds the training pipeline (`mlworkflow.runtime.pipeline.build`) and scores it by
+k-fold cross-validation on the training rows only: the data is read, checked and split exactly as
+`mlworkflow.runtime.train` does (same seed, same holdout share, the champion's rows kept out of the holdout),
+so the rows a trial sees are the rows the winner's refit trains on, and the holdout is never seen by the
+search. A trial that raises (a bad parameter combination, a fit that fails) is recorded FAIL with its error
+and the search goes on, until more than `--max-failed` trials of the study have failed.
+
+Outputs in `<store>/<workflow>/automl/<search-id>/`, rewritten atomically by each worker when it ends:
+
+    journal.log         the Optuna study (every trial, its params, user attrs and per-fold values)
+    leaderboard.json    {searchId, metric, direction, trials: counts, rows: [every finished trial]}
+    leaderboard.csv     rank, trial, estimator, params (JSON), cvMean, cvStd, seconds, state, error
+    winner.json         {estimator, params, cvMean, cvStd, trial, metric}: the refit's model spec
+
+Trials are ranked by CV mean (in the metric's own units: errors lower is better), then lower CV std, then
+lower trial number, so the winner is the same whoever computes it. The worker ends with one line of JSON
+in the termination message: the study's counts, best trial and top ten so far (the last worker's holds the
+final winner). Exit code 2 (`INVALID_INPUT`) for invalid data (DataInvalid), an unusable space
+(InvalidSearchSpace, ...), too many failed trials (TooManyFailedTrials), or no trial succeeding
+(NoTrialSucceeded): the same search would fail the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import io
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
+from optuna.trial import FrozenTrial, TrialState
+from sklearn.base import clone
+from sklearn.metrics import get_scorer
+from sklearn.model_selection import KFold, StratifiedKFold, TimeSeriesSplit
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+from mlworkflow.api import exitcodes
+from mlworkflow.api.estimators import DEFAULT_ALLOWED_PREFIXES
+from mlworkflow.api.search import (
+    CandidateSpace,
+    Choice,
+    FloatRange,
+    IntRange,
+    Search,
+    SearchSpace,
+    SearchSpaceError,
+    search_space,
+)
+from mlworkflow.api.v1alpha1 import MLWorkflowSpec, ModelSpec
+from mlworkflow.runtime import data, holdout, pipeline
+from mlworkflow.runtime.store import WorkflowStore
+from mlworkflow.runtime.termination import TERMINATION_LOG, report
+from mlworkflow.runtime.train import SEED
+
+Pruning = Literal["none", "median", "successive-halving"]
+# spec.training.crossValidation 0 turns CV off for training; a search cannot rank without it.
+DEFAULT_FOLDS = 5
+LEADERBOARD_TOP = 10
+MAX_ERROR_CHARS = 1000
+# Enqueued trials (a warm start's best, then the preset's starting points) take at most this share of the
+# budget: the rest is left to the sampler.
+MAX_ENQUEUED_SHARE = 0.5
+WARM_START_TRIALS = 5
+FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+# The scikit-learn scorer of each API metric; errors are negated by scikit-learn and turned back here.
+SCORERS = {
+    "accuracy": "accuracy",
+    "precision_macro": "precision_macro",
+    "recall_macro": "recall_macro",
+    "f1_macro": "f1_macro",
+    "roc_auc": "roc_auc",
+    "mse": "neg_mean_squared_error",
+    "mae": "neg_mean_absolute_error",
+    "r2": "r2",
+}
+
+
+class SearchFailed(Exception):
+    """The search cannot go on: `reason` (CamelCase) and a message for the user."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the API does not (yet) say, from the command line."""
+
+    search_id: str
+    worker: int = 0
+    workers: int = 1
+    sampler: Search = "random"
+    trials: int = 20
+    time_budget: float | None = None
+    max_failed: int | None = None
+    pruning: Pruning = "none"
+    warm_start: Path | None = None
+    champion: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainingRows:
+    """The rows every trial is scored on: exactly those the refit trains on (`train.train`)."""
+
+    x: pd.DataFrame
+    y: pd.Series
+    schema: data.FeatureSchema
+    hashes: holdout.Hashes  # one per training row, as in the refit's trained-rows.npy
+    folds: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]]  # (fit, validate) positions into x
+
+
+def training_rows(spec: MLWorkflowSpec, store: WorkflowStore, champion: str | None = None) -> TrainingRows:
+    """Read, check and split the data as `mlworkflow.runtime.train.train` does; raises DataError.
+
+    The folds are those of training's cross-validation: forward (TimeSeriesSplit) with a time column,
+    stratified when every class has a row per fold, else shuffled k-fold, all seeded with train.SEED."""
+    task = spec.model.task if spec.model else "classification"
+    folds = spec.training.cross_validation or DEFAULT_FOLDS
+    snapshot = data.load(spec.data.source, store.root)
+    schema = data.resolve_schema(snapshot.frame, spec.data)
+    frame = data.check(snapshot.frame, schema, task, folds)
+    times = data.event_times(snapshot.frame, spec.data.time_column) if spec.data.time_column else None
+    x, y = frame[schema.features], frame[schema.target]
+    hashes = holdout.row_hashes(frame[[*schema.features, schema.target]])
+    seen = (
+        holdout.load_rows(store.bentoml_home / "models" / store.model_name() / champion) if champion else None
+    )
+    split = holdout.choose(
+        hashes,
+        spec.training.holdout,
+        SEED,
+        seen=seen,
+        times=times,
+        stratify=y if task == "classification" else None,
+    )
+    rows = split.train
+    if times is not None:
+        rows = rows[np.argsort(times.to_numpy()[rows], kind="stable")]
+    x_train, y_train = x.iloc[rows], y.iloc[rows]
+    splitter: KFold | StratifiedKFold | TimeSeriesSplit
+    if times is not None:
+        splitter = TimeSeriesSplit(folds)
+    elif task == "classification" and y_train.value_counts().min() >= folds:
+        splitter = StratifiedKFold(folds, shuffle=True, random_state=SEED)
+    else:
+        splitter = KFold(folds, shuffle=True, random_state=SEED)
+    return TrainingRows(x_train, y_train, schema, hashes[rows], list(splitter.split(x_train, y_train)))
+
+
+def metric_of(spec: MLWorkflowSpec) -> str:
+    """The metric that ranks trials: spec.automl.metric, else the promotion metric, else its default."""
+    task = spec.model.task if spec.model else "classification"
+    chosen = (spec.automl.metric if spec.automl else None) or spec.promotion.metric
+    return chosen or ("r2" if task == "regression" else "f1_macro")
+
+
+class Worker:
+    """One worker's loop over the shared study."""
+
+    def __init__(
+        self,
+        spec: MLWorkflowSpec,
+        store: WorkflowStore,
+        options: Options,
+        allowed_prefixes: Sequence[str] = DEFAULT_ALLOWED_PREFIXES,
+    ) -> None:
+        self.spec, self.options, self.prefixes = spec, options, allowed_prefixes
+        self.task = spec.model.task if spec.model else "classification"
+        self.preprocessing = spec.model.preprocessing if spec.model else ModelSpec().preprocessing
+        self.folder = store.base / "automl" / options.search_id
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.rows = training_rows(spec, store, options.champion)
+        self.space = search_space(spec, options.sampler, allowed_prefixes, len(self.rows.x))
+        self.grid = self.space.grid() if options.sampler == "grid" else []
+        # A grid of fewer points than trials is done when every point is: a repeat would add nothing.
+        self.budget = min(options.trials, len(self.grid)) if self.grid else options.trials
+        self.metric = metric_of(spec)
+        self.maximize = self.metric not in pipeline.LOWER_IS_BETTER
+        self.scorer = get_scorer(
+            "roc_auc_ovr" if self.metric == "roc_auc" and self.rows.y.nunique() > 2 else SCORERS[self.metric]
+        )
+        self.storage = JournalStorage(JournalFileBackend(str(self.folder / "journal.log")))
+        self.study = optuna.create_study(
+            storage=self.storage,
+            study_name=options.search_id,
+            direction="maximize" if self.maximize else "minimize",
+            sampler=self._sampler(),
+            pruner=self._pruner(),
+            load_if_exists=True,
+        )
+        self.claim = JournalFileOpenLock(str(self.folder / "claim"))
+
+    def _sampler(self) -> optuna.samplers.BaseSampler:
+        # Each worker its own seed, so that two workers of one search never draw the same sequence; the
+        # same (seed, worker) draws the same sequence again.
+        seed = self._seed(self.options.worker)
+        # A grid search's trials are all enqueued points: its sampler never draws.
+        if self.options.sampler == "tpe":
+            return optuna.samplers.TPESampler(seed=seed)
+        return optuna.samplers.RandomSampler(seed=seed)
+
+    def _seed(self, worker: int) -> int:
+        """spec.automl.seed mixed with a worker's index (numpy's SeedSequence: independent streams)."""
+        base = self.spec.automl.seed if self.spec.automl else 0
+        return int(np.random.SeedSequence([base, worker]).generate_state(1)[0])
+
+    def _pruner(self) -> optuna.pruners.BasePruner:
+        """Pruning on the running CV mean after each fold (Optuna's pruners compare a trial's intermediate
+        values with other trials' at the same step). Median: not before 5 trials finished nor before the
+        second fold (one fold is too noisy). Successive halving (Jamieson & Talwalkar 2016, as Optuna
+        implements it): rungs after 1, 2, 4 folds, keeping the better half at each."""
+        if self.options.pruning == "median":
+            return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+        if self.options.pruning == "successive-halving":
+            return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
+        return optuna.pruners.NopPruner()
+
+    @contextmanager
+    def _claiming(self) -> Iterator[None]:
+        """Held while counting trials and creating one: the budget's only gate. Optuna's own lock guards
+        each journal write but not a count followed by a create, which two workers could interleave."""
+        self.claim.acquire()
+        try:
+            yield
+        finally:
+            self.claim.release()
+
+    def run(self) -> None:
+        """Run trials until the budget (trials or time) is spent; raises SearchFailed."""
+        with self._claiming():
+            self._recover()
+            self._enqueue_once()
+        # The workers of one machine share its cores: each takes its share for the native thread pools
+        # (OpenMP of HistGradientBoosting, BLAS), as joblib's loky does for scikit-learn's n_jobs.
+        # Oversubscribed, HistGradientBoosting on two busy cores ran 10 times slower.
+        threads = max(1, len(os.sched_getaffinity(0)) // self.options.workers)
+        with threadpool_limits(threads):
+            while (trial := self._next_trial()) is not None:
+                self._run_trial(trial)
+
+    def _recover(self) -> None:
+        """Fail this worker's trials left RUNNING: its previous Pod ended during them (one Pod per index at
+        a time), and nobody else will ever finish them."""
+        for stale in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if stale.user_attrs.get("worker") == self.options.worker:
+                # A FrozenTrial's id is private but is the storage's key of the trial: no public way.
+                self.storage.set_trial_user_attr(
+                    stale._trial_id, "error", "the worker running this trial ended before it finished"
+                )
+                self.study.tell(stale.number, state=TrialState.FAIL)
+
+    def _enqueue_once(self) -> None:
+        """First worker in: the warm start's best trials, then the preset's starting points, enqueued."""
+        if "startedAt" in self.study.user_attrs:
+            return
+        self.study.set_user_attr("startedAt", time.time())
+        if self.grid:
+            # The grid's points in a seeded random order, as Optuna's GridSampler takes them (its
+            # after_trial stops an optimize() loop, which these workers do not run): each point is one
+            # enqueued trial, so workers never take the same point, and a budget under the grid's size
+            # gets a fair sample of it.
+            order = np.random.default_rng(self._seed(worker=0)).permutation(len(self.grid))
+            for point in order[: self.budget]:
+                self.study.enqueue_trial({"point": int(point)})
+            return
+        limit = max(1, int(self.budget * MAX_ENQUEUED_SHARE))
+        points = warm_start_points(self.options.warm_start, self.space) if self.options.warm_start else []
+        points += [(i, dict(c.start)) for i, c in enumerate(self.space.candidates) if c.start]
+        for index, params in points[:limit]:
+            self.study.enqueue_trial(optuna_params(index, self.space.candidates[index], params))
+
+    def _next_trial(self) -> optuna.Trial | None:
+        """A new trial of the study, or None when the budget is spent; raises SearchFailed."""
+        with self._claiming():
+            trials = self.study.get_trials(deepcopy=False)
+            failed = sum(t.state == TrialState.FAIL for t in trials)
+            if self.options.max_failed is not None and failed > self.options.max_failed:
+                raise SearchFailed(
+                    "TooManyFailedTrials",
+                    f"{failed} trials failed, more than the {self.options.max_failed} allowed; the last: "
+                    + next(
+                        t.user_attrs.get("error", "") for t in reversed(trials) if t.state == TrialState.FAIL
+                    ),
+                )
+            started = float(self.study.user_attrs["startedAt"])
+            if self.options.time_budget is not None and time.time() - started >= self.options.time_budget:
+                return None
+            waiting = any(t.state == TrialState.WAITING for t in trials)
+            if not waiting and len(trials) >= self.budget:
+                return None
+            trial = self.study.ask()
+            trial.set_user_attr("worker", self.options.worker)
+            return trial
+
+    def _run_trial(self, trial: optuna.Trial) -> None:
+        started = time.monotonic()
+        scores: list[float] = []
+        try:
+            index, params = self._suggest(trial)
+            candidate = self.space.candidates[index]
+            trial.set_user_attr("estimator", candidate.estimator)
+            trial.set_user_attr("params", params)
+            mean, std = self._cross_validate(trial, candidate.estimator, params, scores)
+        except optuna.TrialPruned:
+            self._finish(trial, started, scores, TrialState.PRUNED)
+        # Whatever a trial raises (scikit-learn raises ValueError, TypeError, LinAlgError, ... for bad
+        # parameter combinations) is that trial's failure, not the search's.
+        except Exception as error:
+            trial.set_user_attr("error", f"{type(error).__name__}: {error}"[:MAX_ERROR_CHARS])
+            self._finish(trial, started, scores, TrialState.FAIL)
+        else:
+            trial.set_user_attr("cvStd", std)
+            self._finish(trial, started, scores, TrialState.COMPLETE, mean)
+
+    def _finish(
+        self,
+        trial: optuna.Trial,
+        started: float,
+        scores: list[float],
+        state: TrialState,
+        value: float | None = None,
+    ) -> None:
+        trial.set_user_attr("seconds", round(time.monotonic() - started, 3))
+        trial.set_user_attr("folds", scores)
+        self.study.tell(trial, value, state=state)
+
+    def _suggest(self, trial: optuna.Trial) -> tuple[int, dict[str, Any]]:
+        """The candidate's index and its parameters' values for this trial."""
+        if self.grid:
+            # Every grid trial is enqueued with its point (_enqueue_once): this reads it back. An integer, not
+            # a categorical, keeps the grid's size out of each trial's record in the journal.
+            point = trial.suggest_int("point", 0, len(self.grid) - 1)
+            return self.grid[point]
+        index = trial.suggest_categorical("candidate", list(range(len(self.space.candidates))))
+        candidate = self.space.candidates[index]
+        params: dict[str, Any] = {}
+        for name, domain in candidate.params.items():
+            key = f"{index}.{name}"
+            if isinstance(domain, IntRange):
+                params[name] = trial.suggest_int(key, domain.low, domain.high, log=domain.log)
+            elif isinstance(domain, FloatRange):
+                params[name] = trial.suggest_float(key, domain.low, domain.high, log=domain.log)
+            elif len(domain.values) == 1:
+                params[name] = domain.values[0]
+            else:
+                # Optuna stores a choice's position: a value may be any JSON (a list, a mapping), which
+                # Optuna's categorical distribution cannot hold.
+                params[name] = domain.values[trial.suggest_categorical(key, list(range(len(domain.values))))]
+        return index, params
+
+    def _cross_validate(
+        self, trial: optuna.Trial, estimator: str, params: dict[str, Any], scores: list[float]
+    ) -> tuple[float, float]:
+        """Mean and standard deviation of the metric over the folds (appended to `scores` as they come);
+        with pruning, the running mean is reported after each fold and the trial may be pruned."""
+        spec = ModelSpec(estimator=estimator, params=params, task=self.task, preprocessing=self.preprocessing)
+        model = pipeline.build(spec, self.rows.schema, self.prefixes)
+        x, y = self.rows.x, self.rows.y
+        sign = 1.0 if self.maximize else -1.0  # scikit-learn's error scorers are negated
+        for step, (fit, validate) in enumerate(self.rows.folds):
+            fitted = clone(model).fit(x.iloc[fit], y.iloc[fit])
+            scores.append(sign * float(self.scorer(fitted, x.iloc[validate], y.iloc[validate])))
+            if self.options.pruning != "none":
+                trial.report(float(np.mean(scores)), step)
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+        if not all(math.isfinite(s) for s in scores):
+            raise ValueError(f"the {self.metric} of a fold is not a number: {scores}")
+        return float(np.mean(scores)), float(np.std(scores))
+
+
+def optuna_params(index: int, candidate: CandidateSpace, params: dict[str, Any]) -> dict[str, Any]:
+    """`params` of candidate `index` as the study's parameters (see Worker._suggest), for enqueue_trial."""
+    fixed: dict[str, Any] = {"candidate": index}
+    for name, value in params.items():
+        domain = candidate.params.get(name)
+        if isinstance(domain, Choice):
+            if len(domain.values) > 1:
+                fixed[f"{index}.{name}"] = next(
+                    i for i, choice in enumerate(domain.values) if json.dumps(choice) == json.dumps(value)
+                )
+        elif domain is not None:
+            fixed[f"{index}.{name}"] = value
+    return fixed
+
+
+def warm_start_points(path: Path, space: SearchSpace) -> list[tuple[int, dict[str, Any]]]:
+    """The best trials of a previous search (its winner.json, or its leaderboard.json's completed rows in
+    rank order, at most WARM_START_TRIALS) that are points of this space, each with its candidate's index.
+    A trial of an estimator no longer listed, or outside its new space, is skipped."""
+    saved = json.loads(path.read_text())
+    if isinstance(saved, dict) and "rows" in saved:
+        rows = [r for r in saved["rows"] if r.get("state") == "COMPLETE"]
+    else:
+        rows = [saved]
+    points = []
+    for row in rows:
+        index = next(
+            (
+                i
+                for i, candidate in enumerate(space.candidates)
+                if candidate.estimator == row.get("estimator") and candidate.contains(row.get("params", {}))
+            ),
+            None,
+        )
+        if index is not None and (index, row["params"]) not in points:
+            points.append((index, row["params"]))
+    return points[:WARM_START_TRIALS]
+
+
+# --- results ---------------------------------------------------------------------------------------------
+
+
+def rank(rows: list[dict[str, Any]], maximize: bool) -> list[dict[str, Any]]:
+    """`rows` with a `rank`, best first: completed trials by CV mean (higher or lower is better as the
+    metric says), then lower CV std, then lower trial number; then the pruned and failed (rank None) by
+    trial number."""
+    complete = [r for r in rows if r["state"] == "COMPLETE"]
+    complete.sort(key=lambda r: (-r["cvMean"] if maximize else r["cvMean"], r["cvStd"], r["trial"]))
+    others = sorted((r for r in rows if r["state"] != "COMPLETE"), key=lambda r: r["trial"])
+    return [{**r, "rank": i + 1} for i, r in enumerate(complete)] + [{**r, "rank": None} for r in others]
+
+
+def leaderboard_rows(trials: Sequence[FrozenTrial], maximize: bool) -> list[dict[str, Any]]:
+    """Every finished trial, ranked (`rank`)."""
+    rows = []
+    for trial in trials:
+        if trial.state not in FINISHED:
+            continue
+        attrs = trial.user_attrs
+        folds = attrs.get("folds") or []
+        rows.append(
+            {
+                "trial": trial.number,
+                "estimator": attrs.get("estimator"),
+                "params": attrs.get("params"),
+                # A pruned trial's mean is over the folds it ran.
+                "cvMean": trial.value
+                if trial.state == TrialState.COMPLETE
+                else (float(np.mean(folds)) if folds else None),
+                "cvStd": attrs.get("cvStd"),
+                "seconds": attrs.get("seconds"),
+                "state": trial.state.name,
+                "error": attrs.get("error"),
+                "worker": attrs.get("worker"),
+            }
+        )
+    return rank(rows, maximize)
+
+
+def counts(trials: Sequence[FrozenTrial], budget: int) -> dict[str, int]:
+    return {
+        "complete": sum(t.state == TrialState.COMPLETE for t in trials),
+        "failed": sum(t.state == TrialState.FAIL for t in trials),
+        "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+        "running": sum(t.state == TrialState.RUNNING for t in trials),
+        "total": budget,
+    }
+
+
+def write_results(worker: Worker) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """leaderboard.json, leaderboard.csv and (once a trial completed) winner.json, each replaced atomically;
+    returns the counts and the ranked rows."""
+    trials = worker.study.get_trials(deepcopy=False)
+    rows = leaderboard_rows(trials, worker.maximize)
+    tally = counts(trials, worker.budget)
+    board = {
+        "searchId": worker.options.search_id,
+        "metric": worker.metric,
+        "direction": "maximize" if worker.maximize else "minimize",
+        "trials": tally,
+        "rows": rows,
+    }
+    _replace(worker.folder / "leaderboard.json", json.dumps(board, indent=1), worker.options.worker)
+    _replace(worker.folder / "leaderboard.csv", _csv(rows), worker.options.worker)
+    if rows and rows[0]["rank"] == 1:
+        best = rows[0]
+        winner = {
+            "estimator": best["estimator"],
+            "params": best["params"],
+            "cvMean": best["cvMean"],
+            "cvStd": best["cvStd"],
+            "trial": best["trial"],
+            "metric": worker.metric,
+        }
+        _replace(worker.folder / "winner.json", json.dumps(winner, indent=1), worker.options.worker)
+    return tally, rows
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    columns = ["rank", "trial", "estimator", "params", "cvMean", "cvStd", "seconds", "state", "error"]
+    writer = csv.DictWriter(out, columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "params": json.dumps(row["params"], sort_keys=True)})
+    return out.getvalue()
+
+
+def _replace(path: Path, text: str, worker: int) -> None:
+    """Write `path` whole or not at all (a reader never sees half a file): a temporary file per worker,
+    then an atomic rename over it."""
+    temporary = path.with_name(f".{path.name}.{worker}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def summary(
+    worker: Worker, tally: dict[str, int], rows: list[dict[str, Any]], seconds: float
+) -> dict[str, Any]:
+    """The termination message's content (see the module's docstring); scores and float parameters of the
+    leaderboard are rounded for display, the best trial's parameters are exact (they make the refit)."""
+    best = rows[0] if rows and rows[0]["rank"] == 1 else None
+    return {
+        "status": "ok",
+        "searchId": worker.options.search_id,
+        "worker": worker.options.worker,
+        "metric": worker.metric,
+        "trials": {k: tally[k] for k in ("complete", "failed", "pruned", "total")},
+        "best": {
+            "estimator": best["estimator"],
+            "params": best["params"],
+            "score": best["cvMean"],
+            "std": best["cvStd"],
+            "trial": best["trial"],
+        }
+        if best
+        else None,
+        "leaderboard": [
+            {
+                "rank": r["rank"],
+                "estimator": r["estimator"],
+                "params": {k: _round(v) for k, v in (r["params"] or {}).items()},
+                "score": _round(r["cvMean"]),
+                "std": _round(r["cvStd"]),
+                "seconds": r["seconds"],
+            }
+            for r in rows[:LEADERBOARD_TOP]
+            if r["rank"] is not None
+        ],
+        "seconds": round(seconds, 3),
+    }
+
+
+def _round(value: Any) -> Any:
+    return float(f"{value:.6g}") if isinstance(value, float) and math.isfinite(value) else value
+
+
+def progress(store: WorkflowStore, search_id: str) -> dict[str, Any] | None:
+    """How a search stands, read from its study (for a live display): `{"done", "failed", "pruned",
+    "running", "best", "seconds"}` (best: the best score so far or None; seconds since the first trial
+    started), or None before its study exists."""
+    journal = store.base / "automl" / search_id / "journal.log"
+    if not journal.exists():
+        return None
+    try:
+        study = optuna.load_study(
+            study_name=search_id, storage=JournalStorage(JournalFileBackend(str(journal)))
+        )
+    except KeyError:  # the journal exists, the study is not in it yet
+        return None
+    trials = study.get_trials(deepcopy=False)
+    states = [t.state for t in trials]
+    values = [
+        float(t.value) for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None
+    ]
+    best = (max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min)(values, default=None)
+    started = [t.datetime_start for t in trials if t.datetime_start is not None]
+    return {
+        "done": states.count(optuna.trial.TrialState.COMPLETE),
+        "failed": states.count(optuna.trial.TrialState.FAIL),
+        "pruned": states.count(optuna.trial.TrialState.PRUNED),
+        "running": states.count(optuna.trial.TrialState.RUNNING),
+        "best": best,
+        # Optuna stamps trials with naive local times.
+        "seconds": (datetime.datetime.now() - min(started)).total_seconds() if started else 0.0,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--store", type=Path, required=True, help="root of the artifact store")
+    parser.add_argument("--workflow", required=True)
+    parser.add_argument("--search-id", required=True, help="the study: <store>/<workflow>/automl/<id>/")
+    parser.add_argument("--workers", type=int, help="workers of the search (default spec.automl.parallelism)")
+    parser.add_argument("--worker", type=int, default=int(os.environ.get("JOB_COMPLETION_INDEX", "0")))
+    parser.add_argument("--sampler", choices=["random", "grid", "tpe"], help="default spec.automl.search")
+    parser.add_argument("--trials", type=int, help="trials of the whole search (default spec.automl.trials)")
+    parser.add_argument(
+        "--time-budget", type=float, help="seconds from the search's start; no new trial after"
+    )
+    parser.add_argument("--max-failed", type=int, help="the search fails when more trials than this failed")
+    parser.add_argument("--pruning", choices=["none", "median", "successive-halving"], default="none")
+    parser.add_argument("--warm-start", type=Path, help="a previous search's winner.json or leaderboard.json")
+    parser.add_argument("--champion", help="the served version: its training rows stay out of the holdout")
+    parser.add_argument("--termination-log", default=os.environ.get("MLW_TERMINATION_LOG", TERMINATION_LOG))
+    args = parser.parse_args(argv)
+    prefixes = tuple(p for p in os.environ.get("MLW_ALLOWED_ESTIMATOR_PREFIXES", "").split(",") if p)
+    started = time.monotonic()
+    spec = MLWorkflowSpec.model_validate_json(os.environ["MLW_SPEC"])
+    automl = spec.automl
+    options = Options(
+        search_id=args.search_id,
+        worker=args.worker,
+        workers=args.workers or (automl.parallelism if automl else 1),
+        sampler=args.sampler or (automl.search if automl else "random"),
+        trials=args.trials or (automl.trials if automl else 20),
+        time_budget=args.time_budget,
+        max_failed=args.max_failed,
+        pruning=args.pruning,
+        warm_start=args.warm_start,
+        champion=args.champion,
+    )
+    if not 0 <= options.worker < options.workers:
+        parser.error(f"--worker {options.worker} is not one of the {options.workers} workers")
+    error: dict[str, Any] = {"status": "error", "searchId": options.search_id, "worker": options.worker}
+    try:
+        worker = Worker(
+            spec, WorkflowStore(args.store, args.workflow), options, prefixes or DEFAULT_ALLOWED_PREFIXES
+        )
+    except data.DataError as failure:
+        report({**error, "reason": "DataInvalid", "message": str(failure)}, args.termination_log)
+        return exitcodes.INVALID_INPUT
+    except SearchSpaceError as failure:
+        report({**error, "reason": failure.reason, "message": str(failure)}, args.termination_log)
+        return exitcodes.INVALID_INPUT
+    failed: SearchFailed | None = None
+    try:
+        worker.run()
+    except SearchFailed as failure:
+        failed = failure
+    tally, rows = write_results(worker)
+    result = summary(worker, tally, rows, time.monotonic() - started)
+    if failed is None and not tally["complete"] and not tally["running"]:
+        failed = SearchFailed(
+            "NoTrialSucceeded", f"none of the {tally['failed']} trials finished: see leaderboard.csv"
+        )
+    if failed is not None:
+        report({**result, **error, "reason": failed.reason, "message": str(failed)}, args.termination_log)
+        return exitcodes.INVALID_INPUT
+    report(result, args.termination_log)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
