@@ -50,6 +50,10 @@ def automl_spec(*candidates: dict[str, Any], task: str = "classification") -> ML
         ({"low": 1, "high": 512, "log": True}, IntRange(1, 512, True)),
         ({"low": 0.01, "high": 10.0, "log": True}, FloatRange(0.01, 10.0, True)),
         ({"low": 3, "high": 3}, IntRange(3, 3)),
+        # What the API server gives back for `{low: 0.01, high: 10.0}`: 10.0 is stored as 10.
+        ({"low": 0.01, "high": 10}, FloatRange(0.01, 10.0)),
+        ({"low": 1, "high": 5, "type": "float"}, FloatRange(1.0, 5.0)),
+        ({"low": 1.0, "high": 5.0, "type": "int"}, IntRange(1, 5)),
     ],
 )
 def test_a_domain_is_a_list_a_fixed_value_or_a_typed_range(raw: Any, domain: Any) -> None:
@@ -64,12 +68,16 @@ def test_a_domain_is_a_list_a_fixed_value_or_a_typed_range(raw: Any, domain: Any
         ({"low": -1, "high": 5, "log": True}, f"{FIELD}: a log range needs low > 0, and low is -1"),
         ([], f"{FIELD}: an empty list has nothing to try"),
         ([1, 2, 1], f"{FIELD}: the value 1 is listed twice"),
-        ({"low": 1, "high": 10.5}, f"{FIELD}: low 1 and high 10.5 mix an integer and a float"),
+        (
+            {"low": 1, "high": 10.5, "type": "int"},
+            f"{FIELD}: an int range needs whole bounds, not 1 and 10.5",
+        ),
+        ({"low": 1, "high": 3, "type": "double"}, f"{FIELD}: type must be int or float, not 'double'"),
         ({"low": "a", "high": 3}, f'{FIELD}: low must be a finite number, not "a"'),
         ({"low": True, "high": 3}, f"{FIELD}: low must be a finite number, not true"),
         ({"low": 1, "high": 3, "log": "yes"}, f"{FIELD}: log must be true or false"),
-        ({"low": 1, "high": 3, "step": 2}, f"{FIELD}: a range is {{low, high, log}}; unknown key step"),
-        ({"high": 3}, f"{FIELD}: a range is {{low, high, log}}; low and high are both required"),
+        ({"low": 1, "high": 3, "step": 2}, f"{FIELD}: a range is {{low, high, log, type}}; unknown key step"),
+        ({"high": 3}, f"{FIELD}: a range is {{low, high, log, type}}; low and high are both required"),
     ],
 )
 def test_a_space_optuna_cannot_use_is_refused_naming_the_field(raw: Any, message: str) -> None:

@@ -28,7 +28,7 @@ from mlworkflow.api.estimators import DEFAULT_ALLOWED_PREFIXES, check_estimator
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec
 
 Search = Literal["random", "grid", "tpe"]
-RANGE_KEYS = frozenset({"low", "high", "log"})
+RANGE_KEYS = frozenset({"low", "high", "log", "type"})
 # A grid larger than this is almost surely a mistake (an integer range of 1..10000 expanded): refused.
 MAX_GRID_POINTS = 100_000
 # k-NN is cheap and competitive on small data and the slowest family to predict on large data (FLAML
@@ -141,7 +141,7 @@ def parse_domain(field_path: str, raw: Any) -> Domain:
     if unknown or "low" not in raw or "high" not in raw:
         raise SearchSpaceError(
             "InvalidSearchSpace",
-            f"{field_path}: a range is {{low, high, log}}"
+            f"{field_path}: a range is {{low, high, log, type}}"
             + (f"; unknown key {', '.join(unknown)}" if unknown else "; low and high are both required")
             + " (a list of values is written as a list)",
         )
@@ -153,11 +153,15 @@ def parse_domain(field_path: str, raw: Any) -> Domain:
             raise SearchSpaceError(
                 "InvalidSearchSpace", f"{field_path}: {name} must be a finite number, not {json.dumps(value)}"
             )
-    if type(low) is not type(high):
+    # The API server keeps JSON numbers, not their spelling (10.0 comes back as 10): a range is of integers
+    # when both bounds are whole numbers, of floats when one is not, and `type` says so when that guess is
+    # not what is meant.
+    kind = raw.get("type", "int" if isinstance(low, int) and isinstance(high, int) else "float")
+    if kind not in ("int", "float"):
+        raise SearchSpaceError("InvalidSearchSpace", f"{field_path}: type must be int or float, not {kind!r}")
+    if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
         raise SearchSpaceError(
-            "InvalidSearchSpace",
-            f"{field_path}: low {low!r} and high {high!r} mix an integer and a float; write both as integers "
-            f"(an integer range) or both with a decimal point (a float range, e.g. {float(low)!r})",
+            "InvalidSearchSpace", f"{field_path}: an int range needs whole bounds, not {low!r} and {high!r}"
         )
     if low > high:
         raise SearchSpaceError("InvalidSearchSpace", f"{field_path}: low {low!r} is above high {high!r}")
@@ -165,7 +169,7 @@ def parse_domain(field_path: str, raw: Any) -> Domain:
         raise SearchSpaceError(
             "InvalidSearchSpace", f"{field_path}: a log range needs low > 0, and low is {low!r}"
         )
-    return IntRange(low, high, log) if isinstance(low, int) else FloatRange(float(low), float(high), log)
+    return IntRange(int(low), int(high), log) if kind == "int" else FloatRange(float(low), float(high), log)
 
 
 def parse_candidate(

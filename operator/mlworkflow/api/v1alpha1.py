@@ -418,7 +418,11 @@ class Candidate(ApiModel):
     )
     params: dict[str, Any] = Field(
         default_factory=dict,
-        description="Search space per parameter: a list of values, or `{low: 1, high: 10, log: false}`.",
+        description=(
+            "Search space per parameter: a list of values, or a range `{low: 1, high: 10, log: false}` — of "
+            "integers when both bounds are whole numbers, of floats otherwise; `type: float` (or `int`) says "
+            "which when that is not what is meant (the API server does not keep `10.0` apart from `10`)."
+        ),
     )
 
 
