@@ -143,3 +143,22 @@ def test_a_drift_retraining_searches_again_warm_started_from_the_champions_searc
         "v1",
         Trigger.MANUAL,
     )
+
+
+def test_the_final_summary_is_the_worker_that_saw_most_trials_finished() -> None:
+    from mlworkflow.desired.lifecycle import search_result
+
+    early = {
+        "status": "ok",
+        "trials": {"complete": 5, "failed": 0, "pruned": 0, "total": 6},
+        "best": {"score": 0.9},
+    }
+    last = {
+        "status": "ok",
+        "trials": {"complete": 5, "failed": 1, "pruned": 0, "total": 6},
+        "best": {"score": 0.95},
+    }
+    assert search_result([early, last], succeeded=True) == (last, "")
+    assert search_result([last, early], succeeded=True) == (last, "")
+    failed = {"status": "error", "reason": "TooManyFailedTrials", "message": "6 trials failed"}
+    assert search_result([early, failed], succeeded=False) == (failed, "6 trials failed")

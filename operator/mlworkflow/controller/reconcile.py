@@ -27,6 +27,10 @@ class Result:
     retrain_trigger: str | None = None  # the trigger of a retraining this reconcile started
 
 
+# The patterns with a serving Deployment (their "deploy" step is WebService's).
+SERVED = (Pattern.WEB_SERVICE, Pattern.AUTOML)
+
+
 def reconcile(body: dict[str, Any], kube: Kube, config: OperatorConfig, now: datetime) -> Result:
     """Bring the cluster one step closer to the workflow's desired state; return its new status."""
     generation = int(body["metadata"].get("generation", 1))
@@ -46,7 +50,7 @@ def reconcile(body: dict[str, Any], kube: Kube, config: OperatorConfig, now: dat
         status=status,
         runs=kube.training_runs(workflow.namespace, workflow.name),
         serving=kube.serving_state(workflow.namespace, children.serving_name(workflow))
-        if pattern == Pattern.WEB_SERVICE
+        if pattern in SERVED
         else ServingState(),
         drift=kube.latest_drift_check(workflow.namespace, workflow.name),
         created_at=_created_at(body),

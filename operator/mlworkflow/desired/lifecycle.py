@@ -105,12 +105,18 @@ def batch_result(summaries: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
     return result, "; ".join(dict.fromkeys(failures))
 
 
+def _finished_trials(summary: dict[str, Any]) -> int:
+    trials = summary.get("trials") or {}
+    return sum(int(trials.get(state) or 0) for state in ("complete", "failed", "pruned"))
+
+
 def search_result(summaries: list[dict[str, Any]], succeeded: bool) -> tuple[dict[str, Any], str]:
-    """A search's result from its workers' summaries: every worker reports the study's best when it ends,
-    so the one that counted most trials is final; a failed search says why through a failed worker."""
+    """A search's result from its workers' summaries: every worker reports the study as it stood when it
+    ended, so the one that saw most trials finished is final; a failed search says why through a failed
+    worker."""
     ok = [s for s in summaries if s.get("status") == "ok"]
     if succeeded and ok:
-        return max(ok, key=lambda s: int((s.get("trials") or {}).get("total") or 0)), ""
+        return max(ok, key=_finished_trials), ""
     failed = [s for s in summaries if s.get("status") != "ok"]
     return (failed[0], str(failed[0].get("message") or "")) if failed else ({}, "")
 
