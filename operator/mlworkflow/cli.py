@@ -143,7 +143,8 @@ def _render(args: argparse.Namespace) -> int:
     train = TrainRequest(args.version, Trigger.INITIAL)
     plan = Plan(MLWorkflowStatus(), train, args.version, batch_run)
     manifests = [
-        children.training_job(workflow, train, context),
+        # AutoML searches first: its training Job is the search's winner, known only after the search.
+        *([children.training_job(workflow, train, context)] if spec.pattern != Pattern.AUTOML else []),
         *PATTERNS[spec.pattern].children_for(workflow, plan, context).apply,
         children.monitoring_cronjob(workflow, args.version, context),
     ]

@@ -22,6 +22,7 @@ from mlworkflow.runtime import holdout
 from mlworkflow.runtime.search import Options, Worker, main, rank, summary, training_rows, write_results
 from mlworkflow.runtime.store import WorkflowStore
 from runtime.conftest import churn_frame, train_apart
+from support import REPO
 
 # By the name worker processes import it under (tests/ is on PYTHONPATH), whatever pytest named this module.
 STUB = "runtime.test_search.Stub"
@@ -93,6 +94,11 @@ def test_two_worker_processes_run_exactly_the_budget_together_never_a_trial_twic
         **os.environ,
         "MLW_SPEC": spec.model_dump_json(by_alias=True),
         "MLW_ALLOWED_ESTIMATOR_PREFIXES": PREFIXES,
+        # The workers import the stub as `runtime.test_search.Stub`: tests/ and hack/ on their path too, as
+        # pytest puts them on its own (pyproject's pythonpath).
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [*(str(REPO / d) for d in ("tests", "hack")), os.environ.get("PYTHONPATH")])
+        ),
     }
     workers = [
         subprocess.Popen(
