@@ -335,3 +335,6 @@ def test_the_automl_example_searches_with_local_workers_and_serves_the_winner(tm
     assert board.exists() and len(board.read_text().splitlines()) == 5, "every trial, in the store"
     assert "SearchSucceeded" in output and "Promoted" in output
     assert "searching v1: " in output and "/4 trials" in output, "the search's progress, live"
+    assert card["search"]["trials"] == 4 and card["search"]["top"][0]["estimator"] == winner["estimator"]
+    page = (tmp_path / "store" / "breast-cancer-automl" / "index.html").read_text()
+    assert "Model search v1: Succeeded" in page and 'href="automl/v1/leaderboard.csv"' in page

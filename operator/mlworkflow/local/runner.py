@@ -604,11 +604,33 @@ last drift check: {checked}.</p>
 <table><tr><th>version</th><th>trigger</th><th>decision</th><th>{metric}</th><th>champion's {metric}</th>
 <th>held-out rows (excluded)</th><th>why</th><th></th></tr>
 {"".join(rows)}</table>
-{_batch_runs(status)}
+{_batch_runs(status)}{_leaderboard(status)}
 <h2>Conditions</h2><table><tr><th>type</th><th>status</th><th>reason</th><th>message</th></tr>{conditions}</table>
 <h2>Drift reports (Evidently)</h2><ul>{links or "<li>none yet</li>"}</ul>
 </body></html>
 """
+
+
+def _leaderboard(status: MLWorkflowStatus) -> str:
+    """AutoML: the latest search's best trials, with a link to all of them."""
+    search = status.search
+    if search is None:
+        return ""
+    rows = "".join(
+        f"<tr><td>{e.rank}</td><td>{html.escape(e.estimator)}</td><td>{html.escape(json.dumps(e.params))}</td>"
+        f"<td>{e.score if e.score is not None else ''}</td><td>{e.std if e.std is not None else ''}</td>"
+        f"<td>{e.seconds if e.seconds is not None else ''}</td></tr>"
+        for e in search.leaderboard
+    )
+    counts = (
+        f"{search.trials_complete or 0} trials complete, {search.trials_failed or 0} failed, "
+        f"{search.trials_pruned or 0} pruned, of {search.trials}"
+    )
+    return f"""<h2>Model search {search.version}: {search.state}</h2>
+<p>{counts}; ranked by {search.metric}.
+<a href="automl/{search.version}/leaderboard.csv">every trial (CSV)</a></p>
+<table><tr><th>rank</th><th>estimator</th><th>params</th><th>CV mean</th><th>CV std</th><th>seconds</th></tr>
+{rows}</table>"""
 
 
 def _batch_runs(status: MLWorkflowStatus) -> str:

@@ -182,6 +182,8 @@ def train(
         "onnx": {"exported": exported is not None, "verified": check.passed, "check": check.detail},
         "backend": backend,
         "libraries": _library_versions(),
+        # AutoML: the search that chose this estimator (its whole leaderboard stays in the store).
+        "search": _search(store, version),
     }
     tag = _save(
         store, version, trigger, model, exported if check.passed else None, card, x_train, hashes[split.train]
@@ -329,8 +331,43 @@ preprocessing `{json.dumps(card["pipeline"]["preprocessing"])}`.
 Backend: **{card["backend"]}**. ONNX: exported {card["onnx"]["exported"]}, verified {card["onnx"]["verified"]}
 ({card["onnx"]["check"]}).
 
-## Libraries
+{_search_section(card)}## Libraries
 {", ".join(f"{k} {v}" for k, v in card["libraries"].items())}
+"""
+
+
+def _search(store: WorkflowStore, version: str) -> dict[str, Any] | None:
+    """The AutoML search of `version` (`<store>/<workflow>/automl/<version>/leaderboard.json`): its metric,
+    trial count and ten best trials, or None when the version was not searched for."""
+    board = store.base / "automl" / version / "leaderboard.json"
+    if not board.exists():
+        return None
+    searched = json.loads(board.read_text())
+    rows = searched.get("rows") or []
+    return {
+        "leaderboard": str(board.relative_to(store.root)),
+        "metric": searched.get("metric"),
+        "trials": len(rows),
+        "top": rows[:10],
+    }
+
+
+def _search_section(card: dict[str, Any]) -> str:
+    search = card.get("search")
+    if not search:
+        return ""
+    rows = "\n".join(
+        f"| {row.get('rank')} | `{row.get('estimator')}` | `{json.dumps(row.get('params'))}` | "
+        f"{row.get('cvMean')} | {row.get('cvStd')} | {row.get('state')} |"
+        for row in search["top"]
+    )
+    return f"""## Model search
+{search["trials"]} trials ranked by {search["metric"]}; the ten best (all of them: `{search["leaderboard"]}`):
+
+| rank | estimator | params | CV mean | CV std | state |
+|---|---|---|---|---|---|
+{rows}
+
 """
 
 
