@@ -563,7 +563,7 @@ def status_page(name: str, status: MLWorkflowStatus, store: WorkflowStore, metri
     the rows that decided), drift reports."""
     rows = []
     for record in status.history:
-        card = store.bentoml_home / "models" / name / record.version / "card.md"
+        card = store.model_dir(record.version) / "card.md"
         report = (
             f'<a href="../{html.escape(record.drift_report)}">drift report</a>' if record.drift_report else ""
         )

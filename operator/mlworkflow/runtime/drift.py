@@ -243,7 +243,7 @@ def check(
     html: bool = False,
 ) -> dict[str, Any]:
     """One drift check of the served version's inputs; returns the summary (also saved in the store)."""
-    model_dir = store.bentoml_home / "models" / store.model_name() / version
+    model_dir = store.model_dir(version)
     card_path, reference_path = model_dir / "card.json", model_dir / "reference.parquet"
     if not card_path.exists() or not reference_path.exists():
         raise DriftError(

@@ -17,9 +17,15 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import KFold, StratifiedKFold, TimeSeriesSplit, train_test_split
+
+from mlworkflow.api.v1alpha1 import MLWorkflowSpec
+from mlworkflow.runtime import data
+from mlworkflow.runtime.store import WorkflowStore
 
 ROWS_FILE = "trained-rows.npy"
+# One seed for every split: the same data gives the same holdout and folds.
+SEED = 0
 Hashes = npt.NDArray[np.uint64]
 Split = Literal["Random", "OutOfTime"]
 
@@ -96,3 +102,64 @@ def choose(
             holdout = np.sort(holdout)
     train = np.setdiff1d(positions, holdout, assume_unique=True)
     return Holdout(train, holdout, excluded, split)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A workflow's data read, checked and split for one version: the training rows (in time order with a
+    time column, `forward`), the held-out rows, and the hashes of the training rows."""
+
+    snapshot: data.Snapshot
+    schema: data.FeatureSchema
+    x_train: pd.DataFrame
+    y_train: pd.Series
+    x_holdout: pd.DataFrame
+    y_holdout: pd.Series
+    trained: Hashes
+    judged: Holdout
+    forward: bool
+
+
+def prepare(spec: MLWorkflowSpec, store: WorkflowStore, champion: str | None, folds: int) -> Rows:
+    """The rows a version trains and is judged on, the same for the training runtime and a model search's
+    trials: `spec.data` read and checked (for `folds`-fold cross-validation), the champion's training rows
+    kept out of the holdout (`choose`). Raises data.DataError naming the column or file."""
+    task = spec.model.task if spec.model else "classification"
+    snapshot = data.load(spec.data.source, store.root)
+    schema = data.resolve_schema(snapshot.frame, spec.data)
+    frame = data.check(snapshot.frame, schema, task, folds)
+    times = data.event_times(snapshot.frame, spec.data.time_column) if spec.data.time_column else None
+    x, y = frame[schema.features], frame[schema.target]
+    hashes = row_hashes(frame[[*schema.features, schema.target]])
+    judged = choose(
+        hashes,
+        spec.training.holdout,
+        SEED,
+        seen=load_rows(store.model_dir(champion)) if champion else None,
+        times=times,
+        stratify=y if task == "classification" else None,
+    )
+    train = judged.train
+    if times is not None:  # in time order, so that cross-validation folds validate on what follows
+        train = train[np.argsort(times.to_numpy()[train], kind="stable")]
+    return Rows(
+        snapshot,
+        schema,
+        x.iloc[train],
+        y.iloc[train],
+        x.iloc[judged.holdout],
+        y.iloc[judged.holdout],
+        hashes[judged.train],
+        judged,
+        times is not None,
+    )
+
+
+def folds(task: str, y: pd.Series, k: int, forward: bool) -> KFold | StratifiedKFold | TimeSeriesSplit:
+    """The cross-validation folds of training rows `y`: forward (TimeSeriesSplit) when they are in time
+    order, stratified when every class has a row per fold, else shuffled k-fold; seeded with SEED."""
+    if forward:
+        return TimeSeriesSplit(k)
+    if task == "classification" and y.value_counts().min() >= k:
+        return StratifiedKFold(k, shuffle=True, random_state=SEED)
+    return KFold(k, shuffle=True, random_state=SEED)

@@ -554,7 +554,7 @@ def fingerprint(root: Path, files: Sequence[Path]) -> tuple[list[dict[str, Any]]
 
 def load_model(store: WorkflowStore, version: str) -> LoadedModel:
     """The version from the workflow's BentoML model store; BatchError(ModelNotFound) when it is not there."""
-    path = store.bentoml_home / "models" / store.model_name() / version
+    path = store.model_dir(version)
     if not (path / "card.json").is_file():
         raise BatchError("ModelNotFound", f"model {store.model_name()}:{version} is not in {path.parent}")
     return LoadedModel(path, batch=True)

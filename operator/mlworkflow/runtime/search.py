@@ -60,7 +60,6 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, Jou
 from optuna.trial import FrozenTrial, TrialState
 from sklearn.base import clone
 from sklearn.metrics import get_scorer
-from sklearn.model_selection import KFold, StratifiedKFold, TimeSeriesSplit
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from mlworkflow.api import exitcodes
@@ -79,7 +78,6 @@ from mlworkflow.api.v1alpha1 import MLWorkflowSpec, ModelSpec
 from mlworkflow.runtime import data, holdout, pipeline
 from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.termination import TERMINATION_LOG, report
-from mlworkflow.runtime.train import SEED
 
 Pruning = Literal["none", "median", "successive-halving"]
 # spec.training.crossValidation 0 turns CV off for training; a search cannot rank without it.
@@ -142,39 +140,14 @@ class TrainingRows:
 def training_rows(spec: MLWorkflowSpec, store: WorkflowStore, champion: str | None = None) -> TrainingRows:
     """Read, check and split the data as `mlworkflow.runtime.train.train` does; raises DataError.
 
-    The folds are those of training's cross-validation: forward (TimeSeriesSplit) with a time column,
-    stratified when every class has a row per fold, else shuffled k-fold, all seeded with train.SEED."""
+    The rows and folds are training's own (`holdout.prepare`, `holdout.folds`)."""
     task = spec.model.task if spec.model else "classification"
-    folds = spec.training.cross_validation or DEFAULT_FOLDS
-    snapshot = data.load(spec.data.source, store.root)
-    schema = data.resolve_schema(snapshot.frame, spec.data)
-    frame = data.check(snapshot.frame, schema, task, folds)
-    times = data.event_times(snapshot.frame, spec.data.time_column) if spec.data.time_column else None
-    x, y = frame[schema.features], frame[schema.target]
-    hashes = holdout.row_hashes(frame[[*schema.features, schema.target]])
-    seen = (
-        holdout.load_rows(store.bentoml_home / "models" / store.model_name() / champion) if champion else None
+    k = spec.training.cross_validation or DEFAULT_FOLDS
+    rows = holdout.prepare(spec, store, champion, k)
+    folds = holdout.folds(task, rows.y_train, k, rows.forward)
+    return TrainingRows(
+        rows.x_train, rows.y_train, rows.schema, rows.trained, list(folds.split(rows.x_train, rows.y_train))
     )
-    split = holdout.choose(
-        hashes,
-        spec.training.holdout,
-        SEED,
-        seen=seen,
-        times=times,
-        stratify=y if task == "classification" else None,
-    )
-    rows = split.train
-    if times is not None:
-        rows = rows[np.argsort(times.to_numpy()[rows], kind="stable")]
-    x_train, y_train = x.iloc[rows], y.iloc[rows]
-    splitter: KFold | StratifiedKFold | TimeSeriesSplit
-    if times is not None:
-        splitter = TimeSeriesSplit(folds)
-    elif task == "classification" and y_train.value_counts().min() >= folds:
-        splitter = StratifiedKFold(folds, shuffle=True, random_state=SEED)
-    else:
-        splitter = KFold(folds, shuffle=True, random_state=SEED)
-    return TrainingRows(x_train, y_train, schema, hashes[rows], list(splitter.split(x_train, y_train)))
 
 
 def metric_of(spec: MLWorkflowSpec) -> str:

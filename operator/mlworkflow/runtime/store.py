@@ -38,6 +38,10 @@ class WorkflowStore:
     def predict_request(self) -> Path:
         return self.base / "predict"
 
+    def model_dir(self, version: str) -> Path:
+        """Where a version lives in the workflow's BentoML model store (card, pipeline, trained rows)."""
+        return self.bentoml_home / "models" / self.model_name() / version
+
     def model_name(self) -> str:
         """The BentoML model name of the workflow's versions (a workflow name is already a valid one)."""
         return self.workflow

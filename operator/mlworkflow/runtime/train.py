@@ -29,10 +29,6 @@ import numpy as np
 import pandas as pd
 import sklearn
 from sklearn.model_selection import (
-    BaseCrossValidator,
-    KFold,
-    StratifiedKFold,
-    TimeSeriesSplit,
     cross_validate,
 )
 
@@ -44,8 +40,6 @@ from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.termination import TERMINATION_LOG, report
 
 REFERENCE_ROWS = 5000
-# One seed for every split: the same data gives the same holdout.
-SEED = 0
 
 
 @dataclass(frozen=True)
@@ -78,33 +72,13 @@ def train(
     """
     assert spec.model is not None
     started = time.monotonic()
-    snapshot = data.load(spec.data.source, store.root)
-    schema = data.resolve_schema(snapshot.frame, spec.data)
     task = spec.model.task
-    frame = data.check(snapshot.frame, schema, task, spec.training.cross_validation)
-    times = data.event_times(snapshot.frame, spec.data.time_column) if spec.data.time_column else None
+    rows = holdout.prepare(spec, store, champion, spec.training.cross_validation)
+    snapshot, schema, split = rows.snapshot, rows.schema, rows.judged
+    x_train, y_train, x_holdout, y_holdout = rows.x_train, rows.y_train, rows.x_holdout, rows.y_holdout
     model = pipeline.build(spec.model, schema, allowed_prefixes)
-
-    x, y = frame[schema.features], frame[schema.target]
-    hashes = holdout.row_hashes(frame[[*schema.features, schema.target]])
-    seen = holdout.load_rows(_model_dir(store, champion)) if champion else None
-    split = holdout.choose(
-        hashes,
-        spec.training.holdout,
-        SEED,
-        seen=seen,
-        times=times,
-        stratify=y if task == "classification" else None,
-    )
-    train_rows = split.train
-    if times is not None:  # in time order, so that cross-validation folds validate on what follows
-        train_rows = train_rows[np.argsort(times.to_numpy()[train_rows], kind="stable")]
-    x_train, y_train = x.iloc[train_rows], y.iloc[train_rows]
-    x_holdout, y_holdout = x.iloc[split.holdout], y.iloc[split.holdout]
     try:
-        cv = _cross_validate(
-            model, x_train, y_train, task, spec.training.cross_validation, forward=times is not None
-        )
+        cv = _cross_validate(model, x_train, y_train, task, spec.training.cross_validation, rows.forward)
         model.fit(x_train, y_train)
     except (ValueError, TypeError) as error:
         # The data passed its checks: what fails now is the estimator with these parameters.
@@ -186,7 +160,7 @@ def train(
         "search": _search(store, version),
     }
     tag = _save(
-        store, version, trigger, model, exported if check.passed else None, card, x_train, hashes[split.train]
+        store, version, trigger, model, exported if check.passed else None, card, x_train, rows.trained
     )
     return TrainedModel(
         version,
@@ -202,15 +176,11 @@ def train(
     )
 
 
-def _model_dir(store: WorkflowStore, version: str) -> Path:
-    return store.bentoml_home / "models" / store.model_name() / version
-
-
 def _champion_scores(
     store: WorkflowStore, champion: str, task: str, x: pd.DataFrame, y: pd.Series
 ) -> dict[str, float] | None:
     """The served model's metrics on this holdout; None when it cannot score it (its features changed)."""
-    path = _model_dir(store, champion) / "pipeline.joblib"
+    path = store.model_dir(champion) / "pipeline.joblib"
     if not path.exists():
         return None
     try:
@@ -222,18 +192,18 @@ def _champion_scores(
 def _cross_validate(
     model: Any, x: pd.DataFrame, y: pd.Series, task: str, folds: int, forward: bool = False
 ) -> dict[str, float]:
-    """Mean and spread of the task's CV scores over `folds` folds; `forward`: the rows are in time order and
-    each fold validates on the rows after those it trained on (scikit-learn's TimeSeriesSplit)."""
+    """Mean and spread of the task's CV scores over `folds` folds (`holdout.folds`; `forward`: the rows are in
+    time order)."""
     if folds < 2:
         return {}
-    splitter: BaseCrossValidator | TimeSeriesSplit
-    if forward:
-        splitter = TimeSeriesSplit(folds)
-    elif task == "classification" and y.value_counts().min() >= folds:
-        splitter = StratifiedKFold(folds, shuffle=True, random_state=SEED)
-    else:
-        splitter = KFold(folds, shuffle=True, random_state=SEED)
-    results = cross_validate(model, x, y, cv=splitter, scoring=pipeline.cv_scoring(task), error_score="raise")
+    results = cross_validate(
+        model,
+        x,
+        y,
+        cv=holdout.folds(task, y, folds, forward),
+        scoring=pipeline.cv_scoring(task),
+        error_score="raise",
+    )
     summary = {}
     for name in pipeline.cv_scoring(task):
         values = results[f"test_{name}"]
@@ -286,7 +256,7 @@ def _save(
             (path / "model.onnx").write_bytes(onnx_model)
         (path / "card.json").write_text(json.dumps(card, indent=2, default=str))
         (path / "card.md").write_text(model_card_markdown(card))
-        reference = x_train.sample(min(REFERENCE_ROWS, len(x_train)), random_state=SEED)
+        reference = x_train.sample(min(REFERENCE_ROWS, len(x_train)), random_state=holdout.SEED)
         reference.to_parquet(path / "reference.parquet", index=False)
         holdout.save_rows(path, trained_rows)
     return tag
