@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client, config
 
 from kubelocal.controlplane import ControlPlane, build_binaries
-from support import CHART, OPERATOR_NAMESPACE, wait_for
+from support import CHART, OPERATOR_NAMESPACE, operator_in, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 CRD_FILE = REPO / "crds" / "mlworkflow.io_mlworkflows.yaml"
@@ -109,6 +109,15 @@ def process_namespace(control_plane: ControlPlane, namespace: str) -> str:
     """A fresh namespace whose Pods all land on the process node and really run."""
     control_plane.use_process_node(namespace)
     return namespace
+
+
+@pytest.fixture
+def operator(
+    operator_kubeconfig: Path, process_namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """The operator, in-process, as the Helm chart's ServiceAccount, watching `process_namespace`."""
+    with operator_in(process_namespace, operator_kubeconfig, monkeypatch):
+        yield
 
 
 def _has_default_sa(core: client.CoreV1Api, namespace: str) -> bool:

@@ -73,15 +73,20 @@ def predict(control_plane: ControlPlane, namespace: str, service: str) -> dict[s
         return None
 
 
-def create_workflow(api: client.ApiClient, namespace: str) -> str:
-    """The artifact store's claim and a small iris WebService workflow in `namespace`; returns its name."""
+def create_claim(api: client.ApiClient, namespace: str, name: str) -> None:
+    """A ReadWriteMany claim for the artifact store (the process node provisions a folder for it)."""
     client.CoreV1Api(api).create_namespaced_persistent_volume_claim(
         namespace,
         {
-            "metadata": {"name": "ml-artifacts"},
+            "metadata": {"name": name},
             "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
         },
     )
+
+
+def create_workflow(api: client.ApiClient, namespace: str) -> str:
+    """The artifact store's claim and a small iris WebService workflow in `namespace`; returns its name."""
+    create_claim(api, namespace, "ml-artifacts")
     manifest = workflow_manifest()
     objects(api).create_namespaced_custom_object(
         v1alpha1.GROUP, v1alpha1.VERSION, namespace, v1alpha1.PLURAL, manifest

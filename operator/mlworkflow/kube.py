@@ -120,13 +120,16 @@ class Kube:
     # --- observing ---------------------------------------------------------------------------------------
 
     def training_runs(self, namespace: str, workflow: str) -> list[TrainingRun]:
-        selector = f"{WORKFLOW_LABEL}={workflow},app.kubernetes.io/component={TRAINING}"
+        return [self._run(namespace, job) for job in self._jobs(namespace, workflow, TRAINING)]
+
+    def _jobs(self, namespace: str, workflow: str, component: str) -> list[JSON]:
+        """The workflow's Jobs of one component (training, batch, search, monitoring), but those being
+        deleted."""
+        selector = f"{WORKFLOW_LABEL}={workflow},app.kubernetes.io/component={component}"
         jobs = _json(
             self.batch.list_namespaced_job(namespace, label_selector=selector, _preload_content=False)
         )
-        return [
-            self._run(namespace, job) for job in jobs["items"] if not job["metadata"].get("deletionTimestamp")
-        ]
+        return [job for job in jobs["items"] if not job["metadata"].get("deletionTimestamp")]
 
     def _pods(self, namespace: str, job: str) -> list[JSON]:
         return list(
@@ -168,27 +171,11 @@ class Kube:
 
     def batch_runs(self, namespace: str, workflow: str) -> list[BatchRun]:
         """The batch prediction Jobs (Forecast), each with its indexes' summaries added up."""
-        selector = f"{WORKFLOW_LABEL}={workflow},app.kubernetes.io/component={BATCH}"
-        jobs = _json(
-            self.batch.list_namespaced_job(namespace, label_selector=selector, _preload_content=False)
-        )
-        return [
-            self._batch_run(namespace, job)
-            for job in jobs["items"]
-            if not job["metadata"].get("deletionTimestamp")
-        ]
+        return [self._batch_run(namespace, job) for job in self._jobs(namespace, workflow, BATCH)]
 
     def searches(self, namespace: str, workflow: str) -> list[SearchRun]:
         """The model search Jobs (AutoML), each with its workers' final summary."""
-        selector = f"{WORKFLOW_LABEL}={workflow},app.kubernetes.io/component={SEARCH}"
-        jobs = _json(
-            self.batch.list_namespaced_job(namespace, label_selector=selector, _preload_content=False)
-        )
-        return [
-            self._search(namespace, job)
-            for job in jobs["items"]
-            if not job["metadata"].get("deletionTimestamp")
-        ]
+        return [self._search(namespace, job) for job in self._jobs(namespace, workflow, SEARCH)]
 
     def _search(self, namespace: str, job: JSON) -> SearchRun:
         meta = job["metadata"]
@@ -253,12 +240,8 @@ class Kube:
 
     def latest_drift_check(self, namespace: str, workflow: str) -> DriftCheck | None:
         """The newest finished drift-check Job (from the CronJob, or made from its template by hand)."""
-        selector = f"{WORKFLOW_LABEL}={workflow},app.kubernetes.io/component={MONITORING}"
-        jobs = _json(
-            self.batch.list_namespaced_job(namespace, label_selector=selector, _preload_content=False)
-        )
         finished = []
-        for job in jobs["items"]:
+        for job in self._jobs(namespace, workflow, MONITORING):
             status = job.get("status") or {}
             ended = [
                 c

@@ -4,7 +4,6 @@ Real API server, real Optuna, scikit-learn and BentoML."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +12,10 @@ from kubernetes import client
 
 from kubelocal.controlplane import ControlPlane
 from mlworkflow.api import v1alpha1
-from support import operator_in, wait_for
-from workflows import get, objects
+from support import wait_for
+from workflows import create_claim, get, objects
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture
-def operator(
-    operator_kubeconfig: Path, process_namespace: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[None]:
-    with operator_in(process_namespace, operator_kubeconfig, monkeypatch):
-        yield
 
 
 def manifest(name: str, trials: int) -> dict[str, Any]:
@@ -69,13 +60,7 @@ def test_the_winner_of_a_parallel_search_serves(
     api: client.ApiClient, control_plane: ControlPlane, process_namespace: str, operator: None
 ) -> None:
     ns = process_namespace
-    client.CoreV1Api(api).create_namespaced_persistent_volume_claim(
-        ns,
-        {
-            "metadata": {"name": "store"},
-            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
-        },
-    )
+    create_claim(api, ns, "store")
     create(api, ns, manifest("cancer", trials=6))
     wait_for(lambda: get(api, ns, "cancer").get("status", {}).get("phase") == "Searching", 60, "Searching")
     serving = wait_for(

@@ -19,7 +19,7 @@ from kubelocal.controlplane import ControlPlane
 from kubelocal.net import free_port
 from mlworkflow.api import v1alpha1
 from support import operator_in, wait_for
-from workflows import claim_folder, get, patch_spec, regime, run_drift_check
+from workflows import claim_folder, create_claim, get, patch_spec, regime, run_drift_check
 
 pytestmark = pytest.mark.cluster
 
@@ -94,13 +94,7 @@ def test_drift_retrains_and_champion_challenger_decides(
 ) -> None:
     ns = process_namespace
     core = client.CoreV1Api(api)
-    core.create_namespaced_persistent_volume_claim(
-        ns,
-        {
-            "metadata": {"name": "store"},
-            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
-        },
-    )
+    create_claim(api, ns, "store")
     store = claim_folder(api, ns, "store")
     (store / "data").mkdir()
     regime(800, shifted=False, seed=1).to_csv(store / "data" / "part-1.csv", index=False)

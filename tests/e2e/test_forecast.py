@@ -4,7 +4,6 @@ version. Real API server, Jobs on the process node, real scikit-learn, pyarrow a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +13,12 @@ from kubernetes import client
 
 from kubelocal.controlplane import ControlPlane
 from mlworkflow.api import v1alpha1
-from support import operator_in, wait_for
-from workflows import claim_folder, get, regime, run_drift_check
+from support import wait_for
+from workflows import claim_folder, create_claim, get, regime, run_drift_check
 
 pytestmark = pytest.mark.cluster
 
 NAME = "sales"
-
-
-@pytest.fixture
-def operator(
-    operator_kubeconfig: Path, process_namespace: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[None]:
-    with operator_in(process_namespace, operator_kubeconfig, monkeypatch):
-        yield
 
 
 def manifest() -> dict[str, Any]:
@@ -83,13 +74,7 @@ def test_forecast_predicts_in_an_indexed_job_and_retrains_on_drifted_inputs(
     api: client.ApiClient, control_plane: ControlPlane, process_namespace: str, operator: None
 ) -> None:
     ns = process_namespace
-    client.CoreV1Api(api).create_namespaced_persistent_volume_claim(
-        ns,
-        {
-            "metadata": {"name": "store"},
-            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
-        },
-    )
+    create_claim(api, ns, "store")
     store = claim_folder(api, ns, "store")
     (store / "data").mkdir()
     regime(800, shifted=False, seed=1).to_csv(store / "data" / "part-1.csv", index=False)

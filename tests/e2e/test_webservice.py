@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from kubernetes import client
@@ -15,19 +13,10 @@ from sklearn.datasets import load_iris
 
 from kubelocal.controlplane import ControlPlane
 from mlworkflow.api import v1alpha1
-from support import operator_in, wait_for
+from support import wait_for
 from workflows import IRIS_ROW, claim_folder, condition, create_workflow, get, objects, patch_spec, predict
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture
-def operator(
-    operator_kubeconfig: Path, process_namespace: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[None]:
-    """The operator, in-process, as the Helm chart's ServiceAccount."""
-    with operator_in(process_namespace, operator_kubeconfig, monkeypatch):
-        yield
 
 
 def retrain(control_plane: ControlPlane, ns: str, name: str, value: str) -> None:
