@@ -8,6 +8,7 @@ the pattern's own "deploy" step (`mlworkflow.desired.patterns`) into a `Plan`.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
@@ -308,15 +309,24 @@ def stall_events(before: MLWorkflowStatus, after: MLWorkflowStatus) -> list[Even
     return [Event("Warning", stalled.reason, stalled.message)]
 
 
+def pending_request(
+    request: str | None, handled: str | None, answered: Iterable[str | None]
+) -> tuple[str | None, str | None]:
+    """An annotation's request (retrain, predict) still to answer, and the value now handled: a request is
+    answered once the status records it as handled or a Job carries it (either survives an operator
+    restart)."""
+    if not request or request == handled:
+        return None, handled
+    if request in set(answered):
+        return None, request
+    return request, handled
+
+
 def _pending_retrain_request(status: MLWorkflowStatus, observed: Observed) -> str | None:
-    """The retrain annotation's value when no training answered it yet (none started for it, and the
-    status does not record it as handled: either survives an operator restart)."""
-    request = observed.retrain_request
-    if not request or request == status.last_handled_retrain:
-        return None
-    if any(run.retrain_request == request for run in observed.runs):
-        status.last_handled_retrain = request
-        return None
+    """The retrain annotation's value when no training answered it yet."""
+    request, status.last_handled_retrain = pending_request(
+        observed.retrain_request, status.last_handled_retrain, (run.retrain_request for run in observed.runs)
+    )
     return request
 
 

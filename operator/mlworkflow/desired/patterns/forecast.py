@@ -19,7 +19,15 @@ from mlworkflow.api.v1alpha1 import (
 )
 from mlworkflow.desired import children
 from mlworkflow.desired.children import Children, Manifest, RuntimeContext, Workflow
-from mlworkflow.desired.lifecycle import BatchRun, BatchRunRequest, Deployment, Event, Observed, Plan
+from mlworkflow.desired.lifecycle import (
+    BatchRun,
+    BatchRunRequest,
+    Deployment,
+    Event,
+    Observed,
+    Plan,
+    pending_request,
+)
 
 PREDICTED = "Predicted"
 RUN_HISTORY = 10
@@ -105,13 +113,12 @@ def _predicted_condition(last: BatchRunRecord | None) -> tuple[ConditionStatus, 
 
 
 def _pending_predict_request(record: BatchStatus, observed: Observed) -> str | None:
-    """The predict annotation's value when no run answered it yet (see the retrain annotation)."""
-    request = observed.predict_request
-    if not request or request == record.last_handled_predict:
-        return None
-    if any(run.predict_request == request for run in observed.batch_runs):
-        record.last_handled_predict = request
-        return None
+    """The predict annotation's value when no run answered it yet."""
+    request, record.last_handled_predict = pending_request(
+        observed.predict_request,
+        record.last_handled_predict,
+        (r.predict_request for r in observed.batch_runs),
+    )
     return request
 
 
