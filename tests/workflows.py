@@ -18,6 +18,9 @@ from kubelocal.controlplane import ControlPlane
 from mlworkflow.api import v1alpha1
 from support import REPO, wait_for
 
+#: Selects the training Jobs (the drift CronJob also makes Jobs, whenever its minute comes).
+TRAINING = "app.kubernetes.io/component=training"
+
 IRIS_ROW = {
     "sepal length (cm)": 6.3,
     "sepal width (cm)": 3.3,

@@ -17,11 +17,9 @@ import yaml
 from kubernetes import client
 
 from support import operator_in, wait_for
-from workflows import create_workflow, get, patch_spec
+from workflows import TRAINING, create_workflow, get, patch_spec
 
 pytestmark = pytest.mark.cluster
-
-TRAINING = "app.kubernetes.io/component=training"
 
 
 class CuttableProxy:

@@ -14,7 +14,17 @@ from sklearn.datasets import load_iris
 from kubelocal.controlplane import ControlPlane
 from mlworkflow.api import v1alpha1
 from support import wait_for
-from workflows import IRIS_ROW, claim_folder, condition, create_workflow, get, objects, patch_spec, predict
+from workflows import (
+    IRIS_ROW,
+    TRAINING,
+    claim_folder,
+    condition,
+    create_workflow,
+    get,
+    objects,
+    patch_spec,
+    predict,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -62,7 +72,7 @@ def test_train_serve_retrain_and_survive_a_failed_training(
     # Serving-only change: no retraining.
     patch_spec(api, ns, name, {"serving": {"replicas": 2}})
     wait_for(lambda: get(api, ns, name)["status"]["observedGeneration"] == 2, 30, "generation 2 observed")
-    jobs = client.BatchV1Api(api).list_namespaced_job(ns).items
+    jobs = client.BatchV1Api(api).list_namespaced_job(ns, label_selector=TRAINING).items
     assert [j.metadata.name for j in jobs] == [f"{name}-train-v1"]
     patch_spec(api, ns, name, {"serving": {"replicas": 1}})
 
@@ -129,7 +139,8 @@ def test_train_serve_retrain_and_survive_a_failed_training(
     assert get(api, ns, name)["status"]["model"]["version"] == "v4"
     events = client.CoreV1Api(api).list_namespaced_event(ns).items
     assert any(e.reason == "InsufficientHoldout" and "only 29 held-out rows" in e.message for e in events)
-    jobs = [j.metadata.name for j in client.BatchV1Api(api).list_namespaced_job(ns).items]
+    trainings = client.BatchV1Api(api).list_namespaced_job(ns, label_selector=TRAINING).items
+    jobs = [j.metadata.name for j in trainings]
     assert sorted(jobs) == [f"{name}-train-v{n}" for n in range(1, 6)], "one training per request"
 
     # A pinned version that does not exist: the workflow stalls, says so once, and v4 keeps serving.
