@@ -381,12 +381,64 @@ class PromotionSpec(ApiModel):
     )
 
 
-class OnlineSource(ApiModel):
-    path: str = store_path_field(
-        "spec.online.source.path",
-        "Glob of CSV or Parquet files relative to the artifact store; new files are new data.",
+class SecretReference(ApiModel):
+    name: str = Field(description="A Secret in the workflow's namespace.", min_length=1, max_length=253)
+
+
+class KafkaSource(ApiModel):
+    bootstrap_servers: str = Field(
+        description="Comma-separated `host:port` list of Kafka brokers (librdkafka `bootstrap.servers`).",
+        min_length=1,
+        max_length=2048,
     )
-    poll_interval_seconds: int = Field(10, ge=1, le=3600, description="How often to look for new data.")
+    topic: str = Field(
+        description="The topic of labelled examples: one JSON object per message, the features and the "
+        "target.",
+        min_length=1,
+        max_length=249,
+        pattern=r"^[a-zA-Z0-9._-]+$",
+    )
+    group_id: str | None = Field(
+        None,
+        description="Consumer group (default `mlworkflow.<namespace>.<name>`). Offsets are committed only "
+        "after a mini-batch is applied or quarantined.",
+        max_length=255,
+    )
+    secret_ref: SecretReference | None = Field(
+        None,
+        description="Credentials: every key of this Secret is a librdkafka property (e.g. "
+        "`security.protocol`, `sasl.mechanism`, `sasl.username`, `sasl.password`, `ssl.ca.pem`).",
+    )
+
+
+class OnlineSource(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            rule(
+                "has(self.kafka) != has(self.path)",
+                "spec.online.source needs exactly one of kafka (a topic) or path (files in the "
+                "artifact store)",
+            )
+        )
+    )
+
+    kafka: KafkaSource | None = Field(None, description="Read labelled examples from a Kafka topic.")
+    path: str | None = Field(
+        None,
+        description="Glob of CSV or Parquet files relative to the artifact store; each new file is new data, "
+        "read once in name order.",
+        min_length=1,
+        max_length=1024,
+        json_schema_extra=cel(
+            rule(
+                "!self.startsWith('/') && !self.contains('..')",
+                "spec.online.source.path must stay inside the artifact store: no absolute path, no '..'",
+            )
+        ),
+    )
+    poll_interval_seconds: int = Field(
+        10, ge=1, le=3600, description="Files: how often to look for new files. Kafka: unused."
+    )
 
 
 class Guardrails(ApiModel):
@@ -394,20 +446,76 @@ class Guardrails(ApiModel):
         0.0,
         ge=0,
         le=1,
-        description="Share of invalid rows (NaNs, wrong types, out of range) a batch may hold.",
+        description="Share of invalid rows (missing or null values, wrong types, out of range, unknown "
+        "class) a mini-batch may hold; invalid rows are dropped, a batch with more is quarantined."
+        " A missing column always quarantines the batch.",
+    )
+    range_margin: float = Field(
+        0.5,
+        ge=0,
+        le=100,
+        description="A numeric value further outside the reference's [min, max] than this share of its width "
+        "is out of range.",
+    )
+    max_class_shift: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Classification: a batch whose class shares differ from the recent ones by more than "
+        "this total variation distance is quarantined (1 turns the check off).",
     )
     max_metric_drop: float = Field(
         0.05,
         ge=0,
         le=1,
-        description="A mini-batch update that lowers the holdout metric by more than this is rolled back.",
+        description="The updated copy's canary score may fall at most this far below the smoothed baseline "
+        "(an exponentially weighted mean of accepted scores); a batch that costs more is quarantined and the "
+        "model stays as it was.",
+    )
+
+
+class SnapshotSpec(ApiModel):
+    every_samples: int = Field(
+        1000, ge=1, le=100_000_000, description="A new snapshot after this many newly learned samples..."
+    )
+    every_seconds: int = Field(
+        2, ge=1, le=86_400, description="...or this long after the previous one, when anything was learned."
+    )
+    keep: int = Field(
+        20, ge=2, le=1000, description="Snapshots kept in the model store (the served one is never removed)."
+    )
+
+
+class StreamArchive(ApiModel):
+    retention_hours: int = Field(
+        24,
+        ge=0,
+        le=24 * 90,
+        description="Applied examples are kept in the artifact store, partitioned by hour, this long "
+        "(0: off). A retraining (schedule, drift, manual) trains a batch model on this window.",
     )
 
 
 class OnlineSpec(ApiModel):
     source: OnlineSource = Field(description="The stream the learner reads.")
-    batch_size: int = Field(256, ge=1, le=1_000_000, description="Rows per incremental `partial_fit` step.")
+    batch_size: int = Field(256, ge=1, le=1_000_000, description="Examples per `partial_fit` mini-batch.")
+    max_wait_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=3600,
+        description="A smaller mini-batch is learned when no more examples came this long.",
+    )
+    classes: list[str | int] | None = Field(
+        None,
+        description="Classification: every class the model may learn (the first `partial_fit` needs them "
+        "all); default: the classes of spec.data.source.",
+        max_length=10_000,
+    )
     guardrails: Guardrails = section(Guardrails, "What keeps a bad mini-batch away from the served model.")
+    snapshots: SnapshotSpec = section(SnapshotSpec, "When the learned model becomes a served version.")
+    archive: StreamArchive = section(
+        StreamArchive, "The stream kept for batch retraining (lambda architecture)."
+    )
 
 
 class Candidate(ApiModel):
@@ -795,6 +903,39 @@ class SearchStatus(ApiModel):
     message: str = Field("", max_length=4096, description="Why it failed, for a human.")
 
 
+class QuarantineRecord(ApiModel):
+    batch: str = Field(
+        description="The batch id; its rows and reason are under <workflow>/online/quarantine/."
+    )
+    reason: str = Field(
+        description="CamelCase: MissingColumn, InvalidRows, UnknownClass, ClassShift, CanaryDrop, ..."
+    )
+    message: str = Field("", max_length=1024, description="What was wrong, for a human.")
+    time: datetime | None = Field(None, description="When it was quarantined.")
+
+
+class OnlineStatus(ApiModel):
+    """What the learner last reported (through its Lease): the operator copies it here."""
+
+    learner: str | None = Field(None, description="The Pod that holds the learner's Lease (the one writer).")
+    start_version: str | None = Field(None, description="The version the learner started from.")
+    snapshot: str | None = Field(None, description="The newest snapshot, e.g. v1.12: the served version.")
+    snapshot_time: datetime | None = Field(None, description="When it was written.")
+    samples_seen: int = Field(0, ge=0, description="Examples learned since the start version.")
+    batches_applied: int = Field(0, ge=0, description="Mini-batches learned.")
+    batches_quarantined: int = Field(0, ge=0, description="Mini-batches refused by the guardrails.")
+    rollbacks: int = Field(0, ge=0, description="Of those, updates undone because the canary score dropped.")
+    lag: int | None = Field(
+        None, ge=0, description="Examples in the source not read yet (Kafka consumer lag)."
+    )
+    canary_score: float | None = Field(None, description="The served snapshot's score on the canary holdout.")
+    canary_baseline: float | None = Field(None, description="The smoothed baseline it is compared with.")
+    quarantines: list[QuarantineRecord] = Field(
+        default_factory=list, description="The latest quarantined batches, newest first.", max_length=10
+    )
+    reported: datetime | None = Field(None, description="When the learner last reported.")
+
+
 class MLWorkflowStatus(ApiModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -813,6 +954,7 @@ class MLWorkflowStatus(ApiModel):
     endpoint: str | None = Field(None, description="In-cluster URL of the prediction Service.")
     batch: BatchStatus | None = Field(None, description="Forecast: the batch prediction runs.")
     search: SearchStatus | None = Field(None, description="AutoML: the latest model search.")
+    online: OnlineStatus | None = Field(None, description="OnlineLearning: the learner's progress.")
     history: list[ModelRecord] = Field(
         default_factory=list,
         description="The latest trained versions, newest first (at most 20).",
