@@ -159,8 +159,8 @@ def train(
         # AutoML: the search that chose this estimator (its whole leaderboard stays in the store).
         "search": _search(store, version),
     }
-    tag = _save(
-        store, version, trigger, model, exported if check.passed else None, card, x_train, rows.trained
+    tag = save_version(
+        store, version, str(trigger), model, exported if check.passed else None, card, x_train, rows.trained
     )
     return TrainedModel(
         version,
@@ -228,18 +228,19 @@ def _library_versions() -> dict[str, str]:
     }
 
 
-def _save(
+def save_version(
     store: WorkflowStore,
     version: str,
-    trigger: Trigger,
+    trigger: str,
     model: Any,
     onnx_model: bytes | None,
     card: dict[str, Any],
     x_train: pd.DataFrame,
-    trained_rows: holdout.Hashes,
+    trained_rows: holdout.Hashes | None,
 ) -> str:
     """The version in the BentoML model store under the artifact store, with its card, its reference sample
-    and the hashes of the rows it was trained on."""
+    (of `x_train`) and the hashes of the rows it was trained on (when known); returns its tag. The training
+    runtime and the online learner's snapshots (`mlworkflow.runtime.learn`) save versions this way."""
     os.environ["BENTOML_HOME"] = str(store.bentoml_home)
     import bentoml
 
@@ -247,7 +248,7 @@ def _save(
     # A retried Pod may find its own half-saved version: the retry wins.
     with contextlib.suppress(bentoml.exceptions.NotFound):
         bentoml.models.delete(tag)
-    labels = {"workflow": store.workflow, "version": version, "trigger": str(trigger)}
+    labels = {"workflow": store.workflow, "version": version, "trigger": trigger}
     metadata = {"metrics": card["metrics"], "backend": card["backend"], "dataSha256": card["data"]["sha256"]}
     with bentoml.models.create(tag, labels=labels, metadata=metadata, module="mlworkflow") as saved:
         path = Path(saved.path)
@@ -258,7 +259,8 @@ def _save(
         (path / "card.md").write_text(model_card_markdown(card))
         reference = x_train.sample(min(REFERENCE_ROWS, len(x_train)), random_state=holdout.SEED)
         reference.to_parquet(path / "reference.parquet", index=False)
-        holdout.save_rows(path, trained_rows)
+        if trained_rows is not None:
+            holdout.save_rows(path, trained_rows)
     return tag
 
 
