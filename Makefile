@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv checkov demo test unit lint crds cluster control-plane bench-serving bench-drift bench-batch bench-automl clean
+.PHONY: venv checkov demo test unit lint crds cluster control-plane image bench-serving bench-drift bench-batch bench-automl clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,14 @@ demo: venv
 ## The control plane's binaries, built once from the Go module proxy and cached outside the repo.
 control-plane:
 	bash hack/build-control-plane.sh
+
+## The one image of the operator and its runtimes. Needs an OCI builder (docker, podman or buildah's
+## `bud`); none runs on the development machine, where tests/unit/test_dockerfile.py checks what it can.
+IMAGE ?= mlworkflow-operator:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+BUILDER ?= $(shell command -v docker || command -v podman)
+image:
+	@test -n "$(BUILDER)" || { echo "no OCI builder (docker or podman) here: set BUILDER=..."; exit 1; }
+	$(BUILDER) build -t $(IMAGE) .
 
 ## All tests: unit, then integration against a real API server started once for the session.
 test: venv control-plane checkov
