@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
-from kubernetes import client
+from kubernetes import client, config
 
 from mlworkflow.api.v1alpha1 import Trigger
 from mlworkflow.desired.children import (
@@ -47,6 +47,16 @@ COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 JSON = dict[str, Any]
 
 
+def api_client() -> client.ApiClient:
+    """In a Pod, its ServiceAccount; elsewhere, the current kubeconfig context."""
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        return client.ApiClient()
+    except config.ConfigException:
+        api: client.ApiClient = config.new_client_from_config()  # type: ignore[no-untyped-call]
+        return api
+
+
 def _json(response: Any) -> JSON:
     return dict(json.loads(response.data))
 
@@ -57,6 +67,7 @@ class Kube:
         self.apps = client.AppsV1Api(api)
         self.batch = client.BatchV1Api(api)
         self.autoscaling = client.AutoscalingV2Api(api)
+        self.coordination = client.CoordinationV1Api(api)
 
     def _patchers(self) -> dict[str, Callable[..., Any]]:
         return {
@@ -116,6 +127,26 @@ class Kube:
         except client.ApiException as error:
             if error.status != 404:
                 raise
+
+    def read_lease(self, namespace: str, name: str) -> JSON | None:
+        """A coordination.k8s.io/v1 Lease as a dict, or None when there is none."""
+        try:
+            return _json(self.coordination.read_namespaced_lease(name, namespace, _preload_content=False))
+        except client.ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def write_lease(self, namespace: str, lease: JSON, create: bool) -> JSON:
+        """Create a Lease, or replace it at the resourceVersion its metadata names: a write based on a stale
+        read fails with ApiException 409, so two writers cannot both win."""
+        body: Any = lease
+        if create:
+            return _json(self.coordination.create_namespaced_lease(namespace, body, _preload_content=False))
+        name = lease["metadata"]["name"]
+        return _json(
+            self.coordination.replace_namespaced_lease(name, namespace, body, _preload_content=False)
+        )
 
     # --- observing ---------------------------------------------------------------------------------------
 

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from kubernetes import client, config
 from kubernetes.client import ApiException
 
 from mlworkflow.api import v1alpha1
@@ -17,22 +16,12 @@ from mlworkflow.controller import metrics
 from mlworkflow.controller.config import OperatorConfig
 from mlworkflow.controller.reconcile import reconcile
 from mlworkflow.desired import children
-from mlworkflow.kube import Kube
+from mlworkflow.kube import Kube, api_client
 
 RESOURCE = (v1alpha1.GROUP, v1alpha1.VERSION, v1alpha1.PLURAL)
 CONFIG = OperatorConfig.from_env()
 MAX_RETRY_SECONDS = 60
 INSTANCE = os.environ.get("HOSTNAME", "mlworkflow-operator")  # the Pod's name: which replica told
-
-
-def _api_client() -> client.ApiClient:
-    """In a Pod, its ServiceAccount; elsewhere, the current kubeconfig context."""
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-        return client.ApiClient()
-    except config.ConfigException:
-        api: client.ApiClient = config.new_client_from_config()  # type: ignore[no-untyped-call]
-        return api
 
 
 @kopf.on.startup()
@@ -43,7 +32,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         prefix=v1alpha1.GROUP, key="last-handled-configuration"
     )
     settings.persistence.finalizer = f"{v1alpha1.GROUP}/finalizer"
-    memo.kube = Kube(_api_client())
+    memo.kube = Kube(api_client())
     port = int(os.environ.get("MLW_METRICS_PORT", "0"))
     if port:
         metrics.serve(port)
