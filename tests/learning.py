@@ -70,7 +70,7 @@ def warm_up(root: Path, workflow: str, warm: pd.DataFrame, spec: MLWorkflowSpec)
 def start_learner(
     store: WorkflowStore, spec: MLWorkflowSpec, start: str = "v1", port: int | None = None, **env: str
 ) -> subprocess.Popen[bytes]:
-    """`python -m mlworkflow.runtime.learn` as the learner Pod runs it; its output in <root>/learn-<workflow>.log."""
+    """The learner as its Pod runs it (`-m mlworkflow.runtime.learn`); log: <root>/learn-<workflow>.log."""
     log = (store.root / f"learn-{store.workflow}.log").open("ab")
     return subprocess.Popen(
         [
