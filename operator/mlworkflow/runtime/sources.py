@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
-import pyarrow.parquet as pq
+import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
 from mlworkflow.api.v1alpha1 import OnlineSource
 
@@ -257,8 +257,10 @@ class KafkaSource:
                     if error.fatal():
                         raise KafkaUnavailable(f"Kafka: {error}")
                     continue  # transient: librdkafka retries by itself
+                partition, offset = message.partition(), message.offset()
+                assert partition is not None and offset is not None  # a message, not an event
                 rows.append(_decode(message.value()))
-                self._offsets[message.partition()] = message.offset() + 1
+                self._offsets[partition] = offset + 1
         return Polled(rows, self.position())
 
     def commit(self, position: Position) -> None:
