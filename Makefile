@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv checkov demo test unit lint crds cluster control-plane kafka kafka-broker image bench-serving bench-drift bench-batch bench-automl clean
+.PHONY: venv checkov demo test unit lint crds cluster control-plane kafka kafka-broker image bench-serving bench-drift bench-batch bench-automl bench-online clean
 
 venv: $(STAMP)
 
@@ -91,6 +91,10 @@ bench-automl: venv
 	test -d $(BENCH_DEPS)/flaml || $(BIN)/pip install --quiet --no-deps --target $(BENCH_DEPS) \
 		flaml==2.8.0 lightgbm==4.7.0 xgboost-cpu==2.1.4
 	PYTHONPATH=operator $(BIN)/python bench/automl/run.py --flaml-path $(BENCH_DEPS)
+
+## Online learning benchmark: our learner from Kafka against a bare partial_fit loop; freshness of snapshots.
+bench-online: venv kafka
+	PYTHONPATH=operator:hack:tests $(BIN)/python bench/online/run.py
 
 clean:
 	rm -rf $(VENV) .venv-checkov .bench-deps .pytest_cache .mypy_cache .ruff_cache build operator/*.egg-info

@@ -205,7 +205,9 @@ class KafkaSource:
         since: the group's committed offset, else the beginning)."""
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-        stored = {int(p): int(o) for p, o in (position.get("offsets") or {}).items()}
+        # Offsets of another topic (the spec named a new one) say nothing about this one.
+        offsets = position.get("offsets") if position.get("topic") == self.topic else None
+        stored = {int(p): int(o) for p, o in (offsets or {}).items()}
         partitions = self._partitions()
         committed = {
             tp.partition: tp.offset
@@ -268,7 +270,9 @@ class KafkaSource:
 
         offsets = [TopicPartition(self.topic, int(p), o) for p, o in position["offsets"].items()]
         if offsets:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+            # Asynchronous (a synchronous commit is a broker round trip per batch): the group's offsets
+            # are for monitoring and a fresh start; a restart resumes from the snapshot's offsets.
+            self._consumer.commit(offsets=offsets, asynchronous=True)
 
     def lag(self) -> int | None:
         """High watermark minus position, summed over the partitions."""
@@ -276,7 +280,11 @@ class KafkaSource:
 
         total = 0
         for partition, offset in self._offsets.items():
-            _, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=5)
+            where = TopicPartition(self.topic, partition)
+            # The high watermark of the last fetch response: asking the broker blocks the learner.
+            _, high = self._consumer.get_watermark_offsets(where, cached=True)
+            if high < 0:  # nothing fetched yet from this partition
+                _, high = self._consumer.get_watermark_offsets(where, timeout=5)
             total += max(0, high - offset)
         return total
 
