@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from kubernetes import client
@@ -31,6 +31,7 @@ from mlworkflow.desired.children import (
 from mlworkflow.desired.lifecycle import (
     BatchRun,
     DriftCheck,
+    LearnerState,
     RunState,
     SearchRun,
     ServingState,
@@ -40,6 +41,7 @@ from mlworkflow.desired.lifecycle import (
 )
 from mlworkflow.desired.patterns.automl import CHAMPION_ANNOTATION, DRIFT_REPORT_ANNOTATION
 from mlworkflow.desired.patterns.forecast import PREDICT_REQUEST_ANNOTATION
+from mlworkflow.desired.patterns.online import PROGRESS_ANNOTATION
 from mlworkflow.runtime import termination
 
 APPLY = "application/apply-patch+yaml"
@@ -57,6 +59,8 @@ class Kube:
         self.apps = client.AppsV1Api(api)
         self.batch = client.BatchV1Api(api)
         self.autoscaling = client.AutoscalingV2Api(api)
+        self.rbac = client.RbacAuthorizationV1Api(api)
+        self.coordination = client.CoordinationV1Api(api)
 
     def _patchers(self) -> dict[str, Callable[..., Any]]:
         return {
@@ -65,6 +69,10 @@ class Kube:
             "Deployment": self.apps.patch_namespaced_deployment,
             "Service": self.core.patch_namespaced_service,
             "HorizontalPodAutoscaler": self.autoscaling.patch_namespaced_horizontal_pod_autoscaler,
+            "ServiceAccount": self.core.patch_namespaced_service_account,
+            "Role": self.rbac.patch_namespaced_role,
+            "RoleBinding": self.rbac.patch_namespaced_role_binding,
+            "Lease": self.coordination.patch_namespaced_lease,
         }
 
     def _deleters(self) -> dict[str, Callable[..., Any]]:
@@ -257,6 +265,27 @@ class Kube:
         run = self._run(namespace, job)
         result = run.result or {"status": "error", "message": run.message or "the drift check failed"}
         return DriftCheck(job["metadata"]["name"], finished_at, result)
+
+    def lease(self, namespace: str, name: str) -> LearnerState | None:
+        """The learner's Lease (OnlineLearning): its holder, until when it holds it, and the progress the
+        learner wrote on it; None when there is no Lease yet. A renewTime that is not a time is no
+        renewal."""
+        try:
+            lease = _json(self.coordination.read_namespaced_lease(name, namespace, _preload_content=False))
+        except client.ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        spec = lease.get("spec") or {}
+        held_until = None
+        try:
+            renewed = datetime.fromisoformat(str(spec.get("renewTime")).replace("Z", "+00:00"))
+            renewed = renewed if renewed.tzinfo else renewed.replace(tzinfo=UTC)
+            held_until = renewed + timedelta(seconds=int(spec.get("leaseDurationSeconds") or 0))
+        except (ValueError, TypeError):
+            pass
+        annotations = lease["metadata"].get("annotations") or {}
+        return LearnerState(spec.get("holderIdentity"), held_until, annotations.get(PROGRESS_ANNOTATION))
 
     def serving_state(self, namespace: str, name: str) -> ServingState:
         try:

@@ -5,6 +5,10 @@
 <root>/<workflow>/samples/   inputs and predictions recorded by the serving Pods
 <root>/<workflow>/retrain    the local runner's retrain request (`mlworkflow retrain`)
 <root>/<workflow>/predict    the local runner's predict request (`mlworkflow predict`, Forecast)
+<root>/<workflow>/online/    OnlineLearning: `latest` (the newest complete snapshot's version), `quarantine/`
+                             (refused mini-batches), `lock` and `progress.json` (the learner without a Lease)
+<root>/<workflow>/stream/    OnlineLearning: the applied examples, `<YYYY-MM-DD-HH>/part-*.parquet`, kept for
+                             batch retraining (`stream_archive_files`)
 """
 
 from __future__ import annotations
@@ -37,6 +41,36 @@ class WorkflowStore:
     @property
     def predict_request(self) -> Path:
         return self.base / "predict"
+
+    @property
+    def online(self) -> Path:
+        return self.base / "online"
+
+    @property
+    def online_latest(self) -> Path:
+        """The version of the newest complete snapshot, one line, replaced atomically by the learner."""
+        return self.online / "latest"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.online / "quarantine"
+
+    @property
+    def online_lock(self) -> Path:
+        return self.online / "lock"
+
+    @property
+    def online_progress(self) -> Path:
+        """The learner's progress report (the Lease annotation's JSON) when it runs without a Lease."""
+        return self.online / "progress.json"
+
+    @property
+    def stream(self) -> Path:
+        return self.base / "stream"
+
+    def stream_archive_files(self) -> list[Path]:
+        """The archived stream, oldest hour first (`stream/<YYYY-MM-DD-HH>/part-*.parquet`)."""
+        return sorted(self.stream.glob("*/part-*.parquet"))
 
     def model_dir(self, version: str) -> Path:
         """Where a version lives in the workflow's BentoML model store (card, pipeline, trained rows)."""
