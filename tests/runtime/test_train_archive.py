@@ -18,7 +18,10 @@ SPEC = MLWorkflowSpec.model_validate(
     {
         "pattern": "OnlineLearning",
         "data": {"source": "sklearn://wine", "target": "target"},
-        "model": {"estimator": "sklearn.linear_model.SGDClassifier", "params": {"random_state": 0}},
+        "model": {
+            "estimator": "sklearn.linear_model.SGDClassifier",
+            "params": {"loss": "log_loss", "random_state": 0},
+        },
         "training": {"crossValidation": 3},
         "online": {"source": {"path": "incoming/*.csv"}},
         "storage": {"path": "/unused"},
@@ -34,7 +37,9 @@ def test_a_retraining_learns_the_archive_and_holds_out_only_rows_the_snapshot_ne
     wine = load_wine(as_frame=True).frame
     rng = np.random.default_rng(1)
     stream = wine.sample(90, random_state=1).reset_index(drop=True)
-    stream.iloc[:, :-1] *= rng.normal(1, 0.01, (90, wine.shape[1] - 1))  # new rows, not copies of the source's
+    stream.iloc[:, :-1] *= rng.normal(
+        1, 0.01, (90, wine.shape[1] - 1)
+    )  # new rows, not copies of the source's
     for hour, part in (("2026-01-01-10", stream[:40]), ("2026-01-01-11", stream[40:])):
         (store.stream / hour).mkdir(parents=True)
         part.to_parquet(store.stream / hour / "part-0.parquet")
