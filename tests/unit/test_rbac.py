@@ -20,7 +20,6 @@ RESOURCES = {
     "ServiceAccount": "serviceaccounts",
     "Role": "roles",
     "RoleBinding": "rolebindings",
-    "Lease": "leases",
 }
 
 
@@ -44,7 +43,7 @@ def test_every_kind_the_operator_applies_or_deletes_is_granted() -> None:
     for kind in kube.deletable():
         assert "delete" in rules.get(RESOURCES[kind], set()), f"delete of {kind}"
     assert {"list"} <= rules["jobs"] and {"list"} <= rules["pods"], "observing Jobs and their Pods"
-    assert "get" in rules["leases"], "reading the learner's Lease (OnlineLearning)"
+    assert {"get", "create"} <= rules["leases"], "creating and reading the learner's Lease (OnlineLearning)"
 
 
 def test_the_operator_holds_every_verb_the_roles_it_writes_grant() -> None:

@@ -229,5 +229,12 @@ def forget(namespace: str, name: str) -> None:
             gauge.remove(namespace, name)
 
 
+_serving: set[int] = set()
+
+
 def serve(port: int) -> None:
-    start_http_server(port)
+    """Serve /metrics on `port`, once: a standby replica serves it before it leads (a scrape target that is
+    up, with nothing to report), and kopf's startup asks again once it leads."""
+    if port not in _serving:
+        start_http_server(port)
+        _serving.add(port)

@@ -58,7 +58,7 @@ def reconcile(body: dict[str, Any], kube: Kube, config: OperatorConfig, now: dat
         batch_runs=kube.batch_runs(workflow.namespace, workflow.name) if pattern == Pattern.FORECAST else [],
         predict_request=annotations.get(v1alpha1.PREDICT_ANNOTATION),
         searches=kube.searches(workflow.namespace, workflow.name) if pattern == Pattern.AUTOML else [],
-        learner=kube.lease(workflow.namespace, online.learner_name(workflow))
+        learner=kube.learner(workflow.namespace, online.learner_name(workflow))
         if pattern == Pattern.ONLINE_LEARNING
         else None,
     )
