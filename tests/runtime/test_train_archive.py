@@ -41,8 +41,8 @@ def test_a_retraining_learns_the_archive_and_holds_out_only_rows_the_snapshot_ne
         1, 0.01, (90, wine.shape[1] - 1)
     )  # new rows, not copies of the source's
     for hour, part in (("2026-01-01-10", stream[:40]), ("2026-01-01-11", stream[40:])):
-        (store.stream / hour).mkdir(parents=True)
-        part.to_parquet(store.stream / hour / "part-0.parquet")
+        (store.stream_archive / hour).mkdir(parents=True)
+        part.to_parquet(store.stream_archive / hour / "part-0.parquet")
 
     second = train(SPEC, store, "v2", Trigger.MANUAL, champion="v1.3", archive=True)
 
