@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 from sklearn.datasets import load_wine
 
-from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Trigger
+from mlworkflow.api.v1alpha1 import MLWorkflowSpec
 from mlworkflow.runtime import holdout
 from mlworkflow.runtime.store import WorkflowStore
-from mlworkflow.runtime.train import train
+from runtime.conftest import train_apart
 
 SPEC = MLWorkflowSpec.model_validate(
     {
@@ -31,7 +31,7 @@ SPEC = MLWorkflowSpec.model_validate(
 
 def test_a_retraining_learns_the_archive_and_holds_out_only_rows_the_snapshot_never_saw(tmp_path) -> None:  # type: ignore[no-untyped-def]
     store = WorkflowStore(tmp_path, "wine")
-    first = train(SPEC, store, "v1", Trigger.INITIAL)
+    first = train_apart(SPEC, store, "v1")
     # The learner's snapshot of v1 (here: v1 itself, as a learned copy would be saved).
     shutil.copytree(store.model_dir("v1"), store.model_dir("v1.3"))
     wine = load_wine(as_frame=True).frame
@@ -44,21 +44,21 @@ def test_a_retraining_learns_the_archive_and_holds_out_only_rows_the_snapshot_ne
         (store.stream_archive / hour).mkdir(parents=True)
         part.to_parquet(store.stream_archive / hour / "part-0.parquet")
 
-    second = train(SPEC, store, "v2", Trigger.MANUAL, champion="v1.3", archive=True)
+    second = train_apart(SPEC, store, "v2", "Manual", "v1.3", "--stream-archive")
 
-    assert second.rows == len(wine) + 90
+    assert second["rows"] == len(wine) + 90
     v1_trained = holdout.load_rows(store.model_dir("v1"))
     assert v1_trained is not None
     # Seen by the snapshot: v1's training rows and every archived row; what is left judges both.
-    assert second.holdout["excludedRows"] == len(v1_trained) + 90
-    assert second.holdout["rows"] == first.holdout["rows"] == len(wine) - len(v1_trained)
-    assert second.champion_metrics is not None and "f1_macro" in second.champion_metrics
+    assert second["holdout"]["excludedRows"] == len(v1_trained) + 90
+    assert second["holdout"]["rows"] == first["holdout"]["rows"] == len(wine) - len(v1_trained)
+    assert "f1_macro" in second["champion"]["metrics"]
     trained_rows = holdout.load_rows(store.model_dir("v2"))
     assert trained_rows is not None and len(trained_rows) == len(v1_trained) + 90
 
 
 def test_without_an_archive_the_source_alone_trains(tmp_path) -> None:  # type: ignore[no-untyped-def]
     store = WorkflowStore(tmp_path, "wine")
-    train(SPEC, store, "v1", Trigger.INITIAL)
-    second = train(SPEC, store, "v2", Trigger.MANUAL, champion="v1", archive=True)
-    assert second.rows == len(pd.DataFrame(load_wine().data))
+    train_apart(SPEC, store, "v1")
+    second = train_apart(SPEC, store, "v2", "Manual", "v1", "--stream-archive")
+    assert second["rows"] == len(pd.DataFrame(load_wine().data))
