@@ -50,7 +50,15 @@ APPLIED_HASH_ANNOTATION = "mlworkflow.io/applied-hash"
 # The kinds whose changes the operator watches (controller.handlers): for them, a manifest already applied
 # as it is, and not changed or deleted since, is not applied again.
 MAX_FINISHED_JOBS = 20_000  # about 2 KiB each: bounded memory however many Jobs the cluster keeps
-WATCHED_KINDS = ("Deployment", "Service", "CronJob", "HorizontalPodAutoscaler")
+WATCHED_KINDS = (
+    "Deployment",
+    "Service",
+    "CronJob",
+    "HorizontalPodAutoscaler",
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+)
 # Kinds the operator creates and then leaves to another writer: the OnlineLearning learner's Lease, renewed
 # by the learner with a resourceVersion-checked update that any write of the operator's would make fail.
 CREATED_KINDS = ("Lease",)
