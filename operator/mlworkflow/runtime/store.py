@@ -67,6 +67,10 @@ class WorkflowStore:
     def stream_archive(self) -> Path:
         return self.base / "stream"
 
+    def stream_archive_files(self) -> list[Path]:
+        """The archived stream, oldest hour first (`stream/<YYYY-MM-DD-HH>/part-*.parquet`)."""
+        return sorted(self.stream_archive.glob("*/part-*.parquet"))
+
     def model_dir(self, version: str) -> Path:
         """Where a version lives in the workflow's BentoML model store (card, pipeline, trained rows)."""
         return self.bentoml_home / "models" / self.model_name() / version
