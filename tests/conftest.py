@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
+import mlworkflow
 from kafkalocal.broker import KafkaBroker, fetch_jars
 from kubelocal.controlplane import ControlPlane, build_binaries
 from support import CHART, OPERATOR_NAMESPACE, operator_in, wait_for
@@ -30,7 +31,11 @@ REPORT = pytest.StashKey[list[str]]()
 def control_plane(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ControlPlane]:
-    plane = ControlPlane(build_binaries(), workdir=tmp_path_factory.mktemp("control-plane"))
+    # Pods run the code this session imports (a worktree's, not only the checkout installed in the venv).
+    source = str(Path(mlworkflow.__file__).resolve().parents[1])
+    plane = ControlPlane(
+        build_binaries(), workdir=tmp_path_factory.mktemp("control-plane"), pod_pythonpath=source
+    )
     with plane:
         yield plane
         peaks = plane.peak_memory_mib()

@@ -154,8 +154,17 @@ def _node_ready(rest: Rest, name: str) -> bool:
 class ControlPlane:
     """etcd + kube-apiserver + kube-controller-manager + kube-scheduler + kwok, on 127.0.0.1."""
 
-    def __init__(self, bin_dir: Path, workdir: Path | None = None, start_timeout: float = 90.0) -> None:
+    def __init__(
+        self,
+        bin_dir: Path,
+        workdir: Path | None = None,
+        start_timeout: float = 90.0,
+        pod_pythonpath: str | None = None,
+    ) -> None:
+        """`pod_pythonpath`: the PYTHONPATH of the process node's containers (None: the project's
+        virtualenv alone, i.e. the checkout installed in it)."""
         self.bin_dir = bin_dir
+        self.pod_pythonpath = pod_pythonpath
         self._owns_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="mlw-control-plane-"))
         self.start_timeout = start_timeout
@@ -391,6 +400,7 @@ class ControlPlane:
                 f"--name={PROCESS_NODE}",
                 f"--root={self.process_node_root}",
                 f"--api-port={self.api_port}",
+                *([f"--pythonpath={self.pod_pythonpath}"] if self.pod_pythonpath else []),
             ],
             self._log(PROCESS_NODE),
             lambda: _node_ready(rest, PROCESS_NODE),
