@@ -15,7 +15,7 @@ from kubernetes import client, config
 import mlworkflow
 from kafkalocal.broker import KafkaBroker, fetch_jars
 from kubelocal.controlplane import ControlPlane, build_binaries
-from support import CHART, OPERATOR_NAMESPACE, operator_in, wait_for
+from support import CHART, OPERATOR_NAMESPACE, REPORT, operator_in, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 CRD_FILE = REPO / "crds" / "mlworkflow.io_mlworkflows.yaml"
@@ -23,8 +23,6 @@ CRD_FILE = REPO / "crds" / "mlworkflow.io_mlworkflows.yaml"
 
 # Reconcile every second in tests (the operator's default is 10 s): progress shows up without waiting.
 os.environ.setdefault("MLW_RESYNC_SECONDS", "1")
-
-REPORT = pytest.StashKey[list[str]]()
 
 
 @pytest.fixture(scope="session")

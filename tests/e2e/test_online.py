@@ -22,7 +22,7 @@ from sklearn.datasets import load_wine
 from kubelocal.controlplane import ControlPlane
 from mlworkflow.api import v1alpha1
 from serving import post
-from support import wait_for
+from support import REPORT, wait_for
 from workflows import create_claim, get, objects
 
 pytestmark = pytest.mark.cluster
@@ -111,7 +111,12 @@ class Client:
 
 
 def test_the_learner_learns_from_kafka_and_serving_follows_its_snapshots(
-    api: client.ApiClient, control_plane: ControlPlane, process_namespace: str, kafka: Any, operator: None
+    api: client.ApiClient,
+    control_plane: ControlPlane,
+    process_namespace: str,
+    kafka: Any,
+    operator: None,
+    request: pytest.FixtureRequest,
 ) -> None:
     ns, started = process_namespace, time.monotonic()
     topic = f"wine-{uuid.uuid4().hex[:8]}"
@@ -148,11 +153,13 @@ def test_the_learner_learns_from_kafka_and_serving_follows_its_snapshots(
         assert first in ("v1", "v1.0"), first
 
         produce(kafka.bootstrap_servers, topic, clean.to_dict("records"))
+        produced = time.monotonic()
         learned = wait_for(
             lambda: (o := online(api, ns)).get("samplesSeen", 0) >= len(clean) and o,
             60,
             "every clean message learned",
         )
+        in_status = time.monotonic() - produced
         assert learned["batchesApplied"] >= len(clean) // 40
         assert learned["snapshot"].startswith("v1.") and learned["snapshot"] != "v1.0"
         assert learned["batchesQuarantined"] == 0, learned["quarantines"]
@@ -160,6 +167,7 @@ def test_the_learner_learns_from_kafka_and_serving_follows_its_snapshots(
             lambda: (v := asker.versions()[-1]) not in ("v1", "v1.0") and v, 30, "a newer snapshot served"
         )
         assert newer.startswith("v1.")
+        served = time.monotonic() - produced
 
         # A poisoned mini-batch: one feature column missing from every message.
         poisoned = wine.sample(40, random_state=1).drop(columns="proline")
@@ -187,7 +195,9 @@ def test_the_learner_learns_from_kafka_and_serving_follows_its_snapshots(
     assert "MissingColumn" in events[0].message
     table = control_plane.kubectl("get", "mlw", NAME, "-n", ns).stdout.splitlines()[1].split()
     assert table[1:3] == ["OnlineLearning", "Learning"] and table[3].startswith("v1."), table
-    print(
-        f"learning and serving {ready_at:.0f}s after creation; {len(asker.answers)} answers, versions "
-        f"{sorted(set(asker.versions()))}; {time.monotonic() - started:.0f}s in all"
+    versions = sorted(set(asker.versions()), key=lambda v: int(v.partition(".")[2] or -1))
+    request.config.stash.setdefault(REPORT, []).append(
+        f"OnlineLearning e2e: learning and serving {ready_at:.0f}s after creation; {len(clean)} messages "
+        f"learned (status) in {in_status:.1f}s, served by a newer snapshot after {served:.1f}s; "
+        f"{len(asker.answers)} answers by {versions}, none failed; {time.monotonic() - started:.0f}s in all"
     )
