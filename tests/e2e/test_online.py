@@ -10,6 +10,7 @@ import json
 import threading
 import time
 import urllib.error
+import urllib.request
 import uuid
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 from confluent_kafka import Producer
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_wine
 
 from kubelocal.controlplane import ControlPlane
@@ -29,6 +31,7 @@ pytestmark = pytest.mark.cluster
 
 NAME = "wine-online"
 LEARNER = f"{NAME}-learner"
+METRICS_PORT = 9090  # the learner container's port `metrics`
 
 
 def manifest(bootstrap: str, topic: str) -> dict[str, Any]:
@@ -80,6 +83,21 @@ def lease_holder(api: client.ApiClient, ns: str) -> str | None:
 def learner_pods(api: client.ApiClient, ns: str) -> list[str]:
     pods = client.CoreV1Api(api).list_namespaced_pod(ns, label_selector="app.kubernetes.io/component=learner")
     return [p.metadata.name for p in pods.items if p.status.phase == "Running"]
+
+
+def scrape(
+    control_plane: ControlPlane, api: client.ApiClient, ns: str, pod: str
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The learner Pod's Prometheus samples: (name, sorted labels) -> value."""
+    annotations = client.CoreV1Api(api).read_namespaced_pod(pod, ns).metadata.annotations
+    port = control_plane.host_port({"metadata": {"annotations": annotations}}, METRICS_PORT)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 class Client:
@@ -155,9 +173,9 @@ def test_the_learner_learns_from_kafka_and_serving_follows_its_snapshots(
         produce(kafka.bootstrap_servers, topic, clean.to_dict("records"))
         produced = time.monotonic()
         learned = wait_for(
-            lambda: (o := online(api, ns)).get("samplesSeen", 0) >= len(clean) and o,
+            lambda: (o := online(api, ns)).get("samplesSeen", 0) >= len(clean) and o.get("lag") == 0 and o,
             60,
-            "every clean message learned",
+            "every clean message learned, none left in the topic",
         )
         in_status = time.monotonic() - produced
         assert learned["batchesApplied"] >= len(clean) // 40
@@ -193,6 +211,12 @@ def test_the_learner_learns_from_kafka_and_serving_follows_its_snapshots(
         "a BatchQuarantined Event",
     )
     assert "MissingColumn" in events[0].message
+    # The learner's Prometheus metrics, on its Pod's port `metrics`.
+    metrics = scrape(control_plane, api, ns, pod)
+    assert metrics[("mlworkflow_online_samples_total", ())] == learned["samplesSeen"]
+    quarantines = (("outcome", "quarantined"), ("reason", "MissingColumn"))
+    assert metrics[("mlworkflow_online_batches_total", quarantines)] >= 1
+    assert metrics[("mlworkflow_online_lag", ())] == 0
     table = control_plane.kubectl("get", "mlw", NAME, "-n", ns).stdout.splitlines()[1].split()
     assert table[1:3] == ["OnlineLearning", "Learning"] and table[3].startswith("v1."), table
     versions = sorted(set(asker.versions()), key=lambda v: int(v.partition(".")[2] or -1))
