@@ -42,6 +42,9 @@ from mlworkflow.runtime.store import WorkflowStore
 
 FOLLOW_SECONDS = 0.5
 logger = logging.getLogger("mlworkflow.serve")
+# BentoML's server logging leaves the root logger at WARNING: without a level of its own, this logger's INFO
+# lines (a follow-mode swap, "now serving ...") never reach the Pod's log.
+logger.setLevel(logging.INFO)
 
 PREDICTIONS = bentoml.metrics.Counter(
     name="mlworkflow_predictions_total",
