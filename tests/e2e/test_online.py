@@ -80,8 +80,9 @@ def lease_holder(api: client.ApiClient, ns: str) -> str | None:
     return lease.spec.holder_identity if lease.spec else None
 
 
-def learner_pods(api: client.ApiClient, ns: str) -> list[str]:
-    pods = client.CoreV1Api(api).list_namespaced_pod(ns, label_selector="app.kubernetes.io/component=learner")
+def running_pods(api: client.ApiClient, ns: str, component: str) -> list[str]:
+    selector = f"app.kubernetes.io/component={component}"
+    pods = client.CoreV1Api(api).list_namespaced_pod(ns, label_selector=selector)
     return [p.metadata.name for p in pods.items if p.status.phase == "Running"]
 
 
@@ -152,7 +153,8 @@ def test_the_learner_learns_from_kafka_and_serving_follows_its_snapshots(
     )
     assert learning["status"]["history"][0]["version"] == "v1"
     assert learning["status"]["history"][0]["outcome"] == "Promoted"
-    (pod,) = learner_pods(api, ns)
+    (pod,) = running_pods(api, ns, "learner")
+    (serving_pod,) = running_pods(api, ns, "serving")
     assert lease_holder(api, ns) == pod, "the learner's Pod holds the Lease"
     assert learning["status"]["online"]["learner"] == pod
     assert learning["status"]["online"]["startVersion"] == "v1"
@@ -211,6 +213,12 @@ def test_the_learner_learns_from_kafka_and_serving_follows_its_snapshots(
         "a BatchQuarantined Event",
     )
     assert "MissingColumn" in events[0].message
+    # The serving Pod never restarted: it swapped the snapshots in, and says so in its log.
+    assert running_pods(api, ns, "serving") == [serving_pod]
+    restarts = client.CoreV1Api(api).read_namespaced_pod(serving_pod, ns).status.container_statuses
+    assert [c.restart_count for c in restarts] == [0]
+    log = control_plane.container_log(ns, serving_pod, "serve")
+    assert f"now serving {NAME} {newer}" in log, log[-2000:]
     # The learner's Prometheus metrics, on its Pod's port `metrics`.
     metrics = scrape(control_plane, api, ns, pod)
     assert metrics[("mlworkflow_online_samples_total", ())] == learned["samplesSeen"]
