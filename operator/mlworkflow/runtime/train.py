@@ -35,7 +35,7 @@ from sklearn.model_selection import (
 from mlworkflow.api import exitcodes
 from mlworkflow.api.estimators import DEFAULT_ALLOWED_PREFIXES
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Trigger
-from mlworkflow.runtime import data, holdout, onnx_export, pipeline
+from mlworkflow.runtime import data, holdout, onnx_export, pipeline, tracking
 from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.termination import TERMINATION_LOG, report
 
@@ -54,6 +54,7 @@ class TrainedModel:
     champion_metrics: dict[str, float] | None = None
     data_sha256: str = ""
     holdout: dict[str, Any] = field(default_factory=dict)
+    tracking: dict[str, Any] | None = None  # where MLflow has it, or why not (`tracking.log_version`)
 
 
 def train(
@@ -64,11 +65,14 @@ def train(
     allowed_prefixes: Sequence[str] = DEFAULT_ALLOWED_PREFIXES,
     champion: str | None = None,
     drift_report: str | None = None,
+    mlflow: tracking.Settings | None = None,
+    spec_hash: str = "",
 ) -> TrainedModel:
     """Train, evaluate and save one version; raises DataError or ModelError with a message for the user.
 
     With a `champion` (the served version), the holdout is made of rows the champion was not trained on,
-    and both are scored on it (see `mlworkflow.runtime.holdout`).
+    and both are scored on it (see `mlworkflow.runtime.holdout`). With `mlflow` settings, the saved version
+    is logged and registered there too (`mlworkflow.runtime.tracking`); its card says where, or why not.
     """
     assert spec.model is not None
     started = time.monotonic()
@@ -113,6 +117,7 @@ def train(
         "workflow": store.workflow,
         "version": version,
         "trigger": str(trigger),
+        "specHash": spec_hash or None,
         "trainedAt": datetime.now(UTC).isoformat(timespec="seconds"),
         "trainingSeconds": round(time.monotonic() - started, 3),
         "data": {
@@ -160,7 +165,15 @@ def train(
         "search": _search(store, version),
     }
     tag = _save(
-        store, version, trigger, model, exported if check.passed else None, card, x_train, rows.trained
+        store,
+        version,
+        trigger,
+        model,
+        exported if check.passed else None,
+        card,
+        x_train,
+        rows.trained,
+        mlflow,
     )
     return TrainedModel(
         version,
@@ -173,6 +186,7 @@ def train(
         champion_metrics,
         snapshot.sha256,
         judged,
+        card.get("tracking"),
     )
 
 
@@ -237,9 +251,11 @@ def _save(
     card: dict[str, Any],
     x_train: pd.DataFrame,
     trained_rows: holdout.Hashes,
+    mlflow: tracking.Settings | None = None,
 ) -> str:
     """The version in the BentoML model store under the artifact store, with its card, its reference sample
-    and the hashes of the rows it was trained on."""
+    and the hashes of the rows it was trained on; logged to MLflow too with `mlflow` settings (the card's
+    `tracking` says where, or why not)."""
     os.environ["BENTOML_HOME"] = str(store.bentoml_home)
     import bentoml
 
@@ -259,6 +275,11 @@ def _save(
         reference = x_train.sample(min(REFERENCE_ROWS, len(x_train)), random_state=holdout.SEED)
         reference.to_parquet(path / "reference.parquet", index=False)
         holdout.save_rows(path, trained_rows)
+        if mlflow is not None:
+            # Before the version is complete in the store: its card then says where MLflow has it.
+            card["tracking"] = tracking.log_version(mlflow, store, card, path, model)
+            (path / "card.json").write_text(json.dumps(card, indent=2, default=str))
+            (path / "card.md").write_text(model_card_markdown(card))
     return tag
 
 
@@ -301,7 +322,7 @@ preprocessing `{json.dumps(card["pipeline"]["preprocessing"])}`.
 Backend: **{card["backend"]}**. ONNX: exported {card["onnx"]["exported"]}, verified {card["onnx"]["verified"]}
 ({card["onnx"]["check"]}).
 
-{_search_section(card)}## Libraries
+{_search_section(card)}{_tracking_section(card)}## Libraries
 {", ".join(f"{k} {v}" for k, v in card["libraries"].items())}
 """
 
@@ -337,6 +358,22 @@ def _search_section(card: dict[str, Any]) -> str:
 | rank | estimator | params | CV mean | CV std | state |
 |---|---|---|---|---|---|
 {rows}
+
+"""
+
+
+def _tracking_section(card: dict[str, Any]) -> str:
+    tracked = card.get("tracking")
+    if not tracked:
+        return ""
+    if not tracked.get("tracked"):
+        return f"""## MLflow
+Not tracked: {tracked.get("reason")}. The operator's next sync logs it.
+
+"""
+    return f"""## MLflow
+Run `{tracked["runId"]}` in experiment `{tracked["experiment"]}`; registered as version
+{tracked["modelVersion"]} of `{tracked["registeredModel"]}`.
 
 """
 
@@ -382,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
             prefixes or DEFAULT_ALLOWED_PREFIXES,
             args.champion,
             args.drift_report,
+            tracking.Settings.from_env(),
+            os.environ.get("MLW_SPEC_HASH", ""),
         )
     except (data.DataError, pipeline.ModelError) as error:
         reason = "DataInvalid" if isinstance(error, data.DataError) else "ModelInvalid"
@@ -404,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
             "champion": {"version": args.champion, "metrics": result.champion_metrics}
             if args.champion
             else None,
+            # Whether MLflow has it (a NotTracked Event otherwise); where exactly is in the card.
+            "tracking": {k: v for k, v in (result.tracking or {}).items() if k in ("tracked", "reason")}
+            or None,
         },
         args.termination_log,
     )
