@@ -12,6 +12,7 @@ import pytest
 from kubernetes import client, config
 
 from kubelocal.controlplane import ControlPlane, build_binaries
+from mlflow_server import MLflowServer, mlflow_server
 from support import CHART, OPERATOR_NAMESPACE, operator_in, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,11 +38,24 @@ def control_plane(
     assert not plane.pod_processes(), "processes of process-node Pods survived the session"
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", plane.api_port)) != 0, "the API server port is still open"
-    request.config.stash[REPORT] = [
+    request.config.stash.setdefault(REPORT, [])[:0] = [
         f"control plane: started in {plane.start_seconds:.1f}s; peak memory {sum(peaks.values()):.0f} MiB ("
         + ", ".join(f"{name} {mib:.0f}" for name, mib in peaks.items())
         + ")"
     ]
+
+
+@pytest.fixture(scope="session")
+def tracking_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MLflowServer]:
+    """A real MLflow tracking server for the session (tests/mlflow_server.py), started only if a test needs
+    it."""
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as server:
+        yield server
+    request.config.stash.setdefault(REPORT, []).append(
+        f"mlflow server: started in {server.start_seconds:.1f}s"
+    )
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:

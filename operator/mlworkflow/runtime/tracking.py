@@ -89,7 +89,9 @@ def _client(settings: Settings) -> MlflowClient:
     import mlflow
 
     mlflow.set_tracking_uri(settings.tracking_uri)
-    return mlflow.MlflowClient(settings.tracking_uri)
+    # The registry is the tracking server's: MLflow's own default would be a local SQLite file.
+    mlflow.set_registry_uri(settings.tracking_uri)
+    return mlflow.MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri)
 
 
 @contextmanager
