@@ -18,6 +18,8 @@ from pathlib import Path
 
 from support import REPO
 
+# Neither the server nor the tests' client sends MLflow's usage telemetry anywhere.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 MLFLOW = Path(os.environ.get("MLFLOW_SERVER", REPO / ".venv-mlflow" / "bin" / "mlflow"))
 START_TIMEOUT = 240  # seconds; its first start creates the SQLite schema (about 40 migrations)
 

@@ -86,6 +86,8 @@ def _client(settings: Settings) -> MlflowClient:
     # MLflow's default, 7 retries with exponential backoff, would hold a finished training for minutes.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    # MLflow sends usage telemetry to its makers by default: a runtime talks to the team's server only.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
     mlflow.set_tracking_uri(settings.tracking_uri)
@@ -152,12 +154,12 @@ def log_version(
 def _log_version(
     settings: Settings, store: WorkflowStore, card: dict[str, Any], model_dir: Path, pipeline: Any | None
 ) -> dict[str, Any]:
+    client = _client(settings)  # first: it sets MLflow's environment before MLflow is imported
     import mlflow
     import mlflow.sklearn
     import sklearn
     from mlflow.models import infer_signature
 
-    client = _client(settings)
     experiment = mlflow.set_experiment(settings.experiment)
     model = pipeline if pipeline is not None else joblib.load(model_dir / "pipeline.joblib")
     example = pd.read_parquet(model_dir / "reference.parquet").head(INPUT_EXAMPLE_ROWS)
@@ -241,9 +243,9 @@ def log_run(
     `tags` say which). Returns `{"tracked": true, "runId"}` or `{"tracked": false, "reason"}`."""
     try:
         with _failures_as_not_tracked():
+            _client(settings)  # first: it sets MLflow's environment before MLflow is imported
             import mlflow
 
-            _client(settings)
             experiment = mlflow.set_experiment(settings.experiment)
             all_tags = {f"{TAG}namespace": settings.namespace, **tags}
             if parent_run_id:
