@@ -168,7 +168,7 @@ def runtime_pod(
     crash still says why). A tracked workflow's runtimes get its MLflow settings and credentials
     (`tracking.MLflowSettings.env`)."""
     spec = workflow.spec
-    variables = [{"name": k, "value": v} for k, v in (env or {}).items()]
+    variables: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in (env or {}).items()]
     mlflow = mlflow_settings(workflow, context)
     if mlflow is not None:
         variables += [{"name": k, "value": v} for k, v in mlflow.env(workflow.namespace).items()]

@@ -19,13 +19,13 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, TrackingStatus
 from mlworkflow.desired.lifecycle import Event, SyncRequest, TrackingSync
 
 RETRY_SECONDS = 60
-NOT_TRACKED = "NotTracked"
+NOT_TRACKED: Final = "NotTracked"
 
 
 @dataclass(frozen=True)

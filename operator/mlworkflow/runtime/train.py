@@ -113,7 +113,7 @@ def train(
         )
     backend = "onnxruntime" if check.passed else "sklearn"
 
-    card = {
+    card: dict[str, Any] = {
         "workflow": store.workflow,
         "version": version,
         "trigger": str(trigger),
