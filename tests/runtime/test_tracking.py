@@ -191,3 +191,45 @@ def test_a_server_that_is_down_fails_no_training_and_the_sync_logs_it_later(
     )
     assert client.get_run(record["runId"]).data.params["estimator"].endswith("LogisticRegression")
     print(f"training with the server down: {took:.1f}s")
+
+
+def test_a_drift_check_and_a_batch_run_are_runs_of_the_experiment(
+    tracking_server: MLflowServer, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    store = WorkflowStore(tmp_path, "monitored")
+    settings = tracking.Settings(
+        tracking_server.uri, f"{NAMESPACE}/monitored", f"{NAMESPACE}.monitored", NAMESPACE
+    )
+    drift = {
+        "status": "ok",
+        "share": 0.5,
+        "drifted": True,
+        "threshold": 0.3,
+        "driftedColumns": 2,
+        "comparedRows": 900,
+        "referenceRows": 1200,
+        "result": "monitored/drift/20260301T120000Z/result.json",
+        "report": "monitored/drift/20260301T120000Z/report.html",
+    }
+    batch = {
+        "runId": "monitored-predict-1",
+        "index": 0,
+        "indexes": 1,
+        "version": "v1",
+        "rowsIn": 10,
+        "predicted": 9,
+    }
+    client = MlflowClient(tracking_server.uri, registry_uri=tracking_server.uri)
+    for logged in (
+        tracking.log_drift_check(settings, store, "v1", drift),
+        tracking.log_batch_run(settings, store, {**batch, "rejected": 1}),
+    ):
+        assert logged["tracked"] is True, logged
+    checked = client.get_run(tracking.log_drift_check(settings, store, "v1", drift)["runId"])
+    assert checked.info.run_name == "drift-20260301T120000Z"
+    assert checked.data.metrics["share"] == 0.5 and checked.data.tags["mlworkflow.drifted"] == "true"
+    assert checked.data.tags["mlworkflow.driftReport"] == drift["report"]
+    down = tracking.Settings(f"http://127.0.0.1:{free_port()}", "x", "x", NAMESPACE)
+    assert tracking.log_batch_run(down, store, batch)["tracked"] is False

@@ -82,10 +82,10 @@ class Settings:
 
 
 def _client(settings: Settings) -> MlflowClient:
-    # A server that is down answers at once (connection refused); one that hangs is given 10 s per request.
+    # A server that is down answers at once (connection refused); a slow one is given 30 s per request.
     # MLflow's default, 7 retries with exponential backoff, would hold a finished training for minutes.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     # MLflow sends usage telemetry to its makers by default: a runtime talks to the team's server only.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
@@ -260,6 +260,54 @@ def log_run(
             return {"tracked": True, "runId": run.info.run_id}
     except NotTracked as error:
         return {"tracked": False, "reason": str(error)}
+
+
+def log_drift_check(
+    settings: Settings, store: WorkflowStore, version: str, summary: dict[str, Any]
+) -> dict[str, Any]:
+    """A finished drift check of the served `version` (its summary, `drift.check`) as a run: the drifted
+    share and counts as metrics, the Evidently report's path in the store as a tag."""
+    result = str(summary.get("result") or "")
+    return log_run(
+        settings,
+        f"drift-{Path(result).parent.name or version}",
+        {
+            f"{TAG}workflow": store.workflow,
+            f"{TAG}kind": "drift-check",
+            f"{TAG}version": version,
+            f"{TAG}drifted": str(bool(summary.get("drifted"))).lower(),
+            f"{TAG}driftReport": str(summary.get("report") or ""),
+            f"{TAG}driftResult": result,
+        },
+        {
+            key: float(summary[key])
+            for key in ("share", "driftedColumns", "comparedRows", "referenceRows", "seconds")
+            if isinstance(summary.get(key), int | float)
+        },
+        {"threshold": str(summary.get("threshold"))},
+    )
+
+
+def log_batch_run(settings: Settings, store: WorkflowStore, summary: dict[str, Any]) -> dict[str, Any]:
+    """One index of a finished batch run (its summary, `predict.execute`) as a run named
+    `<run id>-<index>`: rows in, predicted and rejected as metrics."""
+    return log_run(
+        settings,
+        f"{summary.get('runId')}-{summary.get('index')}",
+        {
+            f"{TAG}workflow": store.workflow,
+            f"{TAG}kind": "batch-run",
+            f"{TAG}version": str(summary.get("version")),
+            f"{TAG}batchRun": str(summary.get("runId")),
+            f"{TAG}output": str(summary.get("output") or ""),
+        },
+        {
+            key: float(summary[key])
+            for key in ("rowsIn", "predicted", "rejected", "seconds")
+            if isinstance(summary.get(key), int | float)
+        },
+        {"index": str(summary.get("index")), "indexes": str(summary.get("indexes"))},
+    )
 
 
 def sync(settings: Settings, store: WorkflowStore, decisions: dict[str, Any]) -> dict[str, Any]:
