@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv checkov mlflow-server demo test unit lint crds cluster control-plane bench-serving bench-drift bench-batch bench-automl clean
+.PHONY: venv checkov mlflow-server demo test unit lint crds cluster control-plane kafka kafka-broker image bench-serving bench-drift bench-batch bench-automl clean
 
 venv: $(STAMP)
 
@@ -42,8 +42,20 @@ demo: venv
 control-plane:
 	bash hack/build-control-plane.sh
 
-## All tests: unit, then integration against a real API server started once for the session.
-test: venv control-plane checkov mlflow-server
+## A single-node Kafka broker's jars (Maven, from a throw-away pom), fetched once and cached outside the repo.
+kafka:
+	bash hack/build-kafka.sh
+
+## The one image of the operator and its runtimes. Needs an OCI builder (docker, podman or buildah's
+## `bud`); none runs on the development machine, where tests/unit/test_dockerfile.py checks what it can.
+IMAGE ?= mlworkflow-operator:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+BUILDER ?= $(shell command -v docker || command -v podman)
+image:
+	@test -n "$(BUILDER)" || { echo "no OCI builder (docker or podman) here: set BUILDER=..."; exit 1; }
+	$(BUILDER) build -t $(IMAGE) .
+
+## All tests: unit, then integration against a real API server (and Kafka broker) started once for the session.
+test: venv control-plane kafka checkov mlflow-server
 	$(BIN)/pytest
 
 unit: venv
@@ -64,6 +76,11 @@ crds: venv
 ## Start the local control plane in the foreground; prints the `export KUBECONFIG=...` line. Ctrl-C stops it.
 cluster: venv control-plane
 	$(BIN)/python hack/cluster.py up
+
+## Start a single-node Kafka broker in the foreground; prints its bootstrap servers. Ctrl-C stops it.
+## Topics: make kafka-broker KAFKA_ARGS="--topic events:2"
+kafka-broker: venv kafka
+	PYTHONPATH=hack $(BIN)/python -m kafkalocal $(KAFKA_ARGS)
 
 ## Serving benchmark (needs Debian's wrk); prints a table against a plain scikit-learn endpoint.
 bench-serving: venv

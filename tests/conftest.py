@@ -1,4 +1,5 @@
-"""Session fixtures: one real control plane for the whole test session, started only if a test needs it."""
+"""Session fixtures: one real control plane and one real Kafka broker for the whole test session, each started
+only if a test needs it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
+from kafkalocal.broker import KafkaBroker, fetch_jars
 from kubelocal.controlplane import ControlPlane, build_binaries
 from mlflow_server import MLflowServer, mlflow_server
 from support import CHART, OPERATOR_NAMESPACE, operator_in, wait_for
@@ -38,11 +40,26 @@ def control_plane(
     assert not plane.pod_processes(), "processes of process-node Pods survived the session"
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", plane.api_port)) != 0, "the API server port is still open"
-    request.config.stash.setdefault(REPORT, [])[:0] = [
+    request.config.stash.setdefault(REPORT, []).append(
         f"control plane: started in {plane.start_seconds:.1f}s; peak memory {sum(peaks.values()):.0f} MiB ("
         + ", ".join(f"{name} {mib:.0f}" for name, mib in peaks.items())
         + ")"
-    ]
+    )
+
+
+@pytest.fixture(scope="session")
+def kafka(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """A single-node KRaft Kafka broker on 127.0.0.1 (`kafka.bootstrap_servers`); tests make their topics."""
+    broker = KafkaBroker(fetch_jars(), workdir=tmp_path_factory.mktemp("kafka"))
+    with broker:
+        yield broker
+        peak = broker.peak_memory_mib()
+    assert not broker.running(), "the Kafka broker still runs after stop"
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", broker.port)) != 0, "the Kafka port is still open"
+    request.config.stash.setdefault(REPORT, []).append(
+        f"kafka broker: started in {broker.start_seconds:.1f}s; peak memory {peak or 0:.0f} MiB"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +29,64 @@ def _operator(args: argparse.Namespace) -> int:
 
     from mlworkflow.controller import handlers  # noqa: F401 - registers the handlers
 
+    if args.leader_elect and args.renew_deadline >= args.lease_duration:
+        raise SystemExit(
+            "--renew-deadline must be less than --lease-duration: a leader quits before a standby takes over"
+        )
+
     if args.metrics_port:
         os.environ["MLW_METRICS_PORT"] = str(args.metrics_port)
     kopf.configure(verbose=args.verbose)
+    if args.leader_elect:
+        if args.metrics_port:
+            from mlworkflow.controller import metrics
+
+            metrics.serve(args.metrics_port)
+        _lead(args)
     kopf.run(
-        standalone=True,  # one replica; no kopf peering CRDs to install
+        standalone=True,  # no kopf peering: leader election decides which replica runs kopf at all
         namespaces=args.namespace,
         clusterwide=not args.namespace,
         liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
     )
     return 0
+
+
+def _lead(args: argparse.Namespace) -> None:
+    """Block until this replica holds the operator's Lease; a standby answers /healthz meanwhile (it is
+    healthy, only waiting). A leader that loses the Lease exits at once: the other replica may act."""
+    import socket
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from mlworkflow.controller.leader import LeaderElector, Timing
+    from mlworkflow.kube import Kube, api_client
+
+    class Standby(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/healthz" else 404)
+            self.end_headers()
+            self.wfile.write(b"standby\n")
+
+        def log_message(self, *_: Any) -> None:  # probes every few seconds: not worth a log line
+            pass
+
+    namespace = args.lease_namespace or os.environ.get("POD_NAMESPACE") or "default"
+    identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}_{os.getpid()}"
+    server = ThreadingHTTPServer(("0.0.0.0", args.health_port), Standby) if args.health_port else None
+    if server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    elector = LeaderElector(
+        Kube(api_client()),
+        namespace,
+        args.lease_name,
+        identity,
+        on_lost=lambda: os._exit(1),  # no graceful stop: another replica may already be acting
+        timing=Timing(args.lease_duration, args.renew_deadline, args.retry_period),
+    )
+    elector.acquire()
+    if server:
+        server.shutdown()
+        server.server_close()  # kopf's liveness endpoint binds the same port next
 
 
 def _port_free(port: int) -> None:
@@ -172,6 +221,24 @@ def parser() -> argparse.ArgumentParser:
         help="serve Prometheus /metrics on this port (0: off; $MLW_METRICS_PORT)",
     )
     operator.add_argument("--verbose", "-v", action="store_true")
+    election = operator.add_argument_group(
+        "leader election", "several replicas, one acting: the holder of a coordination.k8s.io Lease"
+    )
+    election.add_argument("--leader-elect", action="store_true", help="act only while holding the Lease")
+    election.add_argument("--lease-name", default="mlworkflow-operator", help="the Lease's name")
+    election.add_argument(
+        "--lease-namespace", help="the Lease's namespace (default: $POD_NAMESPACE, else default)"
+    )
+    election.add_argument(
+        "--lease-duration", type=float, default=15.0, help="seconds a standby waits after the last renewal"
+    )
+    election.add_argument(
+        "--renew-deadline",
+        type=float,
+        default=10.0,
+        help="seconds a leader may fail to renew before it quits",
+    )
+    election.add_argument("--retry-period", type=float, default=2.0, help="seconds between two attempts")
     operator.set_defaults(handler=_operator)
     run = commands.add_parser("run", help="run an MLWorkflow on this machine, no cluster (Ctrl-C stops it)")
     run.add_argument("file", help="the MLWorkflow manifest (YAML)")

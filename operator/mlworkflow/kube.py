@@ -6,12 +6,13 @@ validate responses strictly and add nothing the planner needs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from kubernetes import client
+from kubernetes import client, config
 
 from mlworkflow.api.v1alpha1 import Trigger
 from mlworkflow.desired.children import (
@@ -34,6 +35,7 @@ from mlworkflow.desired.children import (
 from mlworkflow.desired.lifecycle import (
     BatchRun,
     DriftCheck,
+    LearnerState,
     RunState,
     SearchRun,
     ServingState,
@@ -44,11 +46,38 @@ from mlworkflow.desired.lifecycle import (
 )
 from mlworkflow.desired.patterns.automl import CHAMPION_ANNOTATION, DRIFT_REPORT_ANNOTATION
 from mlworkflow.desired.patterns.forecast import PREDICT_REQUEST_ANNOTATION
+from mlworkflow.desired.patterns.online import PROGRESS_ANNOTATION
 from mlworkflow.runtime import termination
 
 APPLY = "application/apply-patch+yaml"
+APPLIED_HASH_ANNOTATION = "mlworkflow.io/applied-hash"
+# The kinds whose changes the operator watches (controller.handlers): for them, a manifest already applied
+# as it is, and not changed or deleted since, is not applied again.
+MAX_FINISHED_JOBS = 20_000  # about 2 KiB each: bounded memory however many Jobs the cluster keeps
+WATCHED_KINDS = (
+    "Deployment",
+    "Service",
+    "CronJob",
+    "HorizontalPodAutoscaler",
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+)
+# Kinds the operator creates and then leaves to another writer: the OnlineLearning learner's Lease, renewed
+# by the learner with a resourceVersion-checked update that any write of the operator's would make fail.
+CREATED_KINDS = ("Lease",)
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 JSON = dict[str, Any]
+
+
+def api_client() -> client.ApiClient:
+    """In a Pod, its ServiceAccount; elsewhere, the current kubeconfig context."""
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        return client.ApiClient()
+    except config.ConfigException:
+        api: client.ApiClient = config.new_client_from_config()  # type: ignore[no-untyped-call]
+        return api
 
 
 def _json(response: Any) -> JSON:
@@ -61,6 +90,13 @@ class Kube:
         self.apps = client.AppsV1Api(api)
         self.batch = client.BatchV1Api(api)
         self.autoscaling = client.AutoscalingV2Api(api)
+        self.rbac = client.RbacAuthorizationV1Api(api)
+        self.coordination = client.CoordinationV1Api(api)
+        # (kind, namespace, name) -> the applied-hash annotation and metadata.generation the API server
+        # answered with. Only an optimisation: empty after a restart, so everything is applied once again.
+        self._applied: dict[tuple[str, str, str], tuple[str, int | None]] = {}
+        # A finished Job's result never changes: it is read from its Pods once (Job uid -> run).
+        self._finished: dict[str, Any] = {}
 
     def _patchers(self) -> dict[str, Callable[..., Any]]:
         return {
@@ -69,6 +105,9 @@ class Kube:
             "Deployment": self.apps.patch_namespaced_deployment,
             "Service": self.core.patch_namespaced_service,
             "HorizontalPodAutoscaler": self.autoscaling.patch_namespaced_horizontal_pod_autoscaler,
+            "ServiceAccount": self.core.patch_namespaced_service_account,
+            "Role": self.rbac.patch_namespaced_role,
+            "RoleBinding": self.rbac.patch_namespaced_role_binding,
         }
 
     def _deleters(self) -> dict[str, Callable[..., Any]]:
@@ -78,29 +117,67 @@ class Kube:
         }
 
     def appliable(self) -> list[str]:
-        """The kinds `apply` can apply (each needs the patch and create verbs)."""
+        """The kinds `apply` can apply (each needs the patch and create verbs; `CREATED_KINDS` create)."""
         return list(self._patchers())
 
     def deletable(self) -> list[str]:
         """The kinds `delete` can delete (each needs the delete verb)."""
         return list(self._deleters())
 
-    def apply(self, manifest: Manifest) -> JSON:
-        """Server-side apply with the operator's field manager: re-applying the same manifest changes nothing,
-        and fields other managers own (an HPA's replicas, a GitOps tool's labels) are left to them."""
+    def apply(self, manifest: Manifest) -> bool:
+        """Server-side apply with the operator's field manager: fields other managers own (an HPA's replicas,
+        a GitOps tool's labels) are left to them. A watched kind already applied as it is, and unchanged
+        since (see `observed`), is not written again; returns whether it was written. A Lease is only
+        created (`CREATED_KINDS`)."""
         meta = manifest["metadata"]
+        if manifest["kind"] in CREATED_KINDS:
+            return self._create(manifest)
+        digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+        key = (manifest["kind"], meta["namespace"], meta["name"])
+        if key[0] in WATCHED_KINDS and self._applied.get(key, ("",))[0] == digest:
+            return False
+        stamped = {**manifest, "metadata": {**meta, "annotations": {**meta.get("annotations", {})}}}
+        stamped["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] = digest
         patch = self._patchers()[manifest["kind"]]
-        return _json(
+        applied = _json(
             patch(
                 meta["name"],
                 meta["namespace"],
-                manifest,
+                stamped,
                 field_manager=MANAGER,
                 force=True,
                 _content_type=APPLY,
                 _preload_content=False,
             )
         )
+        self._applied[key] = (digest, applied["metadata"].get("generation"))
+        return True
+
+    def _create(self, manifest: Manifest) -> bool:
+        """Create `manifest` unless this operator created it already or it exists (409)."""
+        meta = manifest["metadata"]
+        key = (manifest["kind"], meta["namespace"], meta["name"])
+        if key in self._applied:
+            return False
+        body: Any = manifest
+        try:
+            self.coordination.create_namespaced_lease(meta["namespace"], body, _preload_content=False)
+        except client.ApiException as error:
+            if error.status != 409:
+                raise
+        self._applied[key] = ("", None)
+        return True
+
+    def observed(self, kind: str, obj: JSON, deleted: bool) -> None:
+        """A watch saw a child change: unless it is still what was applied last, apply it again next time."""
+        meta = obj.get("metadata") or {}
+        key = (kind, meta.get("namespace", ""), meta.get("name", ""))
+        if key not in self._applied:
+            return
+        digest, generation = self._applied[key]
+        current = ((meta.get("annotations") or {}).get(APPLIED_HASH_ANNOTATION), meta.get("generation"))
+        if deleted or current != (digest, generation):
+            del self._applied[key]
 
     def post_event(self, manifest: Manifest) -> bool:
         """Create an Event (see `desired.children.event`); False when it was already posted."""
@@ -121,10 +198,30 @@ class Kube:
             if error.status != 404:
                 raise
 
+    def read_lease(self, namespace: str, name: str) -> JSON | None:
+        """A coordination.k8s.io/v1 Lease as a dict, or None when there is none."""
+        try:
+            return _json(self.coordination.read_namespaced_lease(name, namespace, _preload_content=False))
+        except client.ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def write_lease(self, namespace: str, lease: JSON, create: bool) -> JSON:
+        """Create a Lease, or replace it at the resourceVersion its metadata names: a write based on a stale
+        read fails with ApiException 409, so two writers cannot both win."""
+        body: Any = lease
+        if create:
+            return _json(self.coordination.create_namespaced_lease(namespace, body, _preload_content=False))
+        name = lease["metadata"]["name"]
+        return _json(
+            self.coordination.replace_namespaced_lease(name, namespace, body, _preload_content=False)
+        )
+
     # --- observing ---------------------------------------------------------------------------------------
 
     def training_runs(self, namespace: str, workflow: str) -> list[TrainingRun]:
-        return [self._run(namespace, job) for job in self._jobs(namespace, workflow, TRAINING)]
+        return [self._once_finished(job, self._run) for job in self._jobs(namespace, workflow, TRAINING)]
 
     def _jobs(self, namespace: str, workflow: str, component: str) -> list[JSON]:
         """The workflow's Jobs of one component (training, batch, search, monitoring), but those being
@@ -143,6 +240,17 @@ class Kube:
                 )
             )["items"]
         )
+
+    def _once_finished(self, job: JSON, read: Callable[[str, JSON], Any]) -> Any:
+        """`read(namespace, job)`, kept for a finished Job: its Pods' results cannot change any more."""
+        meta = job["metadata"]
+        if _job_state(job)[0] == "Running":
+            return read(meta["namespace"], job)
+        if meta["uid"] not in self._finished:
+            if len(self._finished) >= MAX_FINISHED_JOBS:  # the oldest first: dicts keep insertion order
+                del self._finished[next(iter(self._finished))]
+            self._finished[meta["uid"]] = read(meta["namespace"], job)
+        return self._finished[meta["uid"]]
 
     def _run(self, namespace: str, job: JSON) -> TrainingRun:
         meta = job["metadata"]
@@ -194,11 +302,11 @@ class Kube:
 
     def batch_runs(self, namespace: str, workflow: str) -> list[BatchRun]:
         """The batch prediction Jobs (Forecast), each with its indexes' summaries added up."""
-        return [self._batch_run(namespace, job) for job in self._jobs(namespace, workflow, BATCH)]
+        return [self._once_finished(job, self._batch_run) for job in self._jobs(namespace, workflow, BATCH)]
 
     def searches(self, namespace: str, workflow: str) -> list[SearchRun]:
         """The model search Jobs (AutoML), each with its workers' final summary."""
-        return [self._search(namespace, job) for job in self._jobs(namespace, workflow, SEARCH)]
+        return [self._once_finished(job, self._search) for job in self._jobs(namespace, workflow, SEARCH)]
 
     def _search(self, namespace: str, job: JSON) -> SearchRun:
         meta = job["metadata"]
@@ -277,9 +385,28 @@ class Kube:
         if not finished:
             return None
         finished_at, job = max(finished, key=lambda pair: pair[0])
-        run = self._run(namespace, job)
+        run = self._once_finished(job, self._run)
         result = run.result or {"status": "error", "message": run.message or "the drift check failed"}
         return DriftCheck(job["metadata"]["name"], finished_at, result)
+
+    def learner(self, namespace: str, name: str) -> LearnerState | None:
+        """The learner's Lease `name` (OnlineLearning): its holder, until when it holds it, and the progress
+        the learner wrote on it; None when there is no Lease yet (it is created again at the next apply). A
+        renewTime that is not a time is no renewal."""
+        lease = self.read_lease(namespace, name)
+        if lease is None:
+            self._applied.pop(("Lease", namespace, name), None)
+            return None
+        spec = lease.get("spec") or {}
+        held_until = None
+        try:
+            renewed = datetime.fromisoformat(str(spec.get("renewTime")).replace("Z", "+00:00"))
+            renewed = renewed if renewed.tzinfo else renewed.replace(tzinfo=UTC)
+            held_until = renewed + timedelta(seconds=int(spec.get("leaseDurationSeconds") or 0))
+        except (ValueError, TypeError):
+            pass
+        annotations = lease["metadata"].get("annotations") or {}
+        return LearnerState(spec.get("holderIdentity"), held_until, annotations.get(PROGRESS_ANNOTATION))
 
     def serving_state(self, namespace: str, name: str) -> ServingState:
         try:

@@ -62,7 +62,12 @@ def test_installed_release_runs_its_operator_pod(
     deployment = client.AppsV1Api(api).read_namespaced_deployment(
         "mlw-mlworkflow-operator", OPERATOR_NAMESPACE
     )
-    assert deployment.status.ready_replicas == 1
+    assert deployment.status.ready_replicas == 2, "two replicas, one acting (leader election)"
+    assert "--leader-elect" in deployment.spec.template.spec.containers[0].args
+    budget = client.PolicyV1Api(api).read_namespaced_pod_disruption_budget(
+        "mlw-mlworkflow-operator", OPERATOR_NAMESPACE
+    )
+    assert budget.spec.max_unavailable == 1
     container = deployment.spec.template.spec.containers[0]
     assert container.command == ["mlworkflow", "operator"]
     assert container.security_context.run_as_non_root is None  # set at Pod level
@@ -93,6 +98,7 @@ MODES: dict[str, dict[str, Any]] = {
         },
     },
     "noAdmission": {"admission": {"enabled": False}},
+    "singleReplica": {"replicaCount": 1, "leaderElection": {"enabled": False}},
     "ownServiceAccountAndRbac": {
         "serviceAccount": {"create": False, "name": "mlw"},
         "rbac": {"create": False},
@@ -117,6 +123,14 @@ def test_every_documented_mode_lints_and_renders_offline(
     kinds = {d["kind"] for d in yaml.safe_load_all(out) if d}
     assert "Deployment" in kinds
     assert ("ValidatingAdmissionPolicy" in kinds) is (mode != "noAdmission")
+
+
+def test_two_replicas_without_leader_election_are_refused(
+    control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    values = values_file(tmp_path, {"leaderElection": {"enabled": False}})
+    refused = control_plane.helm("template", "mlw", str(CHART), "-f", values, check=False)
+    assert refused.returncode != 0 and "needs leaderElection.enabled" in refused.stderr
 
 
 def test_documented_modes_are_the_documented_ones() -> None:
@@ -209,7 +223,7 @@ def test_a_digest_pins_the_operator_the_runtime_pods_and_the_test_pod(control_pl
     (deployment,) = [d for d in documents if d["kind"] == "Deployment"]
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == f"reg.example/mlw@{DIGEST}"
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["MLW_RUNTIME_IMAGE"] == f"reg.example/mlw@{DIGEST}"
     (test_pod,) = [d for d in documents if d["kind"] == "Pod"]
     assert test_pod["spec"]["containers"][0]["image"] == f"reg.example/mlw@{DIGEST}"

@@ -68,6 +68,7 @@ def train_apart(
     version: str,
     trigger: str = "Initial",
     champion: str | None = None,
+    *more: str,
     env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train as the training Pod does, in a process of its own, and return its summary (the termination
@@ -82,6 +83,7 @@ def train_apart(
             f"--version={version}",
             f"--trigger={trigger}",
             *([f"--champion={champion}"] if champion else []),
+            *more,
             f"--termination-log={termination}",
         ],
         env={**os.environ, "MLW_SPEC": spec.model_dump_json(by_alias=True), **(env or {})},

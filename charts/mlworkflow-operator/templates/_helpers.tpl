@@ -94,10 +94,11 @@ or one given with `helm template --kube-version`; only helm's offline placeholde
   resources: ["jobs"]
   verbs: ["list", "patch", "create"]
 # The drift-check CronJob and Forecast's batch CronJob (deleted when spec.batch.schedule is removed); their
-# Jobs are listed with the training Jobs above.
+# Jobs are listed with the training Jobs above. Watched, as the serving children below: one edited or
+# deleted is applied again, one unchanged is not rewritten at every resync.
 - apiGroups: ["batch"]
   resources: ["cronjobs"]
-  verbs: ["patch", "create", "delete"]
+  verbs: ["list", "watch", "patch", "create", "delete"]
 # A Job's result is its Pods' termination messages; the operator only reads Pods.
 - apiGroups: [""]
   resources: ["pods"]
@@ -105,13 +106,28 @@ or one given with `helm template --kube-version`; only helm's offline placeholde
 # Serving: the BentoML Deployment and its Service, applied server-side.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "patch", "create"]
+  verbs: ["get", "list", "watch", "patch", "create"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["patch", "create"]
+  verbs: ["list", "watch", "patch", "create"]
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
-  verbs: ["patch", "create", "delete"]
+  verbs: ["list", "watch", "patch", "create", "delete"]
+# OnlineLearning: the learner's own ServiceAccount, and a Role and RoleBinding that let it hold its Lease
+# and nothing else (applied server-side; owned by the MLWorkflow, so they go with it). Watched, so an
+# unchanged one is not rewritten at every resync.
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["list", "watch", "patch", "create"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["list", "watch", "patch", "create"]
+# OnlineLearning: the learner's single-writer Lease, applied (metadata only) and read for the progress the
+# learner writes on it. RBAC lets a Role grant only verbs its writer holds: the learner's Role grants get,
+# update and patch, hence update here.
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["get", "patch", "create", "update"]
 {{- end }}
 
 {{/*

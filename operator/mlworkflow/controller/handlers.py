@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from kubernetes import client, config
 from kubernetes.client import ApiException
 
 from mlworkflow.api import v1alpha1
@@ -17,22 +16,12 @@ from mlworkflow.controller import metrics
 from mlworkflow.controller.config import OperatorConfig
 from mlworkflow.controller.reconcile import reconcile
 from mlworkflow.desired import children
-from mlworkflow.kube import Kube
+from mlworkflow.kube import WATCHED_KINDS, Kube, api_client
 
 RESOURCE = (v1alpha1.GROUP, v1alpha1.VERSION, v1alpha1.PLURAL)
 CONFIG = OperatorConfig.from_env()
 MAX_RETRY_SECONDS = 60
 INSTANCE = os.environ.get("HOSTNAME", "mlworkflow-operator")  # the Pod's name: which replica told
-
-
-def _api_client() -> client.ApiClient:
-    """In a Pod, its ServiceAccount; elsewhere, the current kubeconfig context."""
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-        return client.ApiClient()
-    except config.ConfigException:
-        api: client.ApiClient = config.new_client_from_config()  # type: ignore[no-untyped-call]
-        return api
 
 
 @kopf.on.startup()
@@ -43,7 +32,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         prefix=v1alpha1.GROUP, key="last-handled-configuration"
     )
     settings.persistence.finalizer = f"{v1alpha1.GROUP}/finalizer"
-    memo.kube = Kube(_api_client())
+    memo.kube = Kube(api_client())
     port = int(os.environ.get("MLW_METRICS_PORT", "0"))
     if port:
         metrics.serve(port)
@@ -76,7 +65,8 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, 
     )
     if result.retrain_trigger:
         metrics.record_retrain(meta["namespace"], meta["name"], result.retrain_trigger)
-    patch.status.update(result.status.model_dump(by_alias=True, exclude_none=True, mode="json"))
+    if result.status != before:  # a steady resync of a healthy workflow writes nothing
+        patch.status.update(result.status.model_dump(by_alias=True, exclude_none=True, mode="json"))
     now = datetime.now(UTC)
     for event in result.events:
         try:
@@ -85,6 +75,31 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, 
             # An Event is a courtesy: the status holds what it says.
             logger.warning(f"could not post the {event.reason} event: {error.status} {error.reason}")
     # Nothing is returned: kopf would store a return value under status.
+
+
+def _observe_child(kind: str) -> None:
+    def observe(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        if event["type"] is not None:  # None: kopf's initial listing, before the watch starts
+            memo.kube.observed(kind, dict(event["object"]), deleted=event["type"] == "DELETED")
+
+    kopf.on.event(*CHILDREN[kind], labels={children.WORKFLOW_LABEL: kopf.PRESENT}, id=f"observe-{kind}")(
+        observe
+    )
+
+
+# The children whose changes matter between two reconciles: an edited or deleted one is applied again.
+CHILDREN = {
+    "Deployment": ("apps", "v1", "deployments"),
+    "Service": ("v1", "services"),
+    "CronJob": ("batch", "v1", "cronjobs"),
+    "HorizontalPodAutoscaler": ("autoscaling", "v2", "horizontalpodautoscalers"),
+    "ServiceAccount": ("v1", "serviceaccounts"),
+    "Role": ("rbac.authorization.k8s.io", "v1", "roles"),
+    "RoleBinding": ("rbac.authorization.k8s.io", "v1", "rolebindings"),
+}
+assert set(CHILDREN) == set(WATCHED_KINDS)
+for _kind in CHILDREN:
+    _observe_child(_kind)
 
 
 @kopf.on.resume(*RESOURCE, id="reconcile")

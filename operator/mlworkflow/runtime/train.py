@@ -65,6 +65,7 @@ def train(
     allowed_prefixes: Sequence[str] = DEFAULT_ALLOWED_PREFIXES,
     champion: str | None = None,
     drift_report: str | None = None,
+    archive: bool = False,
     mlflow: tracking.Settings | None = None,
     spec_hash: str = "",
 ) -> TrainedModel:
@@ -77,7 +78,7 @@ def train(
     assert spec.model is not None
     started = time.monotonic()
     task = spec.model.task
-    rows = holdout.prepare(spec, store, champion, spec.training.cross_validation)
+    rows = holdout.prepare(spec, store, champion, spec.training.cross_validation, archive)
     snapshot, schema, split = rows.snapshot, rows.schema, rows.judged
     x_train, y_train, x_holdout, y_holdout = rows.x_train, rows.y_train, rows.x_holdout, rows.y_holdout
     model = pipeline.build(spec.model, schema, allowed_prefixes)
@@ -406,6 +407,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trigger", default=Trigger.INITIAL.value, choices=[t.value for t in Trigger])
     parser.add_argument("--champion", help="the served version, scored on the same holdout for comparison")
     parser.add_argument("--drift-report", help="the drift check that triggered this training (lineage)")
+    parser.add_argument(
+        "--stream-archive",
+        action="store_true",
+        help="OnlineLearning: also train on the archived stream (<store>/<workflow>/stream/)",
+    )
     parser.add_argument("--termination-log", default=os.environ.get("MLW_TERMINATION_LOG", TERMINATION_LOG))
     args = parser.parse_args(argv)
     prefixes = tuple(p for p in os.environ.get("MLW_ALLOWED_ESTIMATOR_PREFIXES", "").split(",") if p)
@@ -419,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
             prefixes or DEFAULT_ALLOWED_PREFIXES,
             args.champion,
             args.drift_report,
+            args.stream_archive,
             tracking.Settings.from_env(),
             os.environ.get("MLW_SPEC_HASH", ""),
         )
