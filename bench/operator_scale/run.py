@@ -55,7 +55,6 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "hack"))
 
 from kubelocal.controlplane import ControlPlane, build_binaries, training_result_stage  # noqa: E402
-
 from mlworkflow.api import v1alpha1  # noqa: E402
 from mlworkflow.api.v1alpha1 import MLWorkflowStatus, Pattern, Trigger  # noqa: E402
 from mlworkflow.controller.config import OperatorConfig  # noqa: E402
@@ -156,9 +155,13 @@ class Api:
             return [name for name in names if name.startswith(("floor-", "op-"))]
 
         for name in ours():
-            # kopf's finalizer (it adds one for the resync timer) would hold the workflows: no operator is left.
+            # kopf's finalizer (kopf adds one for the timer) would hold the workflows: no operator is left.
             for workflow in self.call(
-                self.objects.list_namespaced_custom_object, v1alpha1.GROUP, v1alpha1.VERSION, name, v1alpha1.PLURAL
+                self.objects.list_namespaced_custom_object,
+                v1alpha1.GROUP,
+                v1alpha1.VERSION,
+                name,
+                v1alpha1.PLURAL,
             )["items"]:
                 with contextlib.suppress(client.ApiException):
                     self.call(
@@ -195,7 +198,10 @@ class Api:
             v1alpha1.PLURAL,
         )["items"]
         return sum(
-            any(c["type"] == "Ready" and c["status"] == "True" for c in (w.get("status") or {}).get("conditions") or [])
+            any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in (w.get("status") or {}).get("conditions") or []
+            )
             for w in items
         )
 
@@ -332,7 +338,7 @@ def _total(counts: Counter[tuple[str, str]], writes_only: bool = False) -> int:
 
 
 def _net(ramp: Ramp, rate: float) -> float:
-    """A ramp's requests without the bench's own and the idle control plane's (baseline rate × length)."""
+    """A ramp's requests without the bench's own and the idle control plane's (baseline rate times length)."""
     return _total(ramp.requests) - ramp.ours - rate * ramp.seconds
 
 
@@ -364,8 +370,12 @@ def report(n: int, floor: Ramp, run: OperatorRun) -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workflows", type=int, nargs="+", help="N to run (default: 100; --full: 100 500 1000)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--workflows", type=int, nargs="+", help="N to run (default: 100; --full: 100 500 1000)"
+    )
     parser.add_argument("--full", action="store_true", help="run 100, 500 and 1,000 workflows")
     parser.add_argument("--resync", type=float, default=10.0, help="MLW_RESYNC_SECONDS of the operator")
     parser.add_argument("--windows", type=int, default=5, help="resync intervals in each steady window")
@@ -374,7 +384,9 @@ def main() -> int:
     sizes = args.workflows or ([100, 500, 1000] if args.full else [100])
 
     workdir = Path(tempfile.mkdtemp(prefix="mlw-bench-scale-"))
-    plane = ControlPlane(build_binaries(), workdir=workdir, extra_kwok_stages=[training_result_stage(SUMMARY)])
+    plane = ControlPlane(
+        build_binaries(), workdir=workdir, extra_kwok_stages=[training_result_stage(SUMMARY)]
+    )
     rows = []
     with plane:
         plane.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))

@@ -58,8 +58,8 @@ def training_result_stage(summary: Mapping[str, Any]) -> str:
     It matches what the stock pod-complete stage matches, restricted to `TRAINING_POD_LABELS`; its weight
     of 1 makes kwok pick it over pod-complete's 0 (kwok drops zero-weight candidates when some weigh more).
     """
-    # A JSON string is a YAML double-quoted scalar; "{{" never occurs in compact JSON of a mapping that
-    # does not start with one, so Go's template leaves it alone.
+    # A JSON string is a YAML double-quoted scalar; JSON never holds "{{" (an object's "{" is followed by a
+    # quote or "}"), so Go's template leaves it alone.
     message = json.dumps(json.dumps(dict(summary), separators=(", ", ": ")))
     labels = "\n".join(f"      {key}: {json.dumps(value)}" for key, value in TRAINING_POD_LABELS.items())
     return f"""apiVersion: kwok.x-k8s.io/v1alpha1
