@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv checkov demo test unit lint crds cluster control-plane kafka kafka-broker image bench-serving bench-drift bench-batch bench-automl bench-operator-scale clean
+.PHONY: venv checkov demo test unit lint crds cluster control-plane kafka kafka-broker image bench-serving bench-drift bench-batch bench-automl bench-online bench-operator-scale clean
 
 venv: $(STAMP)
 
@@ -96,6 +96,10 @@ bench-automl: venv
 ## BENCH_ARGS="--full" runs 100, 500 and 1,000 workflows; the default 100.
 bench-operator-scale: venv control-plane
 	PYTHONPATH=operator:hack $(BIN)/python bench/operator_scale/run.py $(BENCH_ARGS)
+
+## Online learning benchmark: our learner from Kafka against a bare partial_fit loop; freshness of snapshots.
+bench-online: venv kafka
+	PYTHONPATH=operator:hack:tests $(BIN)/python bench/online/run.py
 
 clean:
 	rm -rf $(VENV) .venv-checkov .bench-deps .pytest_cache .mypy_cache .ruff_cache build operator/*.egg-info

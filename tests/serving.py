@@ -26,8 +26,11 @@ class Served:
 
 
 @contextmanager
-def serve(bentoml_home: Path, tag: str, folder: Path) -> Iterator[Served]:
-    """The model `tag` served from `bentoml_home` until the block ends; its log and cwd in `folder`."""
+def serve(
+    bentoml_home: Path, tag: str, folder: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[Served]:
+    """The model `tag` served from `bentoml_home` until the block ends; its log and cwd in `folder`;
+    `extra_env` added to the server's environment."""
     port = free_port()
     log = folder / "bentoml.log"
     (folder / "cwd").mkdir()
@@ -38,6 +41,7 @@ def serve(bentoml_home: Path, tag: str, folder: Path) -> Iterator[Served]:
         "HOSTNAME": "test-pod",
         "MLW_SAMPLE_MAX_ROWS": "50",
         "BENTOML_DO_NOT_TRACK": "true",
+        **(extra_env or {}),
     }
     with open(log, "wb") as output:
         process = subprocess.Popen(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from kubernetes import client, config
@@ -32,6 +32,7 @@ from mlworkflow.desired.children import (
 from mlworkflow.desired.lifecycle import (
     BatchRun,
     DriftCheck,
+    LearnerState,
     RunState,
     SearchRun,
     ServingState,
@@ -41,6 +42,7 @@ from mlworkflow.desired.lifecycle import (
 )
 from mlworkflow.desired.patterns.automl import CHAMPION_ANNOTATION, DRIFT_REPORT_ANNOTATION
 from mlworkflow.desired.patterns.forecast import PREDICT_REQUEST_ANNOTATION
+from mlworkflow.desired.patterns.online import PROGRESS_ANNOTATION
 from mlworkflow.runtime import termination
 
 APPLY = "application/apply-patch+yaml"
@@ -48,7 +50,18 @@ APPLIED_HASH_ANNOTATION = "mlworkflow.io/applied-hash"
 # The kinds whose changes the operator watches (controller.handlers): for them, a manifest already applied
 # as it is, and not changed or deleted since, is not applied again.
 MAX_FINISHED_JOBS = 20_000  # about 2 KiB each: bounded memory however many Jobs the cluster keeps
-WATCHED_KINDS = ("Deployment", "Service", "CronJob", "HorizontalPodAutoscaler")
+WATCHED_KINDS = (
+    "Deployment",
+    "Service",
+    "CronJob",
+    "HorizontalPodAutoscaler",
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+)
+# Kinds the operator creates and then leaves to another writer: the OnlineLearning learner's Lease, renewed
+# by the learner with a resourceVersion-checked update that any write of the operator's would make fail.
+CREATED_KINDS = ("Lease",)
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 JSON = dict[str, Any]
 
@@ -73,6 +86,7 @@ class Kube:
         self.apps = client.AppsV1Api(api)
         self.batch = client.BatchV1Api(api)
         self.autoscaling = client.AutoscalingV2Api(api)
+        self.rbac = client.RbacAuthorizationV1Api(api)
         self.coordination = client.CoordinationV1Api(api)
         # (kind, namespace, name) -> the applied-hash annotation and metadata.generation the API server
         # answered with. Only an optimisation: empty after a restart, so everything is applied once again.
@@ -87,6 +101,9 @@ class Kube:
             "Deployment": self.apps.patch_namespaced_deployment,
             "Service": self.core.patch_namespaced_service,
             "HorizontalPodAutoscaler": self.autoscaling.patch_namespaced_horizontal_pod_autoscaler,
+            "ServiceAccount": self.core.patch_namespaced_service_account,
+            "Role": self.rbac.patch_namespaced_role,
+            "RoleBinding": self.rbac.patch_namespaced_role_binding,
         }
 
     def _deleters(self) -> dict[str, Callable[..., Any]]:
@@ -96,7 +113,7 @@ class Kube:
         }
 
     def appliable(self) -> list[str]:
-        """The kinds `apply` can apply (each needs the patch and create verbs)."""
+        """The kinds `apply` can apply (each needs the patch and create verbs; `CREATED_KINDS` create)."""
         return list(self._patchers())
 
     def deletable(self) -> list[str]:
@@ -106,8 +123,11 @@ class Kube:
     def apply(self, manifest: Manifest) -> bool:
         """Server-side apply with the operator's field manager: fields other managers own (an HPA's replicas,
         a GitOps tool's labels) are left to them. A watched kind already applied as it is, and unchanged
-        since (see `observed`), is not written again; returns whether it was written."""
+        since (see `observed`), is not written again; returns whether it was written. A Lease is only
+        created (`CREATED_KINDS`)."""
         meta = manifest["metadata"]
+        if manifest["kind"] in CREATED_KINDS:
+            return self._create(manifest)
         digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
         key = (manifest["kind"], meta["namespace"], meta["name"])
         if key[0] in WATCHED_KINDS and self._applied.get(key, ("",))[0] == digest:
@@ -127,6 +147,21 @@ class Kube:
             )
         )
         self._applied[key] = (digest, applied["metadata"].get("generation"))
+        return True
+
+    def _create(self, manifest: Manifest) -> bool:
+        """Create `manifest` unless this operator created it already or it exists (409)."""
+        meta = manifest["metadata"]
+        key = (manifest["kind"], meta["namespace"], meta["name"])
+        if key in self._applied:
+            return False
+        body: Any = manifest
+        try:
+            self.coordination.create_namespaced_lease(meta["namespace"], body, _preload_content=False)
+        except client.ApiException as error:
+            if error.status != 409:
+                raise
+        self._applied[key] = ("", None)
         return True
 
     def observed(self, kind: str, obj: JSON, deleted: bool) -> None:
@@ -330,6 +365,25 @@ class Kube:
         run = self._once_finished(job, self._run)
         result = run.result or {"status": "error", "message": run.message or "the drift check failed"}
         return DriftCheck(job["metadata"]["name"], finished_at, result)
+
+    def learner(self, namespace: str, name: str) -> LearnerState | None:
+        """The learner's Lease `name` (OnlineLearning): its holder, until when it holds it, and the progress
+        the learner wrote on it; None when there is no Lease yet (it is created again at the next apply). A
+        renewTime that is not a time is no renewal."""
+        lease = self.read_lease(namespace, name)
+        if lease is None:
+            self._applied.pop(("Lease", namespace, name), None)
+            return None
+        spec = lease.get("spec") or {}
+        held_until = None
+        try:
+            renewed = datetime.fromisoformat(str(spec.get("renewTime")).replace("Z", "+00:00"))
+            renewed = renewed if renewed.tzinfo else renewed.replace(tzinfo=UTC)
+            held_until = renewed + timedelta(seconds=int(spec.get("leaseDurationSeconds") or 0))
+        except (ValueError, TypeError):
+            pass
+        annotations = lease["metadata"].get("annotations") or {}
+        return LearnerState(spec.get("holderIdentity"), held_until, annotations.get(PROGRESS_ANNOTATION))
 
     def serving_state(self, namespace: str, name: str) -> ServingState:
         try:

@@ -68,6 +68,7 @@ def train_apart(
     version: str,
     trigger: str = "Initial",
     champion: str | None = None,
+    *more: str,
 ) -> dict[str, Any]:
     """Train as the training Pod does, in a process of its own, and return its summary (the termination
     message). (BentoML keeps the first model store a process opens: a test process that trained one
@@ -81,6 +82,7 @@ def train_apart(
             f"--version={version}",
             f"--trigger={trigger}",
             *([f"--champion={champion}"] if champion else []),
+            *more,
             f"--termination-log={termination}",
         ],
         env={**os.environ, "MLW_SPEC": spec.model_dump_json(by_alias=True)},

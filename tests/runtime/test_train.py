@@ -164,3 +164,39 @@ def test_bad_params_fail_as_model_errors(tmp_path: Path) -> None:
     churn_frame(200).to_csv(tmp_path / "data" / "churn-1.csv", index=False)
     code, summary = run_trainer(tmp_path, churn_spec(max_depth=-3).model_dump_json(by_alias=True))
     assert code == 2 and summary["reason"] == "ModelInvalid" and "max_depth" in summary["message"]
+
+
+def test_a_classifier_without_probabilities_is_served_through_onnx_with_classes_only(tmp_path: Path) -> None:
+    """SGDClassifier's default hinge loss has no predict_proba: its graph's second output is decision scores,
+    which skl2onnx wrapped in {class: score} maps unless asked not to; serving then failed with a 500."""
+    import bentoml
+
+    from mlworkflow.api.v1alpha1 import MLWorkflowSpec
+    from mlworkflow.runtime.features import RequestError
+    from mlworkflow.runtime.model import LoadedModel
+    from mlworkflow.runtime.train import train
+
+    spec = MLWorkflowSpec.model_validate(
+        {
+            "pattern": "WebService",
+            "data": {"source": "sklearn://iris", "target": "target"},
+            "model": {"estimator": "sklearn.linear_model.SGDClassifier", "params": {"random_state": 0}},
+            "storage": {"path": str(tmp_path)},
+        }
+    )
+    trained = train(spec, WorkflowStore(tmp_path, "hinge"), "v1", "Initial")  # type: ignore[arg-type]
+    assert trained.backend == "onnxruntime"
+    model = LoadedModel(Path(bentoml.models.get(trained.tag).path))
+    row = {
+        "sepal length (cm)": 6.3,
+        "sepal width (cm)": 3.3,
+        "petal length (cm)": 6.0,
+        "petal width (cm)": 2.5,
+    }
+    batch = model.checker.from_records([row, row])
+    predicted = model.predict(batch)
+    assert predicted.refused == {} and list(predicted.predictions) == list(
+        model.pipeline.predict(pd.DataFrame([row, row]))
+    )
+    with pytest.raises(RequestError, match="gives no class probabilities"):
+        model.predict(batch, probabilities=True)

@@ -5,11 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 import yaml
 
 from mlworkflow.api.conditions import Outcome, Progress, apply_outcome, find, is_true
-from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Trigger
+from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Pattern, Trigger
 from mlworkflow.desired.lifecycle import (
     DriftCheck,
     Observed,
@@ -20,6 +19,7 @@ from mlworkflow.desired.lifecycle import (
     next_version,
     stall_events,
 )
+from mlworkflow.desired.patterns import PATTERNS
 from mlworkflow.desired.plan import plan
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -157,11 +157,8 @@ def test_every_stall_is_told_once_per_reason_and_generation() -> None:
     assert stall_events(refused, refused) == []
 
 
-@pytest.mark.parametrize("example", ["onlinelearning-wine.yaml"])
-def test_patterns_not_implemented_yet_say_so(example: str) -> None:
-    result = step(Observed(1, "h1", MLWorkflowStatus()), spec(example))
-    assert result.train is None and result.deploy is None
-    assert find(result.status.conditions, "Stalled").reason == "PatternNotSupported"  # type: ignore[union-attr]
+def test_every_pattern_of_the_api_runs() -> None:
+    assert set(PATTERNS) == set(Pattern)
 
 
 def test_versions_count_past_everything_seen() -> None:

@@ -17,6 +17,9 @@ RESOURCES = {
     "Deployment": "deployments",
     "Service": "services",
     "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+    "ServiceAccount": "serviceaccounts",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
 }
 
 
@@ -40,3 +43,26 @@ def test_every_kind_the_operator_applies_or_deletes_is_granted() -> None:
     for kind in kube.deletable():
         assert "delete" in rules.get(RESOURCES[kind], set()), f"delete of {kind}"
     assert {"list"} <= rules["jobs"] and {"list"} <= rules["pods"], "observing Jobs and their Pods"
+    assert {"get", "create"} <= rules["leases"], "creating and reading the learner's Lease (OnlineLearning)"
+
+
+def test_the_operator_holds_every_verb_the_roles_it_writes_grant() -> None:
+    """RBAC refuses a Role (or RoleBinding) granting verbs its writer does not hold (escalation)."""
+    from mlworkflow.api.v1alpha1 import MLWorkflowSpec
+    from mlworkflow.desired.children import Workflow
+    from mlworkflow.desired.patterns import online
+
+    spec = MLWorkflowSpec.model_validate(
+        {
+            "pattern": "OnlineLearning",
+            "data": {"source": "sklearn://wine", "target": "target"},
+            "model": {"estimator": "sklearn.linear_model.SGDClassifier"},
+            "online": {"source": {"path": "stream/*.csv"}},
+            "storage": {"path": "/tmp/store"},
+        }
+    )
+    rules = granted()
+    [role] = [m for m in online.learner_access(Workflow("w", "ns", "u", spec)) if m["kind"] == "Role"]
+    for rule in role["rules"]:
+        for resource in rule["resources"]:
+            assert set(rule["verbs"]) <= rules.get(resource, set()), resource

@@ -113,6 +113,21 @@ or one given with `helm template --kube-version`; only helm's offline placeholde
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
   verbs: ["list", "watch", "patch", "create", "delete"]
+# OnlineLearning: the learner's own ServiceAccount, and a Role and RoleBinding that let it hold its Lease
+# and nothing else (applied server-side; owned by the MLWorkflow, so they go with it). Watched, so an
+# unchanged one is not rewritten at every resync.
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["list", "watch", "patch", "create"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["list", "watch", "patch", "create"]
+# OnlineLearning: the learner's single-writer Lease, applied (metadata only) and read for the progress the
+# learner writes on it. RBAC lets a Role grant only verbs its writer holds: the learner's Role grants get,
+# update and patch, hence update here.
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["get", "patch", "create", "update"]
 {{- end }}
 
 {{/*

@@ -93,6 +93,9 @@ CHILDREN = {
     "Service": ("v1", "services"),
     "CronJob": ("batch", "v1", "cronjobs"),
     "HorizontalPodAutoscaler": ("autoscaling", "v2", "horizontalpodautoscalers"),
+    "ServiceAccount": ("v1", "serviceaccounts"),
+    "Role": ("rbac.authorization.k8s.io", "v1", "roles"),
+    "RoleBinding": ("rbac.authorization.k8s.io", "v1", "rolebindings"),
 }
 assert set(CHILDREN) == set(WATCHED_KINDS)
 for _kind in CHILDREN:

@@ -81,6 +81,35 @@ SEARCH_DURATION = Histogram(
     buckets=(10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600),
 )
 
+# OnlineLearning: what the learner last reported (status.online), per workflow. Gauges, not counters: they
+# copy the learner's own counts, which start again with each start version (its /metrics has the rates).
+ONLINE_SAMPLES = Gauge(
+    "mlworkflow_online_samples_seen",
+    "Examples the learner learned since its start version",
+    ["namespace", "workflow"],
+)
+ONLINE_QUARANTINED = Gauge(
+    "mlworkflow_online_batches_quarantined",
+    "Mini-batches the learner's guardrails refused since its start version",
+    ["namespace", "workflow"],
+)
+ONLINE_LAG = Gauge(
+    "mlworkflow_online_lag",
+    "Examples in the stream not read yet (Kafka consumer lag)",
+    ["namespace", "workflow"],
+)
+ONLINE_CANARY = Gauge(
+    "mlworkflow_online_canary_score",
+    "The served snapshot's score on the canary holdout (the promotion metric)",
+    ["namespace", "workflow"],
+)
+ONLINE_SNAPSHOT_AT = Gauge(
+    "mlworkflow_online_snapshot_timestamp_seconds",
+    "When the served snapshot was written (Unix time): alert on time() minus it",
+    ["namespace", "workflow"],
+)
+ONLINE_GAUGES = (ONLINE_SAMPLES, ONLINE_QUARANTINED, ONLINE_LAG, ONLINE_CANARY, ONLINE_SNAPSHOT_AT)
+
 
 class WorkflowCollector(Collector):
     """Gauges from the latest status of every workflow: counts by pattern and phase, the served version."""
@@ -140,6 +169,8 @@ def record_status(
         TRAINED_AT.labels(namespace, name).set(after.model.trained_at.timestamp())
     if after.batch is not None:
         _record_batch_runs(namespace, name, before, after)
+    if after.online is not None:
+        _record_online(namespace, name, after)
     search, was = after.search, before.search
     if (
         search
@@ -173,13 +204,27 @@ def _record_batch_runs(namespace: str, name: str, before: MLWorkflowStatus, afte
         BATCH_SUCCEEDED_AT.labels(namespace, name).set(after.batch.last_succeeded_at.timestamp())
 
 
+def _record_online(namespace: str, name: str, status: MLWorkflowStatus) -> None:
+    online = status.online
+    assert online is not None
+    ONLINE_SAMPLES.labels(namespace, name).set(online.samples_seen)
+    ONLINE_QUARANTINED.labels(namespace, name).set(online.batches_quarantined)
+    for gauge, value in (
+        (ONLINE_LAG, online.lag),
+        (ONLINE_CANARY, online.canary_score),
+        (ONLINE_SNAPSHOT_AT, online.snapshot_time.timestamp() if online.snapshot_time else None),
+    ):
+        if value is not None:
+            gauge.labels(namespace, name).set(value)
+
+
 def record_retrain(namespace: str, name: str, trigger: str) -> None:
     RETRAINS.labels(namespace, name, trigger).inc()
 
 
 def forget(namespace: str, name: str) -> None:
     WORKFLOWS.forget(namespace, name)
-    for gauge in (DRIFT_SHARE, DRIFTED, TRAINED_AT, BATCH_SUCCEEDED_AT, SEARCH_BEST):
+    for gauge in (DRIFT_SHARE, DRIFTED, TRAINED_AT, BATCH_SUCCEEDED_AT, SEARCH_BEST, *ONLINE_GAUGES):
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name)
 

@@ -14,7 +14,7 @@ from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Pattern
 from mlworkflow.controller.config import OperatorConfig
 from mlworkflow.desired import children
 from mlworkflow.desired.lifecycle import Event, Observed, ServingState, stall_events
-from mlworkflow.desired.patterns import PATTERNS
+from mlworkflow.desired.patterns import PATTERNS, online
 from mlworkflow.desired.plan import plan
 from mlworkflow.desired.validation import check_spec
 from mlworkflow.kube import Kube
@@ -27,8 +27,8 @@ class Result:
     retrain_trigger: str | None = None  # the trigger of a retraining this reconcile started
 
 
-# The patterns with a serving Deployment (their "deploy" step is WebService's).
-SERVED = (Pattern.WEB_SERVICE, Pattern.AUTOML)
+# The patterns with a serving Deployment.
+SERVED = (Pattern.WEB_SERVICE, Pattern.AUTOML, Pattern.ONLINE_LEARNING)
 
 
 def reconcile(body: dict[str, Any], kube: Kube, config: OperatorConfig, now: datetime) -> Result:
@@ -58,6 +58,9 @@ def reconcile(body: dict[str, Any], kube: Kube, config: OperatorConfig, now: dat
         batch_runs=kube.batch_runs(workflow.namespace, workflow.name) if pattern == Pattern.FORECAST else [],
         predict_request=annotations.get(v1alpha1.PREDICT_ANNOTATION),
         searches=kube.searches(workflow.namespace, workflow.name) if pattern == Pattern.AUTOML else [],
+        learner=kube.learner(workflow.namespace, online.learner_name(workflow))
+        if pattern == Pattern.ONLINE_LEARNING
+        else None,
     )
     next_state = plan(workflow.spec, observed, now, children.endpoint(workflow))
     if next_state.train is not None and pattern != Pattern.AUTOML:  # AutoML searches first (its children)

@@ -27,6 +27,7 @@ RETRAIN_REQUEST_ANNOTATION = "mlworkflow.io/retrain-request"
 STORE_MOUNT = "/artifacts"
 HTTP_PORT = 3000
 TRAINING, SERVING, MONITORING, BATCH, SEARCH = "training", "serving", "monitoring", "batch", "search"
+LEARNER = "learner"
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,33 @@ def trained_spec(spec: MLWorkflowSpec, train: TrainRequest) -> MLWorkflowSpec:
     return spec.model_copy(update={"model": v1alpha1.ModelSpec.model_validate({**model, **train.model})})
 
 
+def with_stream_archive(spec: MLWorkflowSpec, train: TrainRequest) -> bool:
+    """Whether a training also learns from the archived stream (OnlineLearning's lambda retraining): a
+    retraining judged against the learner's snapshot, when the stream is archived. A first version, or one
+    for a changed spec, trains on spec.data.source alone."""
+    online = spec.online
+    return (
+        spec.pattern == v1alpha1.Pattern.ONLINE_LEARNING
+        and online is not None
+        and online.archive.retention_hours > 0
+        and train.champion is not None
+    )
+
+
+def training_args(workflow: Workflow, train: TrainRequest, store: str) -> list[str]:
+    """The training runtime's arguments (a Pod's, or the local runner's process's, with the store at
+    `store`)."""
+    return [
+        f"--store={store}",
+        f"--workflow={workflow.name}",
+        f"--version={train.version}",
+        f"--trigger={train.trigger}",
+        *([f"--champion={train.champion}"] if train.champion else []),
+        *([f"--drift-report={train.drift_report}"] if train.drift_report else []),
+        *(["--stream-archive"] if with_stream_archive(workflow.spec, train) else []),
+    ]
+
+
 def training_job(workflow: Workflow, train: TrainRequest, context: RuntimeContext) -> Manifest:
     """The Job that trains `train.version`: one Pod running `python -m mlworkflow.runtime.train` (which also
     scores the served `train.champion` on its holdout, for the promotion decision). With `train.model` (an
@@ -214,12 +242,7 @@ def training_job(workflow: Workflow, train: TrainRequest, context: RuntimeContex
     workflow's own spec hash."""
     spec = workflow.spec
     trained = trained_spec(spec, train)
-    version, trigger, champion, drift_report = (
-        train.version,
-        train.trigger,
-        train.champion,
-        train.drift_report,
-    )
+    version, trigger = train.version, train.trigger
     component_labels = {**labels(workflow, TRAINING), VERSION_LABEL: version}
     annotations = {SPEC_HASH_ANNOTATION: model_spec_hash(spec), TRIGGER_ANNOTATION: str(trigger)}
     if train.retrain_request is not None:
@@ -244,14 +267,7 @@ def training_job(workflow: Workflow, train: TrainRequest, context: RuntimeContex
                     context,
                     "train",
                     "mlworkflow.runtime.train",
-                    [
-                        f"--store={STORE_MOUNT}",
-                        f"--workflow={workflow.name}",
-                        f"--version={version}",
-                        f"--trigger={trigger}",
-                        *([f"--champion={champion}"] if champion else []),
-                        *([f"--drift-report={drift_report}"] if drift_report else []),
-                    ],
+                    training_args(workflow, train, STORE_MOUNT),
                     env={
                         "MLW_SPEC": trained.model_dump_json(by_alias=True, exclude_none=True),
                         "MLW_ALLOWED_ESTIMATOR_PREFIXES": ",".join(context.allowed_estimator_prefixes),

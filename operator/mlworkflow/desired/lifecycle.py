@@ -123,6 +123,16 @@ def search_result(summaries: list[dict[str, Any]], succeeded: bool) -> tuple[dic
 
 
 @dataclass(frozen=True)
+class LearnerState:
+    """The learner's Lease (OnlineLearning) as observed: who holds it, until when (renewTime plus
+    leaseDurationSeconds), and its progress annotation as written (the pattern parses it)."""
+
+    holder: str | None = None
+    held_until: datetime | None = None
+    progress: str | None = None
+
+
+@dataclass(frozen=True)
 class Observed:
     generation: int
     spec_hash: str
@@ -135,6 +145,7 @@ class Observed:
     batch_runs: list[BatchRun] = field(default_factory=list)
     predict_request: str | None = None  # the value of the workflow's predict annotation
     searches: list[SearchRun] = field(default_factory=list)
+    learner: LearnerState | None = None  # OnlineLearning: its Lease (None: there is none yet)
 
 
 @dataclass(frozen=True)
@@ -199,6 +210,12 @@ class Plan:
     refit: TrainRequest | None = None  # AutoML: train a search's winner as its version
 
 
+def lineage(version: str) -> str:
+    """The trained version a served one is or descends from: an OnlineLearning snapshot `v1.12` is learned
+    from `v1`; a trained version is its own."""
+    return version.partition(".")[0]
+
+
 def version_number(version: str) -> int:
     match = re.fullmatch(r"v(\d+)", version)
     return int(match.group(1)) if match else 0
@@ -248,11 +265,12 @@ def plan_training(
     """Whether to train now, and why: a new spec (Initial, SpecChange), a retrain request (Manual), the
     training schedule (Schedule) or drift (Drift). One run at a time; a spec whose latest training failed
     waits for a change or a retrain request. The model in use is a champion to beat only for a retraining of
-    the spec it was trained for. Folds the drift check into `status` and records the request it answers."""
+    the spec it was trained for (an OnlineLearning snapshot: of the spec its start version was trained
+    for). Folds the drift check into `status` and records the request it answers."""
     running = [r for r in observed.runs if r.state == "Running"]
     tried = [r for r in status.history if r.spec_hash == observed.spec_hash]
     served = status.model.version if status.model else None
-    champion = served if served and served in {r.version for r in tried} else None
+    champion = served if served and lineage(served) in {r.version for r in tried} else None
     request = _pending_retrain_request(status, observed)
     train: TrainRequest | None = None
     if not running and not tried:

@@ -40,6 +40,12 @@ def check_spec(
             refusal = check_incremental(field, estimator)
         if refusal:
             return refusal
+    if spec.pattern == Pattern.ONLINE_LEARNING and spec.serving and spec.serving.model_version:
+        return Refusal(
+            "ModelVersionNotAllowed",
+            "spec.serving.modelVersion: OnlineLearning serves the learner's newest snapshot; pinning a "
+            "version is for WebService and AutoML",
+        )
     if spec.automl is not None:
         try:
             search.search_space(spec, spec.automl.search, allowed_prefixes)

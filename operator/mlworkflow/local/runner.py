@@ -2,8 +2,10 @@
 
 The same planner as the operator decides; the same runtimes run, as local processes instead of Pods:
 training (`mlworkflow.runtime.train`), serving (`bentoml serve` on 127.0.0.1), drift checks
-(`mlworkflow.runtime.drift`, on the monitoring schedule). The status the operator would write is kept in
-`<store>/<workflow>/status.json`, with a small HTML page beside it (`index.html`).
+(`mlworkflow.runtime.drift`, on the monitoring schedule), OnlineLearning's learner
+(`mlworkflow.runtime.learn`, with its lock file instead of a Lease: its progress is read from
+`<store>/<workflow>/online/progress.json`) and serving in follow mode. The status the operator would write
+is kept in `<store>/<workflow>/status.json`, with a small HTML page beside it (`index.html`).
 
 `mlworkflow retrain FILE.yaml` asks a running runner for a retraining (trigger Manual), as the
 `mlworkflow.io/retrain` annotation asks the operator: it writes a new value to `<store>/<workflow>/retrain`,
@@ -26,18 +28,19 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 from mlworkflow.api.estimators import DEFAULT_ALLOWED_PREFIXES
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Pattern
 from mlworkflow.desired import cron
-from mlworkflow.desired.children import model_spec_hash, trained_spec
+from mlworkflow.desired.children import Workflow, model_spec_hash, trained_spec, training_args
 from mlworkflow.desired.lifecycle import (
     BatchRun,
     DriftCheck,
     Event,
+    LearnerState,
     Observed,
     RunState,
     SearchRun,
@@ -55,6 +58,7 @@ from mlworkflow.runtime.store import WorkflowStore
 
 BIN = Path(sys.executable).parent
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+LEARNER_RESTART_SECONDS = 5.0  # a learner that ended is started again at most this often (a Pod's restarts)
 
 
 @contextlib.contextmanager
@@ -215,6 +219,7 @@ class LocalRunner:
         self.drift_checks: list[Process] = []
         self.batch_runs: dict[str, LocalBatchRun] = {}
         self.searches: dict[str, LocalSearch] = {}
+        self.learner: Process | None = None
         self.started_at = datetime.now(UTC)
         self.last_drift_check = self.last_batch_schedule = self.started_at
         self._last_line = ""
@@ -241,6 +246,7 @@ class LocalRunner:
             batch_runs=[run.observed() for run in self.batch_runs.values()],
             predict_request=_request(self.store.predict_request),
             searches=[search.observed() for search in self.searches.values()],
+            learner=self._learner_state(now) if self.spec.pattern == Pattern.ONLINE_LEARNING else None,
         )
         step = plan(self.spec, observed, now, self.endpoint)
         if step.train is not None:
@@ -251,7 +257,7 @@ class LocalRunner:
         if step.refit is not None:
             self._train(step.refit)
         if (
-            self.spec.pattern in (Pattern.WEB_SERVICE, Pattern.AUTOML)
+            self.spec.pattern in (Pattern.WEB_SERVICE, Pattern.AUTOML, Pattern.ONLINE_LEARNING)
             and step.deploy is not None
             and (
                 self.serving is None
@@ -260,6 +266,8 @@ class LocalRunner:
             )
         ):
             self._serve(step.deploy)
+        if self.spec.pattern == Pattern.ONLINE_LEARNING and step.deploy is not None:
+            self._learn(step.deploy, now)
         if step.batch_run is not None:
             run = step.batch_run
             self._predict(f"{self.name}-predict-{run.suffix}", run.version, run.trigger, run.predict_request)
@@ -308,6 +316,7 @@ class LocalRunner:
             *self.drift_checks,
             *(p for run in self.batch_runs.values() for p in run.indexes),
             *(p for search in self.searches.values() for p in search.workers),
+            *([self.learner] if self.learner else []),
             *([self.serving] if self.serving else []),
         ]:
             process.stop()
@@ -330,17 +339,13 @@ class LocalRunner:
         return Process(popen, log, result_file, datetime.now(UTC), meta)
 
     def _train(self, train: TrainRequest) -> None:
+        workflow = Workflow(self.name, "local", "local", self.spec)
         argv = [
             sys.executable,
             "-m",
             "mlworkflow.runtime.train",
-            f"--store={self.store.root}",
-            f"--workflow={self.name}",
-            f"--version={train.version}",
-            f"--trigger={train.trigger}",
+            *training_args(workflow, train, str(self.store.root)),
         ]
-        argv += [f"--champion={train.champion}"] if train.champion else []
-        argv += [f"--drift-report={train.drift_report}"] if train.drift_report else []
         env = {"MLW_SPEC": trained_spec(self.spec, train).model_dump_json(by_alias=True, exclude_none=True)}
         self.trainings[train.version] = self._start(
             "train", argv, env, request=train, spec_hash=model_spec_hash(self.spec)
@@ -375,6 +380,43 @@ class LocalRunner:
         ]
         self.searches[train.version] = LocalSearch(train, model_spec_hash(self.spec), workers)
 
+    def _learn(self, start: str, now: datetime) -> None:
+        """OnlineLearning: one learner from `start` (the promoted version), as the learner Deployment runs
+        it: a new start version replaces it (the old one stops first), one that ended starts again."""
+        learner = self.learner
+        if learner is not None and learner.meta["start"] == start and learner.poll() is None:
+            return
+        if learner is not None and learner.meta["start"] == start and learner.finished_at is not None:
+            if (now - learner.finished_at).total_seconds() < LEARNER_RESTART_SECONDS:
+                return
+            self.say(f"{now:%H:%M:%S} ! the learner ended ({learner.result().get('message', '')}); again")
+        if learner is not None:
+            learner.stop()
+        argv = [
+            sys.executable,
+            "-m",
+            "mlworkflow.runtime.learn",
+            f"--store={self.store.root}",
+            f"--workflow={self.name}",
+        ]
+        env = {
+            "MLW_SPEC": self.spec.model_dump_json(by_alias=True, exclude_none=True),
+            "MLW_START_VERSION": start,
+            "HOSTNAME": "local-learner",
+        }
+        self.learner = self._start("learn", argv, env, start=start)
+
+    def _learner_state(self, now: datetime) -> LearnerState | None:
+        """The learner as the operator sees its Lease: held while its process runs; its progress report."""
+        if self.learner is None:
+            return None
+        running = self.learner.poll() is None
+        return LearnerState(
+            f"local-learner-{self.learner.popen.pid}" if running else None,
+            now + timedelta(seconds=LEARNER_RESTART_SECONDS) if running else None,
+            _request(self.store.online_progress),
+        )
+
     def _serve(self, version: str) -> None:
         if self.serving is not None:
             self.serving.stop()  # one local port: the old version stops before the new one starts
@@ -390,6 +432,8 @@ class LocalRunner:
             "MODEL_TAG": f"{self.name}:{version}",
             "HOSTNAME": "local",
             "BENTOML_DO_NOT_TRACK": "true",
+            # OnlineLearning: serve the learner's newest snapshot of `version`, swapped in without a restart.
+            **({"MLW_FOLLOW_LATEST": "1"} if self.spec.pattern == Pattern.ONLINE_LEARNING else {}),
         }
         self.serving = self._start("serve", argv, env, version=version)
 
@@ -513,10 +557,20 @@ class LocalRunner:
             + (f" drift={drift.share:.2f}" if drift and drift.share is not None else "")
             + f" retrains={self.status.retrains}"
             + self._search_progress()
+            + self._online_progress()
         )
         if line != self._last_line:
             self.say(f"{datetime.now(UTC):%H:%M:%S}   {line}")
             self._last_line = line
+
+    def _online_progress(self) -> str:
+        online = self.status.online
+        if online is None:
+            return ""
+        return (
+            f" samples={online.samples_seen} batches={online.batches_applied}"
+            f" quarantined={online.batches_quarantined}"
+        )
 
     def _search_progress(self) -> str:
         """A running search, as its study says: trials done, failed, pruned of the budget; best so far; the

@@ -9,6 +9,8 @@ beside its model card, and a retraining holds out only rows the champion never s
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,22 +122,35 @@ class Rows:
     forward: bool
 
 
-def prepare(spec: MLWorkflowSpec, store: WorkflowStore, champion: str | None, folds: int) -> Rows:
+def prepare(
+    spec: MLWorkflowSpec, store: WorkflowStore, champion: str | None, folds: int, archive: bool = False
+) -> Rows:
     """The rows a version trains and is judged on, the same for the training runtime and a model search's
     trials: `spec.data` read and checked (for `folds`-fold cross-validation), the champion's training rows
-    kept out of the holdout (`choose`). Raises data.DataError naming the column or file."""
+    kept out of the holdout (`choose`). Raises data.DataError naming the column or file.
+
+    With `archive` (OnlineLearning's batch retraining), the archived stream's rows are added after
+    spec.data.source's; the champion (the learner's snapshot) learned from every one of them and from its
+    start version's training rows, so all of those are seen by it (`champion_rows`)."""
     task = spec.model.task if spec.model else "classification"
     snapshot = data.load(spec.data.source, store.root)
+    archived = 0
+    if archive:
+        snapshot, archived = with_archive(snapshot, store)
     schema = data.resolve_schema(snapshot.frame, spec.data)
     frame = data.check(snapshot.frame, schema, task, folds)
     times = data.event_times(snapshot.frame, spec.data.time_column) if spec.data.time_column else None
     x, y = frame[schema.features], frame[schema.target]
     hashes = row_hashes(frame[[*schema.features, schema.target]])
+    seen = champion_rows(store, champion) if champion else None
+    if archived:
+        stream = hashes[len(hashes) - archived :]  # the archive's rows come last (check keeps every row)
+        seen = np.union1d(seen if seen is not None else np.empty(0, dtype=np.uint64), stream)
     judged = choose(
         hashes,
         spec.training.holdout,
         SEED,
-        seen=load_rows(store.model_dir(champion)) if champion else None,
+        seen=seen,
         times=times,
         stratify=y if task == "classification" else None,
     )
@@ -153,6 +168,39 @@ def prepare(spec: MLWorkflowSpec, store: WorkflowStore, champion: str | None, fo
         judged,
         times is not None,
     )
+
+
+def with_archive(snapshot: data.Snapshot, store: WorkflowStore) -> tuple[data.Snapshot, int]:
+    """`snapshot` with the archived stream's rows after its own (their columns cast to the source's types
+    where they can be, so that a row hashes as it did when the source alone was read), and how many were
+    added. No archive adds none."""
+    files = store.stream_archive_files()
+    if not files:
+        return snapshot, 0
+    stream = pd.concat([pd.read_parquet(path) for path in files], ignore_index=True)
+    for column in stream.columns.intersection(snapshot.frame.columns):
+        with contextlib.suppress(ValueError, TypeError):
+            stream[column] = stream[column].astype(snapshot.frame[column].dtype)
+    digest = hashlib.sha256(snapshot.sha256.encode())
+    for path in files:
+        digest.update(path.read_bytes())
+    combined = data.Snapshot(
+        pd.concat([snapshot.frame, stream], ignore_index=True),
+        [*snapshot.files, *(str(p.relative_to(store.root)) for p in files)],
+        digest.hexdigest(),
+    )
+    return combined, len(stream)
+
+
+def champion_rows(store: WorkflowStore, champion: str) -> Hashes | None:
+    """The rows `champion` was trained on; for an OnlineLearning snapshot (`v1.12`), also those of the
+    version it started from (`v1`), which it learned before the stream. None when nothing is recorded."""
+    recorded = [load_rows(store.model_dir(champion))]
+    start = champion.partition(".")[0]
+    if start != champion:
+        recorded.append(load_rows(store.model_dir(start)))
+    known = [rows for rows in recorded if rows is not None]
+    return np.unique(np.concatenate(known)) if known else None
 
 
 def folds(task: str, y: pd.Series, k: int, forward: bool) -> KFold | StratifiedKFold | TimeSeriesSplit:

@@ -75,7 +75,7 @@ class ModelServer(Protocol):
     @property
     def model(self) -> ServedModel: ...
     def answer(
-        self, batch: FeatureBatch, probabilities: bool, where: Callable[[int], str]
+        self, batch: FeatureBatch, probabilities: bool, where: Callable[[int], str], model: Any
     ) -> tuple[list[Any], list[list[float]] | None, dict[int, str]]: ...
 
 
@@ -150,7 +150,9 @@ async def infer(request: Request) -> Response:
         body = pydantic_core.from_json(await request.body())  # twice as fast as json.loads here
         outputs = _outputs(body, model)
         batch = _batch(body, model)
-        predictions, probabilities, _ = _server().answer(batch, PROBABILITIES in outputs, "row {}".format)
+        predictions, probabilities, _ = _server().answer(
+            batch, PROBABILITIES in outputs, "row {}".format, model
+        )
     except NotServed as error:
         return _error(404, str(error))
     except (RequestError, ValueError) as error:  # ValueError: the body is not JSON

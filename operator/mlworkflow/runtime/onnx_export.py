@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.base import is_classifier
 from sklearn.pipeline import Pipeline
 
 from mlworkflow.runtime.data import FeatureSchema, category
@@ -43,7 +44,10 @@ def convert(pipeline: Pipeline, schema: FeatureSchema, one_hot: bool) -> bytes |
         (c, StringTensorType([None, 1])) for c in categorical
     ]
     estimator = pipeline.steps[-1][1]
-    options = {id(estimator): {"zipmap": False}} if hasattr(estimator, "predict_proba") else None
+    # A classifier's second output as one float array, never a list of {class: score} maps: a classifier
+    # without predict_proba (SGDClassifier's hinge loss) gives decision scores there, which the finite
+    # check reads and which are never served as probabilities (LoadedModel.probabilities is False).
+    options = {id(estimator): {"zipmap": False}} if is_classifier(estimator) else None
     try:
         model = convert_sklearn(pipeline, initial_types=types, options=options)
     except Exception:
@@ -135,6 +139,11 @@ def verify(pipeline: Pipeline, predictor: OnnxPredictor, x: pd.DataFrame, task: 
         predicted, probabilities = predictor.run(predictor.feed_frame(x))
     except Exception as error:
         return Verification(False, f"onnxruntime failed: {error}")
+    if probabilities is not None and not np.issubdtype(np.asarray(probabilities).dtype, np.number):
+        # Serving checks every answer for finite numbers: a graph that answers otherwise is not served.
+        return Verification(
+            False, f"the graph's second output is {np.asarray(probabilities).dtype}, not numbers"
+        )
     expected = pipeline.predict(x)
     if task == "regression":
         difference = float(np.max(np.abs(predicted.astype(np.float64) - expected))) if len(x) else 0.0

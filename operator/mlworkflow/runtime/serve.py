@@ -11,10 +11,18 @@ against the model card's feature schema: a problem is a 400 naming the column, n
 finite numbers only (`LoadedModel.predict`). `contract` keeps the HTTP contract around BentoML (415 for a
 body that is not JSON, one error object, one log line per refused request, a true OpenAPI document). A
 bounded sample of the inputs and predictions is recorded in the artifact store for the drift monitor.
+
+Follow mode (OnlineLearning, `MLW_FOLLOW_LATEST=1`): the service serves the learner's newest snapshot of the
+MODEL_TAG version (the start version), as `<store>/<workflow>/online/latest` names it, and looks at that file
+about every half second (`Follower`): a new snapshot is loaded in a background thread and then replaces the
+served model in one reference assignment, so no request fails and none restarts; each request keeps the
+model it began with. Until the learner's first snapshot, or when `latest` names a snapshot of another start
+version (the previous learner's), the start version itself serves.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import threading
@@ -30,6 +38,10 @@ from pydantic import Field
 from mlworkflow.runtime import contract, inference_protocol
 from mlworkflow.runtime.features import MAX_ROWS, FeatureBatch, RequestError
 from mlworkflow.runtime.model import LoadedModel, sample_line
+from mlworkflow.runtime.store import WorkflowStore
+
+FOLLOW_SECONDS = 0.5
+logger = logging.getLogger("mlworkflow.serve")
 
 PREDICTIONS = bentoml.metrics.Counter(
     name="mlworkflow_predictions_total",
@@ -98,17 +110,70 @@ class SampleRecorder:
             self.rows += len(lines)
 
 
-def _load() -> tuple[LoadedModel, SampleRecorder]:
+class Follower:
+    """Which version to serve in follow mode: the snapshot `<start>.<n>` named in `online/latest`, else the
+    start version itself; and the thread that swaps a newly named one in."""
+
+    def __init__(self, store: WorkflowStore, start: str, interval: float = FOLLOW_SECONDS) -> None:
+        self.store, self.start, self.interval = store, start, interval
+        self.stopped = threading.Event()
+        self.refused: set[str] = set()  # versions that did not load: not tried again at every look
+
+    def wanted(self) -> str:
+        """The version `latest` names when it is a snapshot of the start version; else the start version."""
+        try:
+            named = self.store.online_latest.read_text().strip()
+        except OSError:
+            return self.start
+        prefix, _, number = named.partition(".")
+        return named if prefix == self.start and number.isdigit() else self.start
+
+    def load(self, version: str) -> LoadedModel:
+        return LoadedModel(self.store.model_dir(version))
+
+    def follow(self, current: Callable[[], LoadedModel], swap: Callable[[LoadedModel], None]) -> None:
+        """Until `stopped`: every `interval`, load the wanted version when it is not `current()` and hand it
+        to `swap`. A version that does not load is logged once and skipped; the served one stays."""
+        while not self.stopped.wait(self.interval):
+            version = self.wanted()
+            if version == current().version or version in self.refused:
+                continue
+            try:
+                loaded = self.load(version)
+            except Exception:  # a snapshot pruned meanwhile, a bad file: keep serving what serves
+                logger.warning(
+                    "could not load %s %s; %s keeps serving",
+                    self.store.workflow,
+                    version,
+                    current().version,
+                    exc_info=True,
+                )
+                self.refused.add(version)
+                continue
+            swap(loaded)
+            logger.info("now serving %s %s", self.store.workflow, version)
+
+    def start_thread(self, current: Callable[[], LoadedModel], swap: Callable[[LoadedModel], None]) -> None:
+        threading.Thread(target=self.follow, args=(current, swap), name="follow-latest", daemon=True).start()
+
+
+def _load() -> tuple[LoadedModel, SampleRecorder, Follower | None]:
     tag = os.environ["MODEL_TAG"]
-    model = LoadedModel(Path(bentoml.models.get(tag).path))
     store = Path(os.environ["BENTOML_HOME"]).parent  # <store>/<workflow>/bentoml -> <store>/<workflow>
+    follower = None
+    if os.environ.get("MLW_FOLLOW_LATEST") == "1":
+        name, _, start = tag.partition(":")
+        follower = Follower(WorkflowStore(store.parent, name), start)
+        model = follower.load(follower.wanted())
+    else:
+        model = LoadedModel(Path(bentoml.models.get(tag).path))
     recorder = SampleRecorder(
         store / "samples",
         f"{os.environ.get('HOSTNAME', 'local')}-{os.getpid()}",
         int(os.environ.get("MLW_SAMPLE_MAX_ROWS", "50000")),
         float(os.environ.get("MLW_SAMPLE_ROWS_PER_SECOND", "100")),
     )
-    return model, recorder
+    return model, recorder, follower
 
 
 # One limit for every route (the Open Inference Protocol's is the checker's); in the schema, so that BentoML
@@ -137,22 +202,34 @@ UNTRACED_ROUTES = [] if os.environ.get("MLW_TRACE_PREDICTIONS") == "true" else [
 class ModelService:
     def __init__(self) -> None:
         # Loaded before the worker reports ready: /readyz answers only once the model can predict.
-        self.model, self.recorder = _load()
+        self.model, self.recorder, self.follower = _load()
+        # The predictions counter's version label: in follow mode the start version, not each snapshot (a new
+        # one every few seconds would make a new time series each).
+        self.counted_as = self.follower.start if self.follower else None
+        if self.follower is not None:
+            self.follower.start_thread(lambda: self.model, self._swap)
         contract.install_log_filter()
+
+    def _swap(self, model: LoadedModel) -> None:
+        # One assignment: a request holds the model it read at its start (`answer`'s `model`) to its end.
+        self.model = model
 
     def answer(
         self,
         batch: FeatureBatch,
         probabilities: bool = False,
         where: Callable[[int], str] | None = "records[{}]".format,
+        model: LoadedModel | None = None,
     ) -> Answer:
-        """Predictions for checked features (JSON-ready), counted and sampled for the drift monitor.
+        """Predictions for checked features (JSON-ready), counted and sampled for the drift monitor, by
+        `model` (the request's; default the served one).
 
         A row the model gives no finite answer for refuses the request, named as `where(row)`; with `where`
         None (a batch of several clients' records) its prediction is None and its reason is in `refused`.
         """
-        predicted = self.model.predict(batch, probabilities)
-        PREDICTIONS.labels(model_version=self.model.version, backend=self.model.backend).inc(
+        model = model or self.model
+        predicted = model.predict(batch, probabilities)
+        PREDICTIONS.labels(model_version=self.counted_as or model.version, backend=model.backend).inc(
             len(predicted.predictions)
         )
         if predicted.refused and where is not None:
@@ -161,7 +238,7 @@ class ModelService:
         predictions: list[Any] = predicted.predictions.tolist()
         for row in predicted.refused:  # in order: each is inserted where it was
             predictions.insert(row, None)
-        self.recorder.record(self.model.version, batch, predictions)
+        self.recorder.record(model.version, batch, predictions)
         proba = None if predicted.probabilities is None else predicted.probabilities.tolist()
         return Answer(predictions, proba, predicted.refused)
 
@@ -173,14 +250,15 @@ class ModelService:
     ) -> Annotated[dict[str, Any], JSON]:
         """Predictions for JSON records, with the model version and backend that made them; with
         `probabilities`, a classifier's class probabilities too (one row per record, columns `classes`)."""
-        answer = self.answer(self.model.checker.from_records(records), probabilities)
+        model = self.model  # this request's, whatever a follow-mode swap does meanwhile
+        answer = self.answer(model.checker.from_records(records), probabilities, model=model)
         body: dict[str, Any] = {
-            "model": self.model.version,
-            "backend": self.model.backend,
+            "model": model.version,
+            "backend": model.backend,
             "predictions": answer.predictions,
         }
         if answer.probabilities is not None:
-            body |= {"classes": self.model.classes, "probabilities": answer.probabilities}
+            body |= {"classes": model.classes, "probabilities": answer.probabilities}
         return body
 
     # max_latency_ms bounds how long a request may wait to join a batch; BentoML answers 503 past it, so it
@@ -194,23 +272,24 @@ class ModelService:
         so is a record the model gives no finite answer for. The row limit applies to each request (its
         schema), not to the batch BentoML makes of several.
         """
-        version, backend = self.model.version, self.model.backend
+        model = self.model  # this request's, whatever a follow-mode swap does meanwhile
+        version, backend = model.version, model.backend
         answers: list[dict[str, Any]] = [{} for _ in records]
         good = list(range(len(records)))
         try:
-            batch = self.model.checker.from_records(records, max_rows=None)
+            batch = model.checker.from_records(records, max_rows=None)
         except RequestError:
             good = []
             for index, record in enumerate(records):
                 try:
-                    self.model.checker.from_records([record], lambda _: "record")
+                    model.checker.from_records([record], lambda _: "record")
                     good.append(index)
                 except RequestError as error:
                     answers[index] = {"error": str(error), "model": version}
             if not good:
                 return answers
-            batch = self.model.checker.from_records([records[i] for i in good], max_rows=None)
-        answer = self.answer(batch, where=None)
+            batch = model.checker.from_records([records[i] for i in good], max_rows=None)
+        answer = self.answer(batch, where=None, model=model)
         for position, (index, prediction) in enumerate(zip(good, answer.predictions, strict=True)):
             if position in answer.refused:
                 answers[index] = {"error": f"record: {answer.refused[position]}", "model": version}

@@ -5,6 +5,10 @@
 <root>/<workflow>/samples/   inputs and predictions recorded by the serving Pods
 <root>/<workflow>/retrain    the local runner's retrain request (`mlworkflow retrain`)
 <root>/<workflow>/predict    the local runner's predict request (`mlworkflow predict`, Forecast)
+<root>/<workflow>/online/    OnlineLearning: `latest` (the newest published snapshot's version),
+                             `progress.json` and `lock` (the learner's report and lock without a Lease),
+                             `quarantine/<batch>.parquet` and `.json` (refused mini-batches, with the reason)
+<root>/<workflow>/stream/    OnlineLearning: the applied examples, `<YYYY-MM-DD-HH>/part-<snapshot>.parquet`
 """
 
 from __future__ import annotations
@@ -37,6 +41,35 @@ class WorkflowStore:
     @property
     def predict_request(self) -> Path:
         return self.base / "predict"
+
+    @property
+    def online(self) -> Path:
+        return self.base / "online"
+
+    @property
+    def online_latest(self) -> Path:
+        """The newest complete snapshot's version, one line, replaced atomically: what serving follows."""
+        return self.online / "latest"
+
+    @property
+    def online_progress(self) -> Path:
+        return self.online / "progress.json"
+
+    @property
+    def online_lock(self) -> Path:
+        return self.online / "lock"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.online / "quarantine"
+
+    @property
+    def stream_archive(self) -> Path:
+        return self.base / "stream"
+
+    def stream_archive_files(self) -> list[Path]:
+        """The archived stream, oldest hour first (`stream/<YYYY-MM-DD-HH>/part-*.parquet`)."""
+        return sorted(self.stream_archive.glob("*/part-*.parquet"))
 
     def model_dir(self, version: str) -> Path:
         """Where a version lives in the workflow's BentoML model store (card, pipeline, trained rows)."""

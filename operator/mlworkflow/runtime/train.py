@@ -64,6 +64,7 @@ def train(
     allowed_prefixes: Sequence[str] = DEFAULT_ALLOWED_PREFIXES,
     champion: str | None = None,
     drift_report: str | None = None,
+    archive: bool = False,
 ) -> TrainedModel:
     """Train, evaluate and save one version; raises DataError or ModelError with a message for the user.
 
@@ -73,7 +74,7 @@ def train(
     assert spec.model is not None
     started = time.monotonic()
     task = spec.model.task
-    rows = holdout.prepare(spec, store, champion, spec.training.cross_validation)
+    rows = holdout.prepare(spec, store, champion, spec.training.cross_validation, archive)
     snapshot, schema, split = rows.snapshot, rows.schema, rows.judged
     x_train, y_train, x_holdout, y_holdout = rows.x_train, rows.y_train, rows.x_holdout, rows.y_holdout
     model = pipeline.build(spec.model, schema, allowed_prefixes)
@@ -159,8 +160,8 @@ def train(
         # AutoML: the search that chose this estimator (its whole leaderboard stays in the store).
         "search": _search(store, version),
     }
-    tag = _save(
-        store, version, trigger, model, exported if check.passed else None, card, x_train, rows.trained
+    tag = save_version(
+        store, version, str(trigger), model, exported if check.passed else None, card, x_train, rows.trained
     )
     return TrainedModel(
         version,
@@ -228,18 +229,19 @@ def _library_versions() -> dict[str, str]:
     }
 
 
-def _save(
+def save_version(
     store: WorkflowStore,
     version: str,
-    trigger: Trigger,
+    trigger: str,
     model: Any,
     onnx_model: bytes | None,
     card: dict[str, Any],
     x_train: pd.DataFrame,
-    trained_rows: holdout.Hashes,
+    trained_rows: holdout.Hashes | None,
 ) -> str:
     """The version in the BentoML model store under the artifact store, with its card, its reference sample
-    and the hashes of the rows it was trained on."""
+    (of `x_train`) and the hashes of the rows it was trained on (when known); returns its tag. The training
+    runtime and the online learner's snapshots (`mlworkflow.runtime.learn`) save versions this way."""
     os.environ["BENTOML_HOME"] = str(store.bentoml_home)
     import bentoml
 
@@ -247,7 +249,7 @@ def _save(
     # A retried Pod may find its own half-saved version: the retry wins.
     with contextlib.suppress(bentoml.exceptions.NotFound):
         bentoml.models.delete(tag)
-    labels = {"workflow": store.workflow, "version": version, "trigger": str(trigger)}
+    labels = {"workflow": store.workflow, "version": version, "trigger": trigger}
     metadata = {"metrics": card["metrics"], "backend": card["backend"], "dataSha256": card["data"]["sha256"]}
     with bentoml.models.create(tag, labels=labels, metadata=metadata, module="mlworkflow") as saved:
         path = Path(saved.path)
@@ -258,7 +260,8 @@ def _save(
         (path / "card.md").write_text(model_card_markdown(card))
         reference = x_train.sample(min(REFERENCE_ROWS, len(x_train)), random_state=holdout.SEED)
         reference.to_parquet(path / "reference.parquet", index=False)
-        holdout.save_rows(path, trained_rows)
+        if trained_rows is not None:
+            holdout.save_rows(path, trained_rows)
     return tag
 
 
@@ -369,6 +372,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trigger", default=Trigger.INITIAL.value, choices=[t.value for t in Trigger])
     parser.add_argument("--champion", help="the served version, scored on the same holdout for comparison")
     parser.add_argument("--drift-report", help="the drift check that triggered this training (lineage)")
+    parser.add_argument(
+        "--stream-archive",
+        action="store_true",
+        help="OnlineLearning: also train on the archived stream (<store>/<workflow>/stream/)",
+    )
     parser.add_argument("--termination-log", default=os.environ.get("MLW_TERMINATION_LOG", TERMINATION_LOG))
     args = parser.parse_args(argv)
     prefixes = tuple(p for p in os.environ.get("MLW_ALLOWED_ESTIMATOR_PREFIXES", "").split(",") if p)
@@ -382,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
             prefixes or DEFAULT_ALLOWED_PREFIXES,
             args.champion,
             args.drift_report,
+            args.stream_archive,
         )
     except (data.DataError, pipeline.ModelError) as error:
         reason = "DataInvalid" if isinstance(error, data.DataError) else "ModelInvalid"

@@ -15,7 +15,7 @@ from typing import Protocol
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Pattern
 from mlworkflow.desired.children import Children, RuntimeContext, Workflow
 from mlworkflow.desired.lifecycle import Deployment, Event, Observed, Plan
-from mlworkflow.desired.patterns import automl, forecast, webservice
+from mlworkflow.desired.patterns import automl, forecast, online, webservice
 
 
 class PatternModule(Protocol):
@@ -36,4 +36,5 @@ PATTERNS: dict[Pattern, PatternModule] = {
     Pattern.WEB_SERVICE: webservice,
     Pattern.FORECAST: forecast,
     Pattern.AUTOML: automl,
+    Pattern.ONLINE_LEARNING: online,
 }

@@ -66,23 +66,34 @@ def deploy(
 
 
 def children_for(workflow: Workflow, plan: Plan, context: RuntimeContext) -> Children:
-    """The Service, the Deployment of `plan.deploy`, and its HorizontalPodAutoscaler (deleted when
-    autoscaling is off); nothing before a version exists."""
+    """The serving children of `plan.deploy`; nothing before a version exists."""
     if plan.deploy is None:
         return Children()
+    return serving_children(workflow, plan.deploy, context)
+
+
+def serving_children(
+    workflow: Workflow, version: str, context: RuntimeContext, env: dict[str, str] | None = None
+) -> Children:
+    """The Service, the Deployment serving `version` (with `env` added to its container's), and its
+    HorizontalPodAutoscaler (deleted when autoscaling is off). WebService, AutoML and OnlineLearning serve
+    alike."""
     autoscaler = serving_autoscaler(workflow)
     return Children(
         apply=[
             serving_service(workflow),
-            serving_deployment(workflow, plan.deploy, context),
+            serving_deployment(workflow, version, context, env),
             *([autoscaler] if autoscaler else []),
         ],
         delete=[] if autoscaler else [("HorizontalPodAutoscaler", children.serving_name(workflow))],
     )
 
 
-def serving_deployment(workflow: Workflow, version: str, context: RuntimeContext) -> Manifest:
-    """The BentoML Deployment serving `version`; a new version rolls out readiness-gated, none unavailable."""
+def serving_deployment(
+    workflow: Workflow, version: str, context: RuntimeContext, env: dict[str, str] | None = None
+) -> Manifest:
+    """The BentoML Deployment serving `version`; a new version rolls out readiness-gated, none unavailable.
+    `env`: more environment for its container (OnlineLearning's follow mode)."""
     spec = workflow.spec
     serving = spec.serving or v1alpha1.ServingSpec()
     pod_labels = {**children.labels(workflow, children.SERVING), children.VERSION_LABEL: version}
@@ -112,6 +123,7 @@ def serving_deployment(workflow: Workflow, version: str, context: RuntimeContext
                             },
                             {"name": "BENTOML_DO_NOT_TRACK", "value": "true"},
                             {"name": "MLW_ACCESS_LOG", "value": str(context.serving_access_log).lower()},
+                            *({"name": k, "value": v} for k, v in (env or {}).items()),
                         ],
                         "ports": [{"name": "http", "containerPort": children.HTTP_PORT}],
                         "readinessProbe": {
