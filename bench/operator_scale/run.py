@@ -366,6 +366,7 @@ def report(n: int, floor: Ramp, run: OperatorRun) -> list[str]:
                 f"  {verb:8} {resource:40} {count:+6d}  "
                 f"(with {run.steady[(verb, resource)]}, without {run.baseline[(verb, resource)]})"
             )
+    print("\n".join(rows), flush=True)  # the table comes again at the end, after the namespaces are gone
     return rows
 
 
