@@ -23,6 +23,9 @@ from mlworkflow.desired.children import (
     SEARCH,
     SERVING,
     SPEC_HASH_ANNOTATION,
+    TRACKING,
+    TRACKING_ATTEMPT_ANNOTATION,
+    TRACKING_DIGEST_ANNOTATION,
     TRAINING,
     TRIGGER_ANNOTATION,
     VERSION_LABEL,
@@ -36,6 +39,7 @@ from mlworkflow.desired.lifecycle import (
     RunState,
     SearchRun,
     ServingState,
+    TrackingSync,
     TrainingRun,
     batch_result,
     search_result,
@@ -276,6 +280,25 @@ class Kube:
             finished_at=finished_at,
             retrain_request=annotations.get(RETRAIN_REQUEST_ANNOTATION),
         )
+
+    def tracking_syncs(self, namespace: str, workflow: str) -> list[TrackingSync]:
+        """The MLflow sync Jobs, each with its summary once it ended."""
+        syncs = []
+        for job in self._jobs(namespace, workflow, TRACKING):
+            run = self._run(namespace, job)
+            annotations = job["metadata"].get("annotations") or {}
+            syncs.append(
+                TrackingSync(
+                    job["metadata"]["name"],
+                    annotations.get(TRACKING_DIGEST_ANNOTATION, ""),
+                    int(annotations.get(TRACKING_ATTEMPT_ANNOTATION) or 1),
+                    run.state,
+                    run.result,
+                    run.message,
+                    run.finished_at,
+                )
+            )
+        return syncs
 
     def batch_runs(self, namespace: str, workflow: str) -> list[BatchRun]:
         """The batch prediction Jobs (Forecast), each with its indexes' summaries added up."""
