@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv checkov mlflow-server demo test unit lint crds cluster control-plane kafka kafka-broker image bench-serving bench-drift bench-batch bench-automl bench-online clean
+.PHONY: venv checkov mlflow-server demo test unit lint crds cluster control-plane kafka kafka-broker image bench-serving bench-drift bench-batch bench-automl bench-online bench-operator-scale clean
 
 venv: $(STAMP)
 
@@ -101,6 +101,11 @@ bench-automl: venv
 	test -d $(BENCH_DEPS)/flaml || $(BIN)/pip install --quiet --no-deps --target $(BENCH_DEPS) \
 		flaml==2.8.0 lightgbm==4.7.0 xgboost-cpu==2.1.4
 	PYTHONPATH=operator $(BIN)/python bench/automl/run.py --flaml-path $(BENCH_DEPS)
+
+## Operator scale benchmark: N WebService workflows on the test control plane (kwok nodes) against the floor.
+## BENCH_ARGS="--full" runs 100, 500 and 1,000 workflows; the default 100.
+bench-operator-scale: venv control-plane
+	PYTHONPATH=operator:hack $(BIN)/python bench/operator_scale/run.py $(BENCH_ARGS)
 
 ## Online learning benchmark: our learner from Kafka against a bare partial_fit loop; freshness of snapshots.
 bench-online: venv kafka
