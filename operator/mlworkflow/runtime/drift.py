@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from mlworkflow.api import exitcodes
+from mlworkflow.runtime import tracking
 from mlworkflow.runtime.data import FeatureSchema
 from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.termination import TERMINATION_LOG, report
@@ -326,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     except DriftError as error:
         report({"status": "error", "reason": error.reason, "message": str(error)}, args.termination_log)
         return exitcodes.INVALID_INPUT
+    mlflow = tracking.Settings.from_env()
+    if mlflow is not None and summary.get("status") == "ok":
+        logged = tracking.log_drift_check(mlflow, store, args.version, summary)
+        summary["tracking"] = {k: v for k, v in logged.items() if k in ("tracked", "reason")}
     # Only the summary goes into the termination message (4 KiB at most); the full result is in the store.
     report(summary, args.termination_log)
     return 0
