@@ -148,7 +148,7 @@ def test_the_learner_learns_from_kafka_and_serving_follows_its_snapshots(
     # v1 trains (the warm-up); the learner starts from it and holds its Lease; v1.0 serves.
     learning = wait_for(
         lambda: (w := get(api, ns, NAME)).get("status", {}).get("phase") == "Learning" and w,
-        90,
+        150,  # ~35-70 s on two busy cores: the training Job, then BentoML and the learner starting together
         "phase Learning",
     )
     assert learning["status"]["history"][0]["version"] == "v1"
