@@ -38,17 +38,7 @@ def plan(
 ) -> Plan:
     """The next state of a workflow; `tracking`: its MLflow settings (`tracking.settings`), if it is
     tracked."""
-    pattern = PATTERNS.get(spec.pattern)
-    if pattern is None:
-        outcome = Outcome(
-            Progress.STALLED,
-            "PatternNotSupported",
-            f"this operator version does not run the {spec.pattern} pattern yet; "
-            f"it runs {', '.join(PATTERNS)}",
-            phase="Unsupported",
-        )
-        return Plan(apply_outcome(observed.status, outcome, observed.generation, now))
-
+    pattern = PATTERNS[spec.pattern]
     observed = with_searches(observed)
     status = observed.status.model_copy(deep=True)
     events: list[Event] = []
