@@ -35,7 +35,7 @@ from sklearn.model_selection import (
 from mlworkflow.api import exitcodes
 from mlworkflow.api.estimators import DEFAULT_ALLOWED_PREFIXES
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Trigger
-from mlworkflow.runtime import data, holdout, onnx_export, pipeline
+from mlworkflow.runtime import data, holdout, onnx_export, performance, pipeline
 from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.termination import TERMINATION_LOG, report
 
@@ -160,8 +160,17 @@ def train(
         # AutoML: the search that chose this estimator (its whole leaderboard stays in the store).
         "search": _search(store, version),
     }
+    held_out = x_holdout.assign(**{schema.target: y_holdout})
     tag = _save(
-        store, version, trigger, model, exported if check.passed else None, card, x_train, rows.trained
+        store,
+        version,
+        trigger,
+        model,
+        exported if check.passed else None,
+        card,
+        x_train,
+        rows.trained,
+        held_out,
     )
     return TrainedModel(
         version,
@@ -238,8 +247,10 @@ def _save(
     card: dict[str, Any],
     x_train: pd.DataFrame,
     trained_rows: holdout.Hashes,
+    held_out: pd.DataFrame,
 ) -> str:
-    """The version in the BentoML model store under the artifact store, with its card, its reference sample
+    """The version in the BentoML model store under the artifact store, with its card, its reference sample,
+    a sample of its held-out rows (features and target: the monitor calibrates its probabilities on them)
     and the hashes of the rows it was trained on."""
     os.environ["BENTOML_HOME"] = str(store.bentoml_home)
     import bentoml
@@ -259,6 +270,8 @@ def _save(
         (path / "card.md").write_text(model_card_markdown(card))
         reference = x_train.sample(min(REFERENCE_ROWS, len(x_train)), random_state=holdout.SEED)
         reference.to_parquet(path / "reference.parquet", index=False)
+        sample = held_out.sample(min(performance.HOLDOUT_ROWS, len(held_out)), random_state=holdout.SEED)
+        sample.to_parquet(path / performance.HOLDOUT_FILE, index=False)
         holdout.save_rows(path, trained_rows)
     return tag
 
