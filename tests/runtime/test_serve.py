@@ -281,7 +281,7 @@ def test_every_prediction_has_an_id_answered_and_recorded(
     [
         ("/predict", {"records": [ROW, ROW], "ids": ["a"]}, "`ids` must hold one id per row: 2 rows, 1 ids"),
         ("/predict", {"records": [ROW], "ids": [""]}, "ids[0] must be a string of 1 to 128"),
-        ("/feedback", {"labels": [{"id": "a", "label": "maybe"}]}, 'labels[0].label must be a class'),
+        ("/feedback", {"labels": [{"id": "a", "label": "maybe"}]}, "labels[0].label must be a class"),
         ("/feedback", {"labels": [{"id": "a", "label": "no"}, {"label": "no"}]}, "labels[1].id must be"),
         ("/feedback", {"labels": [{"id": "a"}]}, "labels[0].label is missing"),
         ("/feedback", {"labels": [{"id": "a", "label": None}]}, "labels[0].label must be a class"),

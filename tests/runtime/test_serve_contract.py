@@ -65,7 +65,11 @@ def test_a_body_that_is_not_json_is_415(
         ("/predict_batch", {"records": [ROW] * (MAX_ROWS + 1)}, f"at most {MAX_ROWS} items"),
         (INFER, {"inputs": columns([ROW] * (MAX_ROWS + 1))}, f"at most {MAX_ROWS} rows per request"),
         ("/predict", b"{not json", "Invalid JSON"),
-        ("/feedback", {"labels": [{"id": "a", "label": "high"}] * (MAX_ROWS + 1)}, f"at most {MAX_ROWS} items"),
+        (
+            "/feedback",
+            {"labels": [{"id": "a", "label": "high"}] * (MAX_ROWS + 1)},
+            f"at most {MAX_ROWS} items",
+        ),
     ],
 )
 def test_an_error_is_one_object_naming_the_problem(
