@@ -14,6 +14,7 @@ from kubernetes import client, config
 
 from kafkalocal.broker import KafkaBroker, fetch_jars
 from kubelocal.controlplane import ControlPlane, build_binaries
+from mlflow_server import MLflowServer, mlflow_server
 from support import CHART, OPERATOR_NAMESPACE, operator_in, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,6 +59,19 @@ def kafka(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         assert probe.connect_ex(("127.0.0.1", broker.port)) != 0, "the Kafka port is still open"
     request.config.stash.setdefault(REPORT, []).append(
         f"kafka broker: started in {broker.start_seconds:.1f}s; peak memory {peak or 0:.0f} MiB"
+    )
+
+
+@pytest.fixture(scope="session")
+def tracking_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MLflowServer]:
+    """A real MLflow tracking server for the session (tests/mlflow_server.py), started only if a test needs
+    it."""
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as server:
+        yield server
+    request.config.stash.setdefault(REPORT, []).append(
+        f"mlflow server: started in {server.start_seconds:.1f}s"
     )
 
 

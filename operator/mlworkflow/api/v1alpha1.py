@@ -671,6 +671,50 @@ class RuntimeSpec(ApiModel):
     )
 
 
+class MLflowTracking(ApiModel):
+    """Where the runs and versions of this workflow are logged (see docs/tracking.md)."""
+
+    tracking_uri: str | None = Field(
+        None,
+        description="The MLflow tracking server, `http://` or `https://`; default: the operator's "
+        "(Helm value `tracking.mlflow.trackingUri`). The runtime Pods must reach it.",
+        max_length=2048,
+        json_schema_extra=cel(
+            rule(
+                "self.startsWith('http://') || self.startsWith('https://')",
+                "spec.tracking.mlflow.trackingUri must be an http:// or https:// URL",
+            )
+        ),
+    )
+    experiment: str | None = Field(
+        None,
+        description="The MLflow experiment of the runs; default `<namespace>/<name>`.",
+        min_length=1,
+        max_length=500,
+    )
+    registered_model: str | None = Field(
+        None,
+        description="The registered model whose versions are this workflow's; default `<namespace>.<name>`. "
+        "The served version carries the alias `champion`.",
+        min_length=1,
+        max_length=256,
+    )
+    secret_ref: SecretReference | None = Field(
+        None,
+        description="Credentials: the keys MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and "
+        "MLFLOW_TRACKING_PASSWORD, of this Secret become those environment variables of the runtime Pods "
+        "(each optional).",
+    )
+
+
+class TrackingSpec(ApiModel):
+    mlflow: MLflowTracking | None = Field(
+        None,
+        description="Log every run (training, search trial, batch run, drift check) to MLflow and register "
+        "every trained version in its Model Registry. `{}` takes the operator's tracking server.",
+    )
+
+
 PATTERN_SECTIONS = {"batch": Pattern.FORECAST, "online": Pattern.ONLINE_LEARNING, "automl": Pattern.AUTOML}
 
 
@@ -757,6 +801,9 @@ class MLWorkflowSpec(ApiModel):
         description="The artifact store: models, reference data, reports, predictions."
     )
     runtime: RuntimeSpec = section(RuntimeSpec, "How the runtime Pods run.")
+    tracking: TrackingSpec | None = Field(
+        None, description="Experiment tracking and model registry outside the cluster (MLflow)."
+    )
 
 
 # --- status ---------------------------------------------------------------------------------------------
@@ -986,6 +1033,21 @@ class SearchStatus(ApiModel):
     message: str = Field("", max_length=4096, description="Why it failed, for a human.")
 
 
+class TrackingStatus(ApiModel):
+    """How MLflow stands against the history: whether its registry shows the decisions made here."""
+
+    state: Literal["Syncing", "Synced", "NotTracked"] = Field(
+        description="Synced: every decided version is registered, tagged with its outcome, and `champion` "
+        "names the served one; NotTracked: the tracking server could not be reached (retried)."
+    )
+    registered_model: str | None = Field(None, description="The registered model's name.")
+    synced: str | None = Field(
+        None, max_length=64, description="Digest of the decisions MLflow last showed completely."
+    )
+    synced_at: datetime | None = Field(None, description="When they were last synced.")
+    message: str = Field("", max_length=4096, description="What was synced, or why not, for a human.")
+
+
 class QuarantineRecord(ApiModel):
     batch: str = Field(
         description="The batch id; its rows and reason are under <workflow>/online/quarantine/."
@@ -1041,6 +1103,7 @@ class MLWorkflowStatus(ApiModel):
     batch: BatchStatus | None = Field(None, description="Forecast: the batch prediction runs.")
     search: SearchStatus | None = Field(None, description="AutoML: the latest model search.")
     online: OnlineStatus | None = Field(None, description="OnlineLearning: the learner's progress.")
+    tracking: TrackingStatus | None = Field(None, description="MLflow tracking (spec.tracking.mlflow).")
     history: list[ModelRecord] = Field(
         default_factory=list,
         description="The latest trained versions, newest first (at most 20).",

@@ -128,6 +128,30 @@ def search_result(summaries: list[dict[str, Any]], succeeded: bool) -> tuple[dic
 
 
 @dataclass(frozen=True)
+class TrackingSync:
+    """An MLflow sync Job (`mlworkflow.desired.tracking`) as observed: the digest it syncs, its attempt, how
+    it stands and its summary."""
+
+    name: str
+    digest: str
+    attempt: int
+    state: RunState
+    result: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
+    finished_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class SyncRequest:
+    """A sync to start: its Job is `<workflow>-track-<digest[:10]>-<attempt>`; `decisions` is what it
+    carries (the environment variable MLW_TRACKING_DECISIONS)."""
+
+    digest: str
+    attempt: int
+    decisions: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class LearnerState:
     """The learner's Lease (OnlineLearning) as observed: who holds it, until when (renewTime plus
     leaseDurationSeconds), and its progress annotation as written (the pattern parses it)."""
@@ -150,6 +174,7 @@ class Observed:
     batch_runs: list[BatchRun] = field(default_factory=list)
     predict_request: str | None = None  # the value of the workflow's predict annotation
     searches: list[SearchRun] = field(default_factory=list)
+    syncs: list[TrackingSync] = field(default_factory=list)  # MLflow syncs (`mlworkflow.desired.tracking`)
     learner: LearnerState | None = None  # OnlineLearning: its Lease (None: there is none yet)
 
 
@@ -213,6 +238,7 @@ class Plan:
     batch_run: BatchRunRequest | None = None
     events: list[Event] = field(default_factory=list)
     refit: TrainRequest | None = None  # AutoML: train a search's winner as its version
+    sync: SyncRequest | None = None  # MLflow: the decisions to sync (`mlworkflow.desired.tracking`)
 
 
 def lineage(version: str) -> str:
@@ -383,6 +409,16 @@ def record_finished_runs(
                 events.append(Event("Normal", "Promoted", f"{run.version} promoted: {decision.message}"))
             if run.trigger != Trigger.INITIAL:
                 status.retrains += 1
+            tracked = run.result.get("tracking") or {}
+            if tracked.get("tracked") is False:
+                events.append(
+                    Event(
+                        "Warning",
+                        "NotTracked",
+                        f"{run.version} was not logged to MLflow: {tracked.get('reason')}; the next sync "
+                        "logs it",
+                    )
+                )
         else:
             message = run.result.get("message") or run.message or "the training Job failed"
             reason = run.result.get("reason") or "JobFailed"

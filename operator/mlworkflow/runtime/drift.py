@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from mlworkflow.api import exitcodes
-from mlworkflow.runtime import performance
+from mlworkflow.runtime import performance, tracking
 from mlworkflow.runtime.data import FeatureSchema
 from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.termination import TERMINATION_LOG, report
@@ -335,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
             {"status": "error", "reason": error.reason, "message": str(error)},
             exitcodes.INVALID_INPUT,
         )
+    mlflow = tracking.Settings.from_env()
+    if mlflow is not None and summary.get("status") == "ok":
+        logged = tracking.log_drift_check(mlflow, store, args.version, summary)
+        summary["tracking"] = {k: v for k, v in logged.items() if k in ("tracked", "reason")}
     if args.metric:
         try:
             summary["performance"] = performance.check(

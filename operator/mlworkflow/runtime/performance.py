@@ -282,9 +282,12 @@ def _truth(frame: pd.DataFrame, task: str, classes: list[Any]) -> tuple[pd.Serie
 def _estimator(
     model: Any, model_dir: Path, schema: FeatureSchema, task: str, card: dict[str, Any]
 ) -> Any | None:
-    """The version's model calibrated on its holdout sample, when it is a classifier with probabilities and
-    its holdout sample was saved; else None (no estimate)."""
+    """The version's model calibrated on its holdout sample (an OnlineLearning snapshot `v1.12`: on its
+    start version's, the learner's canary holdout), when it is a classifier with probabilities and the
+    sample was saved; else None (no estimate)."""
     path = model_dir / HOLDOUT_FILE
+    start = model_dir.parent / model_dir.name.partition(".")[0]
+    path = path if path.exists() else start / HOLDOUT_FILE
     if task != "classification" or not card.get("probabilities") or not path.exists():
         return None
     holdout = pd.read_parquet(path)
