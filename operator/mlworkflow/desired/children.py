@@ -13,7 +13,7 @@ from mlworkflow.api import exitcodes, v1alpha1
 from mlworkflow.api.estimators import DEFAULT_ALLOWED_PREFIXES
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec
 from mlworkflow.desired import tracking
-from mlworkflow.desired.lifecycle import Event, SyncRequest, TrainRequest
+from mlworkflow.desired.lifecycle import Event, SyncRequest, TrainRequest, promotion_metric
 
 Manifest = dict[str, Any]
 
@@ -346,8 +346,25 @@ def monitoring_cronjob_name(workflow: Workflow) -> str:
     return f"{workflow.name}-drift"
 
 
+def monitoring_args(name: str, spec: MLWorkflowSpec, version: str, store: str) -> list[str]:
+    """The monitoring runtime's arguments (`mlworkflow.runtime.drift`), on a cluster and locally alike: the
+    drift check, and the performance check of the promotion metric."""
+    monitoring = spec.monitoring
+    return [
+        f"--store={store}",
+        f"--workflow={name}",
+        f"--version={version}",
+        f"--threshold={monitoring.drift_threshold}",
+        f"--min-samples={monitoring.min_samples}",
+        "--html",
+        f"--metric={promotion_metric(spec)}",
+        f"--min-labelled-rows={monitoring.performance.min_labelled_rows}",
+    ]
+
+
 def monitoring_cronjob(workflow: Workflow, version: str, context: RuntimeContext) -> Manifest:
-    """The CronJob that checks the served inputs of `version` for drift against its training reference."""
+    """The CronJob that checks the served inputs of `version` for drift against its training reference, and
+    its labelled predictions' performance against its holdout."""
     spec = workflow.spec
     monitoring = spec.monitoring
     job_labels = labels(workflow, MONITORING)
@@ -374,14 +391,7 @@ def monitoring_cronjob(workflow: Workflow, version: str, context: RuntimeContext
                             context,
                             "drift",
                             "mlworkflow.runtime.drift",
-                            [
-                                f"--store={STORE_MOUNT}",
-                                f"--workflow={workflow.name}",
-                                f"--version={version}",
-                                f"--threshold={monitoring.drift_threshold}",
-                                f"--min-samples={monitoring.min_samples}",
-                                "--html",
-                            ],
+                            monitoring_args(workflow.name, spec, version, STORE_MOUNT),
                         ),
                     },
                 },

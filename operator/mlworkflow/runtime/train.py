@@ -35,7 +35,7 @@ from sklearn.model_selection import (
 from mlworkflow.api import exitcodes
 from mlworkflow.api.estimators import DEFAULT_ALLOWED_PREFIXES
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Trigger
-from mlworkflow.runtime import data, holdout, onnx_export, pipeline, tracking
+from mlworkflow.runtime import data, holdout, onnx_export, performance, pipeline, tracking
 from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.termination import TERMINATION_LOG, report
 
@@ -175,6 +175,7 @@ def train(
         x_train,
         rows.trained,
         mlflow,
+        x_holdout.assign(**{schema.target: y_holdout}),
     )
     return TrainedModel(
         version,
@@ -253,11 +254,13 @@ def save_version(
     x_train: pd.DataFrame,
     trained_rows: holdout.Hashes | None,
     mlflow: tracking.Settings | None = None,
+    held_out: pd.DataFrame | None = None,
 ) -> str:
     """The version in the BentoML model store under the artifact store, with its card, its reference sample
-    (of `x_train`) and the hashes of the rows it was trained on (when known); returns its tag. The training
-    runtime and the online learner's snapshots (`mlworkflow.runtime.learn`) save versions this way. Logged to
-    MLflow too with `mlflow` settings (the card's `tracking` says where, or why not)."""
+    (of `x_train`), a sample of its held-out rows when given (features and target: the monitor calibrates
+    its probabilities on them) and the hashes of the rows it was trained on (when known); returns its tag.
+    The training runtime and the online learner's snapshots (`mlworkflow.runtime.learn`) save versions this
+    way. Logged to MLflow too with `mlflow` settings (the card's `tracking` says where, or why not)."""
     os.environ["BENTOML_HOME"] = str(store.bentoml_home)
     import bentoml
 
@@ -276,6 +279,9 @@ def save_version(
         (path / "card.md").write_text(model_card_markdown(card))
         reference = x_train.sample(min(REFERENCE_ROWS, len(x_train)), random_state=holdout.SEED)
         reference.to_parquet(path / "reference.parquet", index=False)
+        if held_out is not None:
+            sample = held_out.sample(min(performance.HOLDOUT_ROWS, len(held_out)), random_state=holdout.SEED)
+            sample.to_parquet(path / performance.HOLDOUT_FILE, index=False)
         if trained_rows is not None:
             holdout.save_rows(path, trained_rows)
         if mlflow is not None:
