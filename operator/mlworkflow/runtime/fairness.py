@@ -114,8 +114,9 @@ def assess(
     "selectionRate", <task metrics>}], "demographicParityDifference", "equalizedOddsDifference"}},
     "largest": {"feature", "value"} (the largest `gap` difference, or None)}. Metrics of a group where
     they are undefined (R² of one row) are None."""
-    y = np.asarray(truth, dtype=object if task == "classification" else np.float64)
-    y_hat = np.asarray(predicted, dtype=object if task == "classification" else np.float64)
+    # Arrays of the values' own type: scikit-learn calls an object array of integer classes "unknown".
+    y = np.array(list(truth)) if task == "classification" else np.asarray(truth, dtype=np.float64)
+    y_hat = np.array(list(predicted)) if task == "classification" else np.asarray(predicted, dtype=np.float64)
     binary = task == "classification" and classes is not None and len(classes) == 2
     metrics: dict[str, Any] = {"count": count, **_task_metrics(task)}
     if binary:
