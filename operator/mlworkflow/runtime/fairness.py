@@ -83,7 +83,9 @@ def _number(value: Any) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def _differences(truth: np.ndarray, predicted: np.ndarray, sensitive: pd.Series, classes: list[Any]) -> dict:
+def _differences(
+    truth: np.ndarray, predicted: np.ndarray, sensitive: pd.Series, classes: list[Any]
+) -> dict[str, float | None]:
     """Demographic parity and equalized odds differences, the largest over the positive classes."""
     positives = classes[1:] if len(classes) == 2 else classes
     found: dict[str, list[float]] = {"demographicParityDifference": [], "equalizedOddsDifference": []}

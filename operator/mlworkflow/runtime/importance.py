@@ -57,15 +57,15 @@ def permutation(model: Any, x: pd.DataFrame, y: pd.Series, metric: str) -> dict[
         )
     except ValueError:
         return None
-    ranked = sorted(
-        (
-            {"feature": str(column), "mean": float(mean), "std": float(std)}
-            for column, mean, std in zip(
-                x.columns, result.importances_mean, result.importances_std, strict=True
-            )
-        ),
-        key=lambda item: -item["mean"],
-    )
+    order = np.argsort(-result.importances_mean, kind="stable")
+    ranked = [
+        {
+            "feature": str(x.columns[i]),
+            "mean": float(result.importances_mean[i]),
+            "std": float(result.importances_std[i]),
+        }
+        for i in order
+    ]
     return {
         "metric": metric,
         "rows": len(rows),
