@@ -852,6 +852,12 @@ class MLWorkflowSpec(ApiModel):
 # --- status ---------------------------------------------------------------------------------------------
 
 
+def promotion_metric(spec: MLWorkflowSpec) -> str:
+    """The metric that judges versions: spec.promotion.metric, or f1_macro (classification) / r2."""
+    task = spec.model.task if spec.model else "classification"
+    return spec.promotion.metric or ("r2" if task == "regression" else "f1_macro")
+
+
 class ConditionStatus(StrEnum):
     TRUE = "True"
     FALSE = "False"

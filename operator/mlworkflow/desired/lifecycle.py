@@ -23,6 +23,7 @@ from mlworkflow.api.v1alpha1 import (
     ModelStatus,
     PerformanceStatus,
     Trigger,
+    promotion_metric,
 )
 from mlworkflow.desired import cron
 
@@ -453,11 +454,6 @@ def _record(
             "holdout": judged if isinstance(judged, dict) else None,
         }
     )
-
-
-def promotion_metric(spec: MLWorkflowSpec) -> str:
-    task = spec.model.task if spec.model else "classification"
-    return spec.promotion.metric or ("r2" if task == "regression" else "f1_macro")
 
 
 def decide(spec: MLWorkflowSpec, run: TrainingRun, metrics: dict[str, float]) -> Decision:

@@ -34,7 +34,7 @@ from sklearn.model_selection import (
 
 from mlworkflow.api import exitcodes
 from mlworkflow.api.estimators import DEFAULT_ALLOWED_PREFIXES
-from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Trigger
+from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Trigger, promotion_metric
 from mlworkflow.runtime import (
     data,
     fairness,
@@ -163,7 +163,7 @@ def train(
         "crossValidation": cv,
         "metrics": metrics,
         # What the model relies on, and how it treats groups (spec.monitoring.fairness), on the holdout.
-        "importance": importance.permutation(model, x_holdout, y_holdout, _promotion_metric(spec))
+        "importance": importance.permutation(model, x_holdout, y_holdout, promotion_metric(spec))
         if scorable
         else None,
         "fairness": fair,
@@ -207,11 +207,6 @@ def train(
         card.get("tracking"),
         {"gap": fair["gap"], **fair["largest"]} if fair and fair["largest"] else None,
     )
-
-
-def _promotion_metric(spec: MLWorkflowSpec) -> str:
-    task = spec.model.task if spec.model else "classification"
-    return spec.promotion.metric or ("r2" if task == "regression" else "f1_macro")
 
 
 def _fairness(spec: MLWorkflowSpec, rows: holdout.Rows, model: Any) -> dict[str, Any] | None:
