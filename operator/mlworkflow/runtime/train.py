@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -236,12 +237,17 @@ def save_version(
     model: Any,
     onnx_model: bytes | None,
     card: dict[str, Any],
-    x_train: pd.DataFrame,
-    trained_rows: holdout.Hashes | None,
+    x_train: pd.DataFrame | Path,
+    trained_rows: holdout.Hashes | Path | None,
+    markdown: str | None = None,
 ) -> str:
-    """The version in the BentoML model store under the artifact store, with its card, its reference sample
-    (of `x_train`) and the hashes of the rows it was trained on (when known); returns its tag. The training
-    runtime and the online learner's snapshots (`mlworkflow.runtime.learn`) save versions this way."""
+    """The version in the BentoML model store under the artifact store, with its card (`markdown`: the card
+    for humans, by default `model_card_markdown(card)`), its reference sample (of `x_train`) and the hashes
+    of the rows it was trained on (when known); returns its tag. A Path for `x_train` or `trained_rows` is
+    another version's `reference.parquet` or `trained-rows.npy`, copied as it is (an online snapshot keeps
+    its start version's: a new sample and a new sort would cost a snapshot ~50 ms for the same content).
+    The training runtime and the online learner's snapshots (`mlworkflow.runtime.learn`) save versions this
+    way."""
     os.environ["BENTOML_HOME"] = str(store.bentoml_home)
     import bentoml
 
@@ -257,10 +263,15 @@ def save_version(
         if onnx_model is not None:
             (path / "model.onnx").write_bytes(onnx_model)
         (path / "card.json").write_text(json.dumps(card, indent=2, default=str))
-        (path / "card.md").write_text(model_card_markdown(card))
-        reference = x_train.sample(min(REFERENCE_ROWS, len(x_train)), random_state=holdout.SEED)
-        reference.to_parquet(path / "reference.parquet", index=False)
-        if trained_rows is not None:
+        (path / "card.md").write_text(markdown if markdown is not None else model_card_markdown(card))
+        if isinstance(x_train, Path):
+            shutil.copyfile(x_train, path / "reference.parquet")
+        else:
+            reference = x_train.sample(min(REFERENCE_ROWS, len(x_train)), random_state=holdout.SEED)
+            reference.to_parquet(path / "reference.parquet", index=False)
+        if isinstance(trained_rows, Path):
+            shutil.copyfile(trained_rows, path / holdout.ROWS_FILE)
+        elif trained_rows is not None:
             holdout.save_rows(path, trained_rows)
     return tag
 
