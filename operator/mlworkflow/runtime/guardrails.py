@@ -262,9 +262,10 @@ class Canary:
                 if len(classes) == 2:
                     result["roc_auc"] = float(roc_auc_score(self.y, probabilities[:, 1]))
                 else:
-                    result["roc_auc"] = float(
-                        roc_auc_score(self.y, probabilities, multi_class="ovr", average="macro", labels=classes)
+                    auc = roc_auc_score(
+                        self.y, probabilities, multi_class="ovr", average="macro", labels=classes
                     )
+                    result["roc_auc"] = float(auc)
             except ValueError:
                 pass  # a canary missing a class has no AUC; the other metrics stand
         return result
