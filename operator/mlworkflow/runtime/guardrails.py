@@ -98,9 +98,8 @@ class Guard:
                 f"column {missing[0]!r} is in none of the {total} rows"
                 + (f" ({len(missing)} columns missing)" if len(missing) > 1 else ""),
             )
-        valid, dropped = self._valid_rows(records)
+        valid, dropped, frame = self._valid_rows(records)
         dropped[INVALID] += not_objects
-        frame = self._frame(valid)
         y: np.ndarray
         if self.task == "classification":
             labels = [self._class_of.get(category(r[self.schema.target])) for r in valid]
@@ -133,8 +132,11 @@ class Guard:
             return self._refused(total, "ClassShift", shift, dropped)
         return Checked(frame, y, total, dropped)
 
-    def _valid_rows(self, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
-        """The records whose features pass the serving checker, hold no null and are within range."""
+    def _valid_rows(
+        self, records: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], dict[str, int], pd.DataFrame]:
+        """The records whose features pass the serving checker, hold no null and are within range, and
+        their features typed as the model's pipeline takes them (numbers float64, categories spelled)."""
         dropped = {INVALID: 0, OUT_OF_RANGE: 0, UNKNOWN_CLASS: 0}
         try:
             batch = self.checker.from_records(records, max_rows=None) if records else None
@@ -150,7 +152,7 @@ class Guard:
                     checked.append(record)
             batch = self.checker.from_records(checked, max_rows=None) if checked else None
         if batch is None:
-            return [], dropped
+            return [], dropped, pd.DataFrame({c: pd.Series(dtype=object) for c in self.schema.features})
         good = np.ones(batch.rows, dtype=bool)
         for values in batch.numeric.values():
             good &= ~np.isnan(values)
@@ -164,14 +166,9 @@ class Guard:
             inside &= np.isnan(values) | ((values >= low) & (values <= high))
         dropped[OUT_OF_RANGE] += int((good & ~inside).sum())
         keep = good & inside
-        return [r for r, k in zip(checked, keep.tolist(), strict=True) if k], dropped
-
-    def _frame(self, records: list[dict[str, Any]]) -> pd.DataFrame:
-        """The valid rows typed as the model's pipeline takes them (numbers float64, categories spelled)."""
-        if not records:
-            return pd.DataFrame({c: pd.Series(dtype=object) for c in self.schema.features})
-        batch = self.checker.from_records(records, max_rows=None)
-        return pd.DataFrame({**batch.numeric, **batch.categorical}, columns=self.schema.features)
+        columns = {c: v[keep] for c, v in {**batch.numeric, **batch.categorical}.items()}
+        frame = pd.DataFrame(columns, columns=self.schema.features)
+        return [r for r, k in zip(checked, keep.tolist(), strict=True) if k], dropped, frame
 
     def _shift(self, y: np.ndarray) -> str | None:
         if self.task != "classification" or not self.shares or len(y) < MIN_ROWS_FOR_SHIFT:
