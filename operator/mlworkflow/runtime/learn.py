@@ -116,7 +116,7 @@ class Snapshot:
     score: float | None
     baseline: float | None
     shares: dict[str, float]
-    rows: list[pd.DataFrame]  # applied since the previous snapshot: its archive part
+    rows: list[tuple[pd.DataFrame, np.ndarray]]  # features, labels applied since the previous one: archived
     time: datetime
 
 
@@ -293,7 +293,7 @@ class Learner:
         position = online.get("position") if resumed else self._inherited_position()
         self.source.seek(position or {})
         self.position = self.source.position()
-        self.pending: list[pd.DataFrame] = []  # applied rows not archived yet (with the next snapshot)
+        self.pending: list[tuple[pd.DataFrame, np.ndarray]] = []  # applied, archived with the next snapshot
         self.learned = 0  # samples since the last snapshot
         self.snapshot_time = datetime.now(UTC)
         self._last_snapshot = time.monotonic()
@@ -484,7 +484,7 @@ class Learner:
         self.metrics.samples.inc(rows_applied)
         self.metrics.batches.labels("applied", "").inc()
         if self.online.archive.retention_hours:
-            self.pending.append(checked.x.assign(**{self.schema.target: checked.y}))
+            self.pending.append((checked.x, checked.y))  # a frame with the target later, off this thread
 
     def quarantine(self, batch: str, rows: list[sources.Row], reason: str, message: str) -> None:
         """The batch's rows and reason in `<workflow>/online/quarantine/<batch>.parquet` and `.json`."""
@@ -622,14 +622,15 @@ class Learner:
         (`bentoml.models.delete` does the same after reading every version's YAML, ~1 ms each)."""
         shutil.rmtree(self.store.model_dir(version), ignore_errors=True)
 
-    def _archive(self, version: str, rows: list[pd.DataFrame], now: datetime) -> None:
+    def _archive(self, version: str, rows: list[tuple[pd.DataFrame, np.ndarray]], now: datetime) -> None:
         """The rows applied since the last snapshot, in the stream archive (before the snapshot is saved: a
         learner stopped in between leaves a part that the next start removes, `_drop_stale`)."""
         if not rows:
             return
         folder = self.store.stream_archive / now.strftime("%Y-%m-%d-%H")
         folder.mkdir(parents=True, exist_ok=True)
-        frame = pd.concat(rows, ignore_index=True)
+        target = self.schema.target
+        frame = pd.concat([x.assign(**{target: y}) for x, y in rows], ignore_index=True)
         temporary = folder / f".part-{version}.parquet.tmp"
         frame.to_parquet(temporary, index=False)
         os.replace(temporary, folder / f"part-{version}.parquet")
