@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv checkov demo test unit lint crds cluster control-plane kafka kafka-broker image bench-serving bench-drift bench-batch bench-automl bench-online clean
+.PHONY: venv checkov mlflow-server demo test unit lint crds cluster control-plane kafka kafka-broker image bench-serving bench-drift bench-batch bench-automl bench-online bench-operator-scale clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,16 @@ checkov: .venv-checkov/.installed
 .venv-checkov/.installed: constraints-checkov.txt
 	test -x .venv-checkov/bin/python || $(PYTHON) -m venv .venv-checkov
 	.venv-checkov/bin/pip install --quiet -c constraints-checkov.txt checkov
+	touch $@
+
+## The MLflow tracking server the tests log to (tests/mlflow_server.py), in a virtualenv of its own: the full
+## `mlflow` package pins pyarrow<26, the project has 26 (the runtimes need only mlflow-skinny, in the venv).
+## Exact versions in constraints-mlflow.txt.
+mlflow-server: .venv-mlflow/.installed
+
+.venv-mlflow/.installed: constraints-mlflow.txt
+	test -x .venv-mlflow/bin/python || $(PYTHON) -m venv .venv-mlflow
+	.venv-mlflow/bin/pip install --quiet -c constraints-mlflow.txt mlflow
 	touch $@
 
 ## The main job: the whole loop on this machine (train, serve, drift, retrain, champion/challenger), no cluster.
@@ -45,7 +55,7 @@ image:
 	$(BUILDER) build -t $(IMAGE) .
 
 ## All tests: unit, then integration against a real API server (and Kafka broker) started once for the session.
-test: venv control-plane kafka checkov
+test: venv control-plane kafka checkov mlflow-server
 	$(BIN)/pytest
 
 unit: venv
@@ -92,10 +102,15 @@ bench-automl: venv
 		flaml==2.8.0 lightgbm==4.7.0 xgboost-cpu==2.1.4
 	PYTHONPATH=operator $(BIN)/python bench/automl/run.py --flaml-path $(BENCH_DEPS)
 
+## Operator scale benchmark: N WebService workflows on the test control plane (kwok nodes) against the floor.
+## BENCH_ARGS="--full" runs 100, 500 and 1,000 workflows; the default 100.
+bench-operator-scale: venv control-plane
+	PYTHONPATH=operator:hack $(BIN)/python bench/operator_scale/run.py $(BENCH_ARGS)
+
 ## Online learning benchmark: our learner from Kafka against a bare partial_fit loop; freshness of snapshots.
 bench-online: venv kafka
 	PYTHONPATH=operator:hack:tests $(BIN)/python bench/online/run.py
 
 clean:
-	rm -rf $(VENV) .venv-checkov .bench-deps .pytest_cache .mypy_cache .ruff_cache build operator/*.egg-info
+	rm -rf $(VENV) .venv-checkov .venv-mlflow .bench-deps .pytest_cache .mypy_cache .ruff_cache build operator/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
+import mlworkflow
 from kafkalocal.broker import KafkaBroker, fetch_jars
 from kubelocal.controlplane import ControlPlane, build_binaries
-from support import CHART, OPERATOR_NAMESPACE, operator_in, wait_for
+from mlflow_server import MLflowServer, mlflow_server
+from support import CHART, OPERATOR_NAMESPACE, REPORT, operator_in, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 CRD_FILE = REPO / "crds" / "mlworkflow.io_mlworkflows.yaml"
@@ -23,14 +25,16 @@ CRD_FILE = REPO / "crds" / "mlworkflow.io_mlworkflows.yaml"
 # Reconcile every second in tests (the operator's default is 10 s): progress shows up without waiting.
 os.environ.setdefault("MLW_RESYNC_SECONDS", "1")
 
-REPORT = pytest.StashKey[list[str]]()
-
 
 @pytest.fixture(scope="session")
 def control_plane(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ControlPlane]:
-    plane = ControlPlane(build_binaries(), workdir=tmp_path_factory.mktemp("control-plane"))
+    # Pods run the code this session imports (a worktree's, not only the checkout installed in the venv).
+    source = str(Path(mlworkflow.__file__).resolve().parents[1])
+    plane = ControlPlane(
+        build_binaries(), workdir=tmp_path_factory.mktemp("control-plane"), pod_pythonpath=source
+    )
     with plane:
         yield plane
         peaks = plane.peak_memory_mib()
@@ -58,6 +62,19 @@ def kafka(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         assert probe.connect_ex(("127.0.0.1", broker.port)) != 0, "the Kafka port is still open"
     request.config.stash.setdefault(REPORT, []).append(
         f"kafka broker: started in {broker.start_seconds:.1f}s; peak memory {peak or 0:.0f} MiB"
+    )
+
+
+@pytest.fixture(scope="session")
+def tracking_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MLflowServer]:
+    """A real MLflow tracking server for the session (tests/mlflow_server.py), started only if a test needs
+    it."""
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as server:
+        yield server
+    request.config.stash.setdefault(REPORT, []).append(
+        f"mlflow server: started in {server.start_seconds:.1f}s"
     )
 
 

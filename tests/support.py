@@ -15,6 +15,8 @@ T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "mlworkflow-operator"
 OPERATOR_NAMESPACE = "mlw-system"
+#: Lines printed at the end of the session (timings of the session's fixtures and of tests that measure).
+REPORT = pytest.StashKey[list[str]]()
 
 
 def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:

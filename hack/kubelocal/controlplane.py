@@ -22,7 +22,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,8 +45,66 @@ KWOK_STAGES = (
     "pod/fast/pod-delete.yaml",
 )
 
+# A training Pod of the operator (desired.children labels it so) on kwok's node.
+TRAINING_POD_LABELS = {"app.kubernetes.io/component": "training"}
 
 PROCESS_NODE = "process-node-0"
+
+
+def training_result_stage(summary: Mapping[str, Any]) -> str:
+    """A kwok Stage (YAML) that completes the training Pods on kwok's node with `summary` as each
+    container's termination message, as the training runtime would end (runtime/termination.py).
+
+    It matches what the stock pod-complete stage matches, restricted to `TRAINING_POD_LABELS`; its weight
+    of 1 makes kwok pick it over pod-complete's 0 (kwok drops zero-weight candidates when some weigh more).
+    """
+    # A JSON string is a YAML double-quoted scalar; JSON never holds "{{" (an object's "{" is followed by a
+    # quote or "}"), so Go's template leaves it alone.
+    message = json.dumps(json.dumps(dict(summary), separators=(", ", ": ")))
+    labels = "\n".join(f"      {key}: {json.dumps(value)}" for key, value in TRAINING_POD_LABELS.items())
+    return f"""apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: pod-complete-training
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  weight: 1
+  selector:
+    matchLabels:
+{labels}
+    matchExpressions:
+    - key: '.metadata.deletionTimestamp'
+      operator: 'DoesNotExist'
+    - key: '.status.phase'
+      operator: 'In'
+      values:
+      - 'Running'
+    - key: '.metadata.ownerReferences.[].kind'
+      operator: 'In'
+      values:
+      - 'Job'
+  next:
+    statusTemplate: |
+      {{{{ $now := Now }}}}
+      containerStatuses:
+      {{{{ range $index, $item := .spec.containers }}}}
+      - image: {{{{ $item.image | Quote }}}}
+        name: {{{{ $item.name | Quote }}}}
+        ready: false
+        restartCount: 0
+        started: false
+        state:
+          terminated:
+            exitCode: 0
+            finishedAt: {{{{ $now | Quote }}}}
+            reason: Completed
+            message: {message}
+            startedAt: {{{{ $now | Quote }}}}
+      {{{{ end }}}}
+      phase: Succeeded
+"""
 
 
 class ComponentError(RuntimeError):
@@ -154,8 +212,20 @@ def _node_ready(rest: Rest, name: str) -> bool:
 class ControlPlane:
     """etcd + kube-apiserver + kube-controller-manager + kube-scheduler + kwok, on 127.0.0.1."""
 
-    def __init__(self, bin_dir: Path, workdir: Path | None = None, start_timeout: float = 90.0) -> None:
+    def __init__(
+        self,
+        bin_dir: Path,
+        workdir: Path | None = None,
+        start_timeout: float = 90.0,
+        extra_kwok_stages: Sequence[str] = (),
+        pod_pythonpath: str | None = None,
+    ) -> None:
+        """`extra_kwok_stages`: kwok Stage documents (YAML) added to the stock ones, e.g.
+        `training_result_stage(...)`. `pod_pythonpath`: the PYTHONPATH of the process node's containers
+        (None: the project's virtualenv alone, i.e. the checkout installed in it)."""
         self.bin_dir = bin_dir
+        self.extra_kwok_stages = tuple(extra_kwok_stages)
+        self.pod_pythonpath = pod_pythonpath
         self._owns_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="mlw-control-plane-"))
         self.start_timeout = start_timeout
@@ -360,7 +430,8 @@ class ControlPlane:
     def _kwok(self) -> Component:
         stages_dir = self.bin_dir.parent / "kwok-stages"
         config = self.workdir / "kwok.yaml"
-        config.write_text("\n---\n".join((stages_dir / stage).read_text() for stage in KWOK_STAGES))
+        stages = [(stages_dir / stage).read_text() for stage in KWOK_STAGES]
+        config.write_text("\n---\n".join([*stages, *self.extra_kwok_stages]))
         port = free_port()
         return Component(
             "kwok",
@@ -391,6 +462,7 @@ class ControlPlane:
                 f"--name={PROCESS_NODE}",
                 f"--root={self.process_node_root}",
                 f"--api-port={self.api_port}",
+                *([f"--pythonpath={self.pod_pythonpath}"] if self.pod_pythonpath else []),
             ],
             self._log(PROCESS_NODE),
             lambda: _node_ready(rest, PROCESS_NODE),

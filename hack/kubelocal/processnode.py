@@ -641,8 +641,11 @@ class PodWorker(threading.Thread):
 
 
 class ProcessNode:
-    def __init__(self, rest: Rest, name: str, root: Path, api_port: int) -> None:
+    def __init__(
+        self, rest: Rest, name: str, root: Path, api_port: int, pythonpath: str | None = None
+    ) -> None:
         self.rest = rest
+        self.pythonpath = pythonpath
         self.name = name
         self.root = root
         self.api_port = api_port
@@ -966,6 +969,8 @@ class ProcessNode:
             "KUBERNETES_SERVICE_PORT": str(self.api_port),
             "KUBERNETES_SERVICE_PORT_HTTPS": str(self.api_port),
         }
+        if self.pythonpath:
+            env["PYTHONPATH"] = self.pythonpath
         for source in container.get("envFrom") or []:
             kind = "configMap" if "configMapRef" in source else "secret"
             ref = source[f"{kind}Ref"]
@@ -1087,8 +1092,15 @@ def main() -> None:
     parser.add_argument(
         "--api-port", type=int, required=True, help="port of the API server, for in-cluster clients"
     )
+    parser.add_argument(
+        "--pythonpath",
+        help="PYTHONPATH of every container (a Pod's own env wins): the checkout whose code the Pods run, "
+        "as an image built from it would hold",
+    )
     args = parser.parse_args()
-    node = ProcessNode(Rest.from_kubeconfig(args.kubeconfig), args.name, args.root, args.api_port)
+    node = ProcessNode(
+        Rest.from_kubeconfig(args.kubeconfig), args.name, args.root, args.api_port, args.pythonpath
+    )
     signal.signal(signal.SIGTERM, lambda *_: node.stop.set())
     signal.signal(signal.SIGINT, lambda *_: node.stop.set())
     node.run()

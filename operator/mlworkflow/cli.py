@@ -181,8 +181,6 @@ def _render(args: argparse.Namespace) -> int:
     from mlworkflow.desired.patterns import PATTERNS
 
     name, spec = _load_workflow(Path(args.file))
-    if spec.pattern not in PATTERNS:
-        raise SystemExit(f"{args.file}: the {spec.pattern} pattern is not implemented yet: nothing to render")
     workflow = children.Workflow(name, args.namespace, "00000000-0000-0000-0000-000000000000", spec)
     context = children.RuntimeContext(image=args.image)
     # A plan that asks for everything: training, the pattern's children for the version, a batch run.

@@ -23,6 +23,9 @@ from mlworkflow.desired.children import (
     SEARCH,
     SERVING,
     SPEC_HASH_ANNOTATION,
+    TRACKING,
+    TRACKING_ATTEMPT_ANNOTATION,
+    TRACKING_DIGEST_ANNOTATION,
     TRAINING,
     TRIGGER_ANNOTATION,
     VERSION_LABEL,
@@ -36,6 +39,7 @@ from mlworkflow.desired.lifecycle import (
     RunState,
     SearchRun,
     ServingState,
+    TrackingSync,
     TrainingRun,
     batch_result,
     search_result,
@@ -91,6 +95,8 @@ class Kube:
         # (kind, namespace, name) -> the applied-hash annotation and metadata.generation the API server
         # answered with. Only an optimisation: empty after a restart, so everything is applied once again.
         self._applied: dict[tuple[str, str, str], tuple[str, int | None]] = {}
+        # Watched children deleted since (or found gone) by this operator: not deleted again.
+        self._gone: set[tuple[str, str, str]] = set()
         # A finished Job's result never changes: it is read from its Pods once (Job uid -> run).
         self._finished: dict[str, Any] = {}
 
@@ -147,6 +153,7 @@ class Kube:
             )
         )
         self._applied[key] = (digest, applied["metadata"].get("generation"))
+        self._gone.discard(key)
         return True
 
     def _create(self, manifest: Manifest) -> bool:
@@ -168,6 +175,8 @@ class Kube:
         """A watch saw a child change: unless it is still what was applied last, apply it again next time."""
         meta = obj.get("metadata") or {}
         key = (kind, meta.get("namespace", ""), meta.get("name", ""))
+        if not deleted:
+            self._gone.discard(key)  # it is back (made by someone else): delete it again if unwanted
         if key not in self._applied:
             return
         digest, generation = self._applied[key]
@@ -187,12 +196,19 @@ class Kube:
         return True
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
-        """Delete a child the plan no longer wants (a HorizontalPodAutoscaler, a CronJob); gone is fine."""
+        """Delete a child the plan no longer wants (a HorizontalPodAutoscaler, a CronJob); gone is fine. A
+        watched kind known to be gone since is not deleted again (no write at every resync)."""
+        key = (kind, namespace, name)
+        if key in self._gone:
+            return
         try:
             self._deleters()[kind](name, namespace)
         except client.ApiException as error:
             if error.status != 404:
                 raise
+        self._applied.pop(key, None)
+        if kind in WATCHED_KINDS:
+            self._gone.add(key)
 
     def read_lease(self, namespace: str, name: str) -> JSON | None:
         """A coordination.k8s.io/v1 Lease as a dict, or None when there is none."""
@@ -276,6 +292,25 @@ class Kube:
             finished_at=finished_at,
             retrain_request=annotations.get(RETRAIN_REQUEST_ANNOTATION),
         )
+
+    def tracking_syncs(self, namespace: str, workflow: str) -> list[TrackingSync]:
+        """The MLflow sync Jobs, each with its summary once it ended."""
+        syncs = []
+        for job in self._jobs(namespace, workflow, TRACKING):
+            run = self._run(namespace, job)
+            annotations = job["metadata"].get("annotations") or {}
+            syncs.append(
+                TrackingSync(
+                    job["metadata"]["name"],
+                    annotations.get(TRACKING_DIGEST_ANNOTATION, ""),
+                    int(annotations.get(TRACKING_ATTEMPT_ANNOTATION) or 1),
+                    run.state,
+                    run.result,
+                    run.message,
+                    run.finished_at,
+                )
+            )
+        return syncs
 
     def batch_runs(self, namespace: str, workflow: str) -> list[BatchRun]:
         """The batch prediction Jobs (Forecast), each with its indexes' summaries added up."""

@@ -123,6 +123,27 @@ def test_a_restarted_operator_picks_up_a_training_it_did_not_see_finish(
     assert [record["version"] for record in workflow["status"]["history"]] == ["v1"]
 
 
+def test_a_workflow_goes_at_once_when_deleted_while_the_operator_is_down(
+    api: client.ApiClient, operator_kubeconfig: Path, process_namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ns = process_namespace
+    with operator_in(ns, operator_kubeconfig, monkeypatch):
+        name = create_workflow(api, ns)
+        workflow = wait_for(
+            lambda: (w := get(api, ns, name)).get("status", {}).get("phase") and w, 60, "status"
+        )
+    assert not workflow["metadata"].get("finalizers"), "nothing may hold a deletion for the operator"
+    objects = client.CustomObjectsApi(api)
+    objects.delete_namespaced_custom_object("mlworkflow.io", "v1alpha1", ns, "mlworkflows", name)
+    wait_for(
+        lambda: (
+            not objects.list_namespaced_custom_object("mlworkflow.io", "v1alpha1", ns, "mlworkflows")["items"]
+        ),
+        30,
+        "the workflow gone without an operator",
+    )
+
+
 def test_the_operator_rides_out_a_lost_api_connection(
     api: client.ApiClient, operator_kubeconfig: Path, process_namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

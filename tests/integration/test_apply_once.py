@@ -43,3 +43,33 @@ def test_a_watched_child_is_written_once_until_it_changes_or_goes(
     kube.observed("Service", gone, deleted=True)
     assert kube.apply(service(namespace, 81)) is True
     assert core.read_namespaced_service("web", namespace).spec.ports[0].port == 81
+
+
+def test_a_child_deleted_once_is_not_deleted_again_until_a_watch_sees_it_back(
+    api: client.ApiClient, namespace: str
+) -> None:
+    kube, batch = Kube(api), client.BatchV1Api(api)
+    cronjob = {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": "check", "namespace": namespace, "labels": {"mlworkflow.io/workflow": "web"}},
+        "spec": {
+            "schedule": "@daily",
+            "jobTemplate": {
+                "spec": {
+                    "template": {
+                        "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}
+                    }
+                }
+            },
+        },
+    }
+    kube.delete("CronJob", namespace, "check")  # never there: 404 is fine, and remembered
+    # Someone else makes it; until a watch reports it, the operator makes no request for it.
+    made = batch.create_namespaced_cron_job(namespace, cronjob)
+    kube.delete("CronJob", namespace, "check")
+    assert batch.read_namespaced_cron_job("check", namespace).metadata.uid == made.metadata.uid
+    kube.observed("CronJob", client.ApiClient().sanitize_for_serialization(made), deleted=False)
+    kube.delete("CronJob", namespace, "check")
+    gone = batch.list_namespaced_cron_job(namespace).items
+    assert [c.metadata.name for c in gone if not c.metadata.deletion_timestamp] == []

@@ -31,7 +31,6 @@ PHASES = {
         Outcome(Progress.STALLED, "EstimatorNotAllowed", "spec.model.estimator: ...", "Invalid"),
         "Degraded",
     ),
-    "Unsupported": (Outcome(Progress.STALLED, "PatternNotSupported", "not yet", "Unsupported"), "Degraded"),
 }
 
 

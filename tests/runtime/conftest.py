@@ -69,6 +69,7 @@ def train_apart(
     trigger: str = "Initial",
     champion: str | None = None,
     *more: str,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train as the training Pod does, in a process of its own, and return its summary (the termination
     message). (BentoML keeps the first model store a process opens: a test process that trained one
@@ -85,7 +86,7 @@ def train_apart(
             *more,
             f"--termination-log={termination}",
         ],
-        env={**os.environ, "MLW_SPEC": spec.model_dump_json(by_alias=True)},
+        env={**os.environ, "MLW_SPEC": spec.model_dump_json(by_alias=True), **(env or {})},
         capture_output=True,
         text=True,
         timeout=300,

@@ -143,8 +143,9 @@ def test_the_open_inference_protocol_answers_like_predict(
     code, answer = post(f"{server}/v2/models/churn/infer", {"id": "req-1", "inputs": columns(rows)})
     assert code == 200, answer
     assert answer["model_name"] == "churn" and answer["model_version"] == "v1" and answer["id"] == "req-1"
-    (output,) = answer["outputs"]
+    output, ids = answer["outputs"]
     assert output == {"name": "predict", "datatype": "BYTES", "shape": [3], "data": expected["predictions"]}
+    assert ids["name"] == "prediction_id" and ids["datatype"] == "BYTES" and len(set(ids["data"])) == 3
     assert answer["parameters"]["backend"] == expected["backend"]
 
     # Its inputs feed the drift monitor like any other: recorded as the model saw them.
@@ -176,6 +177,7 @@ def test_the_open_inference_protocol_health_and_metadata(server: str) -> None:
     assert metadata["name"] == "churn" and metadata["versions"] == ["v1"]
     assert metadata["outputs"] == [
         {"name": "predict", "datatype": "BYTES", "shape": [-1]},
+        {"name": "prediction_id", "datatype": "BYTES", "shape": [-1]},
         {"name": "predict_proba", "datatype": "FP64", "shape": [-1, 2]},
     ]
     assert {i["name"]: i["datatype"] for i in metadata["inputs"]} == {
@@ -244,3 +246,64 @@ def test_the_sample_recorder_keeps_a_bounded_rate(tmp_path: Path) -> None:
     xs = [line["features"]["x"] for line in lines[:100]]
     assert xs == sorted(xs) and max(xs) > 100, "a random sample of the request, in its order"
     assert all(line["prediction"] == int(line["features"]["x"]) for line in lines)
+
+
+def recorded(store: WorkflowStore, folder: str) -> list[dict[str, Any]]:
+    files = sorted((store.base / folder).glob("test-pod-*.jsonl"))
+    return [json.loads(line) for f in files for line in f.read_text().splitlines()]
+
+
+def test_every_prediction_has_an_id_answered_and_recorded(
+    server: str, churn_store: tuple[WorkflowStore, TrainedModel]
+) -> None:
+    store, _ = churn_store
+    _, made = post(f"{server}/predict", {"records": [ROW, ROW]})
+    _, own = post(f"{server}/predict", {"records": [ROW, ROW], "ids": ["order-1", "order-2"]})
+    _, batched = post(f"{server}/predict_batch", {"records": [ROW]})
+    code, inferred = post(f"{server}/v2/models/churn/infer", {"inputs": columns([ROW, ROW])})
+    assert code == 200 and [o["name"] for o in inferred["outputs"]] == ["predict", "prediction_id"]
+    inferred_ids = inferred["outputs"][1]["data"]
+    _, one = post(f"{server}/v2/models/churn/infer", {"id": "request-7", "inputs": columns([ROW])})
+    ids_input = {"name": "prediction_id", "datatype": "BYTES", "shape": [2], "data": ["c-1", "c-2"]}
+    _, named = post(f"{server}/v2/models/churn/infer", {"inputs": [*columns([ROW, ROW]), ids_input]})
+
+    assert len(set(made["ids"])) == 2 and own["ids"] == ["order-1", "order-2"]
+    assert batched[0]["id"] and len(set(inferred_ids)) == 2 and not set(inferred_ids) & set(made["ids"])
+    assert one["id"] == "request-7" and one["outputs"][1]["data"] == ["request-7"]
+    assert named["outputs"][1]["data"] == ["c-1", "c-2"]
+    # The sample keeps every row of a quiet Pod (MLW_SAMPLE_MAX_ROWS=50 rotates, so look at the newest).
+    ids = {row.get("id") for row in recorded(store, "samples")}
+    assert {"order-1", "order-2", "request-7", "c-1", "c-2", *made["ids"], *inferred_ids} <= ids
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "names"),
+    [
+        ("/predict", {"records": [ROW, ROW], "ids": ["a"]}, "`ids` must hold one id per row: 2 rows, 1 ids"),
+        ("/predict", {"records": [ROW], "ids": [""]}, "ids[0] must be a string of 1 to 128"),
+        ("/feedback", {"labels": [{"id": "a", "label": "maybe"}]}, "labels[0].label must be a class"),
+        ("/feedback", {"labels": [{"id": "a", "label": "no"}, {"label": "no"}]}, "labels[1].id must be"),
+        ("/feedback", {"labels": [{"id": "a"}]}, "labels[0].label is missing"),
+        ("/feedback", {"labels": [{"id": "a", "label": None}]}, "labels[0].label must be a class"),
+        ("/feedback", {"labels": []}, "labels: List should have at least 1 item"),
+        ("/feedback", {"truth": []}, "labels: Field required"),
+    ],
+)
+def test_bad_ids_and_labels_are_400_naming_the_row_and_field(
+    server: str, route: str, body: Any, names: str
+) -> None:
+    code, answer = post(server + route, body)
+    assert code == 400 and list(answer) == ["error"] and names in answer["error"], answer
+
+
+def test_feedback_records_labels_by_prediction_id(
+    server: str, churn_store: tuple[WorkflowStore, TrainedModel]
+) -> None:
+    store, _ = churn_store
+    _, answer = post(f"{server}/predict", {"records": [ROW, ROW]})
+    labels = [{"id": answer["ids"][0], "label": "yes"}, {"id": "never-served", "label": "no"}]
+    code, recorded_ = post(f"{server}/feedback", {"labels": labels})
+    assert code == 200 and recorded_ == {"recorded": 2}, "an unknown id is not an error here"
+    rows = recorded(store, "feedback")
+    assert {(r["id"], r["label"]) for r in rows} >= {(answer["ids"][0], "yes"), ("never-served", "no")}
+    assert all(isinstance(r["ts"], float) for r in rows)

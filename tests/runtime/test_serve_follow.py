@@ -83,8 +83,11 @@ def test_new_snapshots_are_served_without_a_failed_request(tmp_path: Path) -> No
         finally:
             stop.set()
             thread.join(10)
+        log = served.log.read_text()
     failed = [a for a in answers if a[0] != 200]
     assert not failed, failed[:5]
+    # Each swap is told in the Pod's log (BentoML's server logging drops INFO records of other loggers).
+    assert [v for v in ("v1.1", "v1.2", "v1.3") if f"now serving wine {v}" in log] == ["v1.1", "v1.2", "v1.3"]
     seen = [m for _, m in answers]
     order = [m for i, m in enumerate(seen) if i == 0 or m != seen[i - 1]]
     assert order == ["v1", "v1.1", "v1.2", "v1.3"], order

@@ -101,8 +101,10 @@ def test_the_promoted_version_starts_the_learner_and_the_serving_follows_its_sna
     assert pod["serviceAccountName"] == "wine-learner" and pod["automountServiceAccountToken"] is True
     [container] = pod["containers"]
     assert container["command"] == ["python", "-m", "mlworkflow.runtime.learn"]
-    assert container["args"] == ["--store=/artifacts", "--workflow=wine", "--port=9090"]
+    assert container["args"] == ["--store=/artifacts", "--workflow=wine", "--port=$(METRICS_PORT)"]
     env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    # Declared before the args use it (Kubernetes expands only variables defined earlier in env).
+    assert env["METRICS_PORT"] == "9090" and container["env"][0]["name"] == "METRICS_PORT"
     assert env["MLW_START_VERSION"] == "v1" and env["MLW_LEASE"] == "wine-learner"
     assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}

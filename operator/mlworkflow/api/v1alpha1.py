@@ -331,6 +331,42 @@ class BatchSpec(ApiModel):
     )
 
 
+class PerformanceSpec(ApiModel):
+    """When the served model is judged to have decayed on labelled production data."""
+
+    tolerance: float = Field(
+        0.05,
+        ge=0,
+        le=1e9,
+        description=(
+            "How far the promotion metric (spec.promotion.metric) measured on labelled predictions may fall "
+            "below the served version's holdout value (rise above it for mse and mae) before the model is "
+            "Degraded; in the metric's units."
+        ),
+    )
+    min_labelled_rows: int = Field(
+        200,
+        ge=1,
+        le=10_000_000,
+        description=(
+            "Fewer labelled predictions than this is 'not enough labels', never 'no decay'; the window keeps "
+            "growing until there are enough."
+        ),
+    )
+    on_decay: Literal["Retrain", "Alert"] = Field(
+        "Retrain",
+        description="Retrain (trigger Performance) when the model is Degraded, or only record it and alert.",
+    )
+    on_estimated_decay: Literal["Ignore", "Alert", "Retrain"] = Field(
+        "Ignore",
+        description=(
+            "Classifiers with probabilities: what an estimated decay (confidence-based performance "
+            "estimation on the unlabelled window) does. Ignore reports the estimate only; Alert also posts "
+            "an Event; Retrain retrains on the estimate alone (trigger Performance)."
+        ),
+    )
+
+
 class MonitoringSpec(ApiModel):
     schedule: str = cron_field("When the drift check runs.", default="*/15 * * * *")
     drift_threshold: float = Field(
@@ -350,12 +386,23 @@ class MonitoringSpec(ApiModel):
     )
     cooldown: str = Field(
         "1h",
-        description="No drift-triggered retraining within this long of the previous one, e.g. `30m`, `1h`.",
+        description=(
+            "No retraining triggered by the monitoring (drift or performance) within this long of the "
+            "previous one, e.g. `30m`, `1h`."
+        ),
         max_length=32,
         pattern=r"^([0-9]+(s|m|h))+$",
     )
     max_retrains_per_day: int = Field(
-        4, ge=0, le=96, description="Cap on drift-triggered retrainings per day."
+        4,
+        ge=0,
+        le=96,
+        description="Cap on retrainings the monitoring triggers (drift and performance) per day.",
+    )
+    performance: PerformanceSpec = section(
+        PerformanceSpec,
+        "The served model's measured performance on labelled predictions (`POST /feedback` on the serving "
+        "Pods), compared with its holdout metric.",
     )
 
 
@@ -624,6 +671,50 @@ class RuntimeSpec(ApiModel):
     )
 
 
+class MLflowTracking(ApiModel):
+    """Where the runs and versions of this workflow are logged (see docs/tracking.md)."""
+
+    tracking_uri: str | None = Field(
+        None,
+        description="The MLflow tracking server, `http://` or `https://`; default: the operator's "
+        "(Helm value `tracking.mlflow.trackingUri`). The runtime Pods must reach it.",
+        max_length=2048,
+        json_schema_extra=cel(
+            rule(
+                "self.startsWith('http://') || self.startsWith('https://')",
+                "spec.tracking.mlflow.trackingUri must be an http:// or https:// URL",
+            )
+        ),
+    )
+    experiment: str | None = Field(
+        None,
+        description="The MLflow experiment of the runs; default `<namespace>/<name>`.",
+        min_length=1,
+        max_length=500,
+    )
+    registered_model: str | None = Field(
+        None,
+        description="The registered model whose versions are this workflow's; default `<namespace>.<name>`. "
+        "The served version carries the alias `champion`.",
+        min_length=1,
+        max_length=256,
+    )
+    secret_ref: SecretReference | None = Field(
+        None,
+        description="Credentials: the keys MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and "
+        "MLFLOW_TRACKING_PASSWORD, of this Secret become those environment variables of the runtime Pods "
+        "(each optional).",
+    )
+
+
+class TrackingSpec(ApiModel):
+    mlflow: MLflowTracking | None = Field(
+        None,
+        description="Log every run (training, search trial, batch run, drift check) to MLflow and register "
+        "every trained version in its Model Registry. `{}` takes the operator's tracking server.",
+    )
+
+
 PATTERN_SECTIONS = {"batch": Pattern.FORECAST, "online": Pattern.ONLINE_LEARNING, "automl": Pattern.AUTOML}
 
 
@@ -710,6 +801,9 @@ class MLWorkflowSpec(ApiModel):
         description="The artifact store: models, reference data, reports, predictions."
     )
     runtime: RuntimeSpec = section(RuntimeSpec, "How the runtime Pods run.")
+    tracking: TrackingSpec | None = Field(
+        None, description="Experiment tracking and model registry outside the cluster (MLflow)."
+    )
 
 
 # --- status ---------------------------------------------------------------------------------------------
@@ -727,7 +821,7 @@ class Condition(ApiModel):
     model_config = ConfigDict(extra="ignore")
 
     type: str = Field(
-        description="Ready, Reconciling, Stalled (kstatus), Trained, Serving, Drifted.",
+        description="Ready, Reconciling, Stalled (kstatus), Trained, Serving, Drifted, Degraded.",
         max_length=316,
         pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
         r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
@@ -752,6 +846,7 @@ class Trigger(StrEnum):
     SCHEDULE = "Schedule"
     SPEC_CHANGE = "SpecChange"
     MANUAL = "Manual"
+    PERFORMANCE = "Performance"
 
 
 class ModelStatus(ApiModel):
@@ -773,6 +868,40 @@ class DriftStatus(ApiModel):
     share: float | None = Field(None, ge=0, le=1, description="Share of drifted feature columns.")
     drifted: bool | None = Field(None, description="Whether share reached spec.monitoring.driftThreshold.")
     report: str | None = Field(None, description="The Evidently report, relative to the artifact store.")
+
+
+class PerformanceStatus(ApiModel):
+    """The last performance check: the served version's promotion metric on labelled predictions."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    checked_at: datetime | None = Field(None, description="When the last performance check finished.")
+    version: str | None = Field(None, description="The version whose predictions were measured.")
+    metric: str | None = Field(None, description="The promotion metric measured.")
+    measured: float | None = Field(
+        None, description="Its value on the labelled predictions of the window (absent: too few labels)."
+    )
+    estimated: float | None = Field(
+        None,
+        description=(
+            "Its estimate on the whole window before the labels (confidence-based performance estimation; "
+            "classifiers with probabilities; every classification metric but roc_auc)."
+        ),
+    )
+    baseline: float | None = Field(None, description="The version's holdout value, the comparison.")
+    labelled_rows: int | None = Field(None, ge=0, description="Predictions of the window with a label.")
+    unknown_labels: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Labels whose prediction id matches no recorded prediction (not sampled, aged out, or never "
+            "served)."
+        ),
+    )
+    degraded: bool | None = Field(
+        None, description="Whether measured fell past spec.monitoring.performance.tolerance."
+    )
+    report: str | None = Field(None, description="The check's result, relative to the artifact store.")
 
 
 class HoldoutRecord(ApiModel):
@@ -828,7 +957,8 @@ class ModelRecord(ApiModel):
         None, description="Hash of the data it was trained on (see its model card)."
     )
     drift_report: str | None = Field(
-        None, description="The drift check that triggered it, in the artifact store."
+        None,
+        description="The monitoring check (drift or performance) that triggered it, in the artifact store.",
     )
 
 
@@ -903,6 +1033,21 @@ class SearchStatus(ApiModel):
     message: str = Field("", max_length=4096, description="Why it failed, for a human.")
 
 
+class TrackingStatus(ApiModel):
+    """How MLflow stands against the history: whether its registry shows the decisions made here."""
+
+    state: Literal["Syncing", "Synced", "NotTracked"] = Field(
+        description="Synced: every decided version is registered, tagged with its outcome, and `champion` "
+        "names the served one; NotTracked: the tracking server could not be reached (retried)."
+    )
+    registered_model: str | None = Field(None, description="The registered model's name.")
+    synced: str | None = Field(
+        None, max_length=64, description="Digest of the decisions MLflow last showed completely."
+    )
+    synced_at: datetime | None = Field(None, description="When they were last synced.")
+    message: str = Field("", max_length=4096, description="What was synced, or why not, for a human.")
+
+
 class QuarantineRecord(ApiModel):
     batch: str = Field(
         description="The batch id; its rows and reason are under <workflow>/online/quarantine/."
@@ -950,11 +1095,15 @@ class MLWorkflowStatus(ApiModel):
     )
     model: ModelStatus | None = Field(None, description="The model in use.")
     drift: DriftStatus | None = Field(None, description="The last drift check.")
+    performance: PerformanceStatus | None = Field(
+        None, description="The last performance check on labelled predictions."
+    )
     retrains: int = Field(0, ge=0, description="Retrainings since creation (every trigger but Initial).")
     endpoint: str | None = Field(None, description="In-cluster URL of the prediction Service.")
     batch: BatchStatus | None = Field(None, description="Forecast: the batch prediction runs.")
     search: SearchStatus | None = Field(None, description="AutoML: the latest model search.")
     online: OnlineStatus | None = Field(None, description="OnlineLearning: the learner's progress.")
+    tracking: TrackingStatus | None = Field(None, description="MLflow tracking (spec.tracking.mlflow).")
     history: list[ModelRecord] = Field(
         default_factory=list,
         description="The latest trained versions, newest first (at most 20).",

@@ -28,6 +28,7 @@ class OperatorConfig:
                 image=os.environ.get("MLW_RUNTIME_IMAGE", defaults.image),
                 image_pull_policy=os.environ.get("MLW_IMAGE_PULL_POLICY", defaults.image_pull_policy),
                 serving_access_log=os.environ.get("MLW_SERVING_ACCESS_LOG", "false") == "true",
+                mlflow_tracking_uri=os.environ.get("MLW_MLFLOW_TRACKING_URI", ""),
                 allowed_estimator_prefixes=tuple(p.strip() for p in prefixes.split(",") if p.strip())
                 or DEFAULT_ALLOWED_PREFIXES,
             ),

@@ -116,3 +116,15 @@ def reconcile_periodically(
     body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
 ) -> None:
     _reconcile(body, patch, memo, kwargs["retry"], logger)
+
+
+def _release_deletion() -> None:
+    """kopf puts a finalizer on every object a timer runs for, so as to stop the timer before the object goes
+    (nolar/kopf#1074: a timer's requires_finalizer is fixed to True). The resync needs no such care — a
+    deleted workflow's timer simply stops — and the finalizer would leave workflows, and their namespaces,
+    stuck in Terminating while the operator is down or uninstalled. Nothing else here needs one."""
+    for handler in kopf.get_default_registry()._spawning.get_all_handlers():
+        object.__setattr__(handler, "requires_finalizer", False)  # frozen dataclass: kopf's internal
+
+
+_release_deletion()

@@ -30,6 +30,27 @@ DRIFT_SHARE = Gauge(
 DRIFTED = Gauge(
     "mlworkflow_drifted", "1 when the last drift check found drift, else 0", ["namespace", "workflow"]
 )
+PERFORMANCE = Gauge(
+    "mlworkflow_performance",
+    "The promotion metric of the served version on labelled predictions, at the last performance check",
+    ["namespace", "workflow"],
+)
+PERFORMANCE_ESTIMATED = Gauge(
+    "mlworkflow_performance_estimated",
+    "The promotion metric of the served version estimated before the labels (CBPE), at the last check",
+    ["namespace", "workflow"],
+)
+PERFORMANCE_BASELINE = Gauge(
+    "mlworkflow_performance_baseline",
+    "The promotion metric of the served version on its holdout: what the performance is compared with",
+    ["namespace", "workflow"],
+)
+DEGRADED = Gauge(
+    "mlworkflow_degraded",
+    "1 when the last performance check found the served model degraded, else 0",
+    ["namespace", "workflow"],
+)
+PERFORMANCE_GAUGES = (PERFORMANCE, PERFORMANCE_ESTIMATED, PERFORMANCE_BASELINE, DEGRADED)
 MODEL_DECISIONS = Counter(
     "mlworkflow_model_decisions",
     "Trained versions by trigger and outcome (Promoted, Rejected, Failed)",
@@ -165,6 +186,16 @@ def record_status(
     if after.drift and after.drift.share is not None:
         DRIFT_SHARE.labels(namespace, name).set(after.drift.share)
         DRIFTED.labels(namespace, name).set(1 if after.drift.drifted else 0)
+    if after.performance is not None:
+        performance = after.performance
+        degraded = None if performance.degraded is None else int(performance.degraded)
+        for gauge, value in zip(
+            PERFORMANCE_GAUGES,
+            (performance.measured, performance.estimated, performance.baseline, degraded),
+            strict=True,
+        ):
+            if value is not None:
+                gauge.labels(namespace, name).set(value)
     if after.model and after.model.trained_at:
         TRAINED_AT.labels(namespace, name).set(after.model.trained_at.timestamp())
     if after.batch is not None:
@@ -224,7 +255,15 @@ def record_retrain(namespace: str, name: str, trigger: str) -> None:
 
 def forget(namespace: str, name: str) -> None:
     WORKFLOWS.forget(namespace, name)
-    for gauge in (DRIFT_SHARE, DRIFTED, TRAINED_AT, BATCH_SUCCEEDED_AT, SEARCH_BEST, *ONLINE_GAUGES):
+    for gauge in (
+        DRIFT_SHARE,
+        DRIFTED,
+        TRAINED_AT,
+        BATCH_SUCCEEDED_AT,
+        SEARCH_BEST,
+        *ONLINE_GAUGES,
+        *PERFORMANCE_GAUGES,
+    ):
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name)
 

@@ -44,6 +44,7 @@ def reconcile(body: dict[str, Any], kube: Kube, config: OperatorConfig, now: dat
     workflow = children.Workflow.from_body(body)
     pattern = workflow.spec.pattern
     annotations = body["metadata"].get("annotations") or {}
+    tracking = children.mlflow_settings(workflow, config.runtime)
     observed = Observed(
         generation=generation,
         spec_hash=children.model_spec_hash(workflow.spec),
@@ -58,11 +59,12 @@ def reconcile(body: dict[str, Any], kube: Kube, config: OperatorConfig, now: dat
         batch_runs=kube.batch_runs(workflow.namespace, workflow.name) if pattern == Pattern.FORECAST else [],
         predict_request=annotations.get(v1alpha1.PREDICT_ANNOTATION),
         searches=kube.searches(workflow.namespace, workflow.name) if pattern == Pattern.AUTOML else [],
+        syncs=kube.tracking_syncs(workflow.namespace, workflow.name) if tracking else [],
         learner=kube.learner(workflow.namespace, online.learner_name(workflow))
         if pattern == Pattern.ONLINE_LEARNING
         else None,
     )
-    next_state = plan(workflow.spec, observed, now, children.endpoint(workflow))
+    next_state = plan(workflow.spec, observed, now, children.endpoint(workflow), tracking)
     if next_state.train is not None and pattern != Pattern.AUTOML:  # AutoML searches first (its children)
         kube.apply(children.training_job(workflow, next_state.train, config.runtime))
     if pattern in PATTERNS:
@@ -71,6 +73,8 @@ def reconcile(body: dict[str, Any], kube: Kube, config: OperatorConfig, now: dat
             kube.apply(manifest)
         for kind, name in wanted.delete:
             kube.delete(kind, workflow.namespace, name)
+    if next_state.sync is not None:
+        kube.apply(children.tracking_job(workflow, next_state.sync, config.runtime))
     if next_state.deploy is not None:
         kube.apply(children.monitoring_cronjob(workflow, next_state.deploy, config.runtime))
     retrain = next_state.train.trigger if next_state.train and next_state.train.trigger != "Initial" else None
@@ -91,7 +95,7 @@ def refuse(raw_spec: dict[str, Any], config: OperatorConfig) -> Outcome | None:
         first = error.errors()[0]
         field_path = "spec." + ".".join(str(p) for p in first["loc"])
         return Outcome(Progress.STALLED, "InvalidSpec", f"{field_path}: {first['msg']}", phase="Invalid")
-    refusal = check_spec(spec, config.allowed_estimator_prefixes)
+    refusal = check_spec(spec, config.allowed_estimator_prefixes, config.runtime.mlflow_tracking_uri)
     if refusal:
         return Outcome(Progress.STALLED, refusal.reason, refusal.message, phase="Invalid")
     return None

@@ -12,7 +12,8 @@ from typing import Any
 from mlworkflow.api import exitcodes, v1alpha1
 from mlworkflow.api.estimators import DEFAULT_ALLOWED_PREFIXES
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec
-from mlworkflow.desired.lifecycle import Event, TrainRequest
+from mlworkflow.desired import tracking
+from mlworkflow.desired.lifecycle import Event, SyncRequest, TrainRequest, promotion_metric
 
 Manifest = dict[str, Any]
 
@@ -27,6 +28,12 @@ RETRAIN_REQUEST_ANNOTATION = "mlworkflow.io/retrain-request"
 STORE_MOUNT = "/artifacts"
 HTTP_PORT = 3000
 TRAINING, SERVING, MONITORING, BATCH, SEARCH = "training", "serving", "monitoring", "batch", "search"
+TRACKING = "tracking"
+# On an MLflow sync Job: the digest of the decisions it syncs, and which attempt it is.
+TRACKING_DIGEST_ANNOTATION = "mlworkflow.io/tracking-digest"
+TRACKING_ATTEMPT_ANNOTATION = "mlworkflow.io/tracking-attempt"
+# MLflow's credential variables: the keys of spec.tracking.mlflow.secretRef that become them.
+MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 LEARNER = "learner"
 
 
@@ -61,6 +68,7 @@ class RuntimeContext:
     image_pull_policy: str = "IfNotPresent"
     allowed_estimator_prefixes: Sequence[str] = DEFAULT_ALLOWED_PREFIXES
     serving_access_log: bool = False
+    mlflow_tracking_uri: str = ""  # the tracking server of workflows that name none
 
 
 def model_spec_hash(spec: MLWorkflowSpec) -> str:
@@ -71,6 +79,10 @@ def model_spec_hash(spec: MLWorkflowSpec) -> str:
         "holdout": spec.training.holdout,
     }
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def mlflow_settings(workflow: Workflow, context: RuntimeContext) -> tracking.MLflowSettings | None:
+    return tracking.settings(workflow.spec, workflow.namespace, workflow.name, context.mlflow_tracking_uri)
 
 
 def labels(workflow: Workflow, component: str) -> dict[str, str]:
@@ -154,8 +166,21 @@ def runtime_pod(
     """The Pod of a run-to-completion runtime (`python -m <module>`) with the artifact store mounted.
 
     It has no API access: its result goes out through its termination message (FallbackToLogsOnError, so a
-    crash still says why)."""
+    crash still says why). A tracked workflow's runtimes get its MLflow settings and credentials
+    (`tracking.MLflowSettings.env`)."""
     spec = workflow.spec
+    variables: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in (env or {}).items()]
+    mlflow = mlflow_settings(workflow, context)
+    if mlflow is not None:
+        variables += [{"name": k, "value": v} for k, v in mlflow.env(workflow.namespace).items()]
+        if mlflow.secret:
+            variables += [
+                {
+                    "name": key,
+                    "valueFrom": {"secretKeyRef": {"name": mlflow.secret, "key": key, "optional": True}},
+                }
+                for key in MLFLOW_SECRET_KEYS
+            ]
     return {
         "restartPolicy": "Never",
         "serviceAccountName": spec.runtime.service_account_name or "default",
@@ -168,7 +193,7 @@ def runtime_pod(
                 "imagePullPolicy": context.image_pull_policy,
                 "command": ["python", "-m", module],
                 "args": args,
-                "env": [{"name": k, "value": v} for k, v in (env or {}).items()],
+                "env": variables,
                 "resources": container_resources(resources or v1alpha1.ResourceRequirements()),
                 "securityContext": container_security(),
                 "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -271,8 +296,46 @@ def training_job(workflow: Workflow, train: TrainRequest, context: RuntimeContex
                     env={
                         "MLW_SPEC": trained.model_dump_json(by_alias=True, exclude_none=True),
                         "MLW_ALLOWED_ESTIMATOR_PREFIXES": ",".join(context.allowed_estimator_prefixes),
+                        "MLW_SPEC_HASH": model_spec_hash(spec),
                     },
                     resources=spec.training.resources,
+                ),
+            },
+        },
+    }
+
+
+def tracking_job_name(workflow: Workflow, sync: SyncRequest) -> str:
+    return f"{workflow.name}-track-{sync.digest[:10]}-{sync.attempt}"
+
+
+def tracking_job(workflow: Workflow, sync: SyncRequest, context: RuntimeContext) -> Manifest:
+    """The Job that syncs the decisions to MLflow (`mlworkflow.desired.tracking`): one Pod running
+    `python -m mlworkflow.runtime.tracking` with them in MLW_TRACKING_DECISIONS. Not retried by the Job: a
+    server that cannot be reached is tried again by a later attempt, a minute on."""
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            **metadata(workflow, tracking_job_name(workflow, sync), TRACKING),
+            "annotations": {
+                TRACKING_DIGEST_ANNOTATION: sync.digest,
+                TRACKING_ATTEMPT_ANNOTATION: str(sync.attempt),
+            },
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": 600,
+            "ttlSecondsAfterFinished": 3600,
+            "template": {
+                "metadata": {"labels": labels(workflow, TRACKING)},
+                "spec": runtime_pod(
+                    workflow,
+                    context,
+                    "track",
+                    "mlworkflow.runtime.tracking",
+                    [f"--store={STORE_MOUNT}", f"--workflow={workflow.name}", f"--digest={sync.digest}"],
+                    env={"MLW_TRACKING_DECISIONS": json.dumps(sync.decisions, sort_keys=True)},
                 ),
             },
         },
@@ -283,8 +346,25 @@ def monitoring_cronjob_name(workflow: Workflow) -> str:
     return f"{workflow.name}-drift"
 
 
+def monitoring_args(name: str, spec: MLWorkflowSpec, version: str, store: str) -> list[str]:
+    """The monitoring runtime's arguments (`mlworkflow.runtime.drift`), on a cluster and locally alike: the
+    drift check, and the performance check of the promotion metric."""
+    monitoring = spec.monitoring
+    return [
+        f"--store={store}",
+        f"--workflow={name}",
+        f"--version={version}",
+        f"--threshold={monitoring.drift_threshold}",
+        f"--min-samples={monitoring.min_samples}",
+        "--html",
+        f"--metric={promotion_metric(spec)}",
+        f"--min-labelled-rows={monitoring.performance.min_labelled_rows}",
+    ]
+
+
 def monitoring_cronjob(workflow: Workflow, version: str, context: RuntimeContext) -> Manifest:
-    """The CronJob that checks the served inputs of `version` for drift against its training reference."""
+    """The CronJob that checks the served inputs of `version` for drift against its training reference, and
+    its labelled predictions' performance against its holdout."""
     spec = workflow.spec
     monitoring = spec.monitoring
     job_labels = labels(workflow, MONITORING)
@@ -311,14 +391,7 @@ def monitoring_cronjob(workflow: Workflow, version: str, context: RuntimeContext
                             context,
                             "drift",
                             "mlworkflow.runtime.drift",
-                            [
-                                f"--store={STORE_MOUNT}",
-                                f"--workflow={workflow.name}",
-                                f"--version={version}",
-                                f"--threshold={monitoring.drift_threshold}",
-                                f"--min-samples={monitoring.min_samples}",
-                                "--html",
-                            ],
+                            monitoring_args(workflow.name, spec, version, STORE_MOUNT),
                         ),
                     },
                 },

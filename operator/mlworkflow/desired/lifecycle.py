@@ -21,12 +21,16 @@ from mlworkflow.api.v1alpha1 import (
     MLWorkflowStatus,
     ModelRecord,
     ModelStatus,
+    PerformanceStatus,
     Trigger,
 )
 from mlworkflow.desired import cron
 
 HISTORY_LIMIT = 20
-TRAINED, SERVING, DRIFTED = "Trained", "Serving", "Drifted"
+TRAINED, SERVING, DRIFTED, DEGRADED = "Trained", "Serving", "Drifted", "Degraded"
+# Retrainings the monitoring asks for: they share spec.monitoring's cooldown and daily cap.
+MONITORING_TRIGGERS = frozenset({Trigger.DRIFT, Trigger.PERFORMANCE})
+LOWER_IS_BETTER = frozenset({"mse", "mae"})
 
 RunState = Literal["Running", "Succeeded", "Failed"]
 
@@ -65,7 +69,8 @@ class SearchRun:
 
 @dataclass(frozen=True)
 class DriftCheck:
-    """The newest finished drift-check Job: its summary (termination message) and when it finished."""
+    """The newest finished monitoring Job (drift check, and performance check under `performance` of its
+    result): its summary (termination message) and when it finished."""
 
     name: str
     finished_at: datetime
@@ -123,6 +128,30 @@ def search_result(summaries: list[dict[str, Any]], succeeded: bool) -> tuple[dic
 
 
 @dataclass(frozen=True)
+class TrackingSync:
+    """An MLflow sync Job (`mlworkflow.desired.tracking`) as observed: the digest it syncs, its attempt, how
+    it stands and its summary."""
+
+    name: str
+    digest: str
+    attempt: int
+    state: RunState
+    result: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
+    finished_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class SyncRequest:
+    """A sync to start: its Job is `<workflow>-track-<digest[:10]>-<attempt>`; `decisions` is what it
+    carries (the environment variable MLW_TRACKING_DECISIONS)."""
+
+    digest: str
+    attempt: int
+    decisions: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class LearnerState:
     """The learner's Lease (OnlineLearning) as observed: who holds it, until when (renewTime plus
     leaseDurationSeconds), and its progress annotation as written (the pattern parses it)."""
@@ -145,6 +174,7 @@ class Observed:
     batch_runs: list[BatchRun] = field(default_factory=list)
     predict_request: str | None = None  # the value of the workflow's predict annotation
     searches: list[SearchRun] = field(default_factory=list)
+    syncs: list[TrackingSync] = field(default_factory=list)  # MLflow syncs (`mlworkflow.desired.tracking`)
     learner: LearnerState | None = None  # OnlineLearning: its Lease (None: there is none yet)
 
 
@@ -208,6 +238,7 @@ class Plan:
     batch_run: BatchRunRequest | None = None
     events: list[Event] = field(default_factory=list)
     refit: TrainRequest | None = None  # AutoML: train a search's winner as its version
+    sync: SyncRequest | None = None  # MLflow: the decisions to sync (`mlworkflow.desired.tracking`)
 
 
 def lineage(version: str) -> str:
@@ -263,10 +294,11 @@ def plan_training(
     spec: MLWorkflowSpec, observed: Observed, status: MLWorkflowStatus, now: datetime, events: list[Event]
 ) -> Training:
     """Whether to train now, and why: a new spec (Initial, SpecChange), a retrain request (Manual), the
-    training schedule (Schedule) or drift (Drift). One run at a time; a spec whose latest training failed
-    waits for a change or a retrain request. The model in use is a champion to beat only for a retraining of
-    the spec it was trained for (an OnlineLearning snapshot: of the spec its start version was trained
-    for). Folds the drift check into `status` and records the request it answers."""
+    training schedule (Schedule), drift (Drift) or performance decay (Performance). One run at a time; a
+    spec whose latest training failed waits for a change or a retrain request. The model in use is a
+    champion to beat only for a retraining of the spec it was trained for (an OnlineLearning snapshot: of
+    the spec its start version was trained for). Folds the monitoring check (drift, performance) into
+    `status` and records the request it answers."""
     running = [r for r in observed.runs if r.state == "Running"]
     tried = [r for r in status.history if r.spec_hash == observed.spec_hash]
     served = status.model.version if status.model else None
@@ -277,18 +309,20 @@ def plan_training(
         trigger = Trigger.INITIAL if not status.history else Trigger.SPEC_CHANGE
         train = TrainRequest(next_version(status, observed.runs), trigger, retrain_request=request)
     drift_retrain = _record_drift(spec, status, observed.drift, running, now, events)
+    performance_retrain = _record_performance(spec, status, observed.drift, running, now, events)
     if train is None and request is not None and not running:
         train = TrainRequest(
             next_version(status, observed.runs), Trigger.MANUAL, champion=champion, retrain_request=request
         )
     if train is None and not running and champion and _schedule_due(spec, status, observed.created_at, now):
         train = TrainRequest(next_version(status, observed.runs), Trigger.SCHEDULE, champion=champion)
-    if train is None and drift_retrain and champion:
+    if train is None and (drift_retrain or performance_retrain) and champion:
+        finding = status.drift if drift_retrain else status.performance
         train = TrainRequest(
             next_version(status, observed.runs),
-            Trigger.DRIFT,
+            Trigger.DRIFT if drift_retrain else Trigger.PERFORMANCE,
             champion=champion,
-            drift_report=status.drift.report if status.drift else None,
+            drift_report=finding.report if finding else None,
         )
     if train is not None:
         if train.retrain_request is not None:
@@ -375,6 +409,16 @@ def record_finished_runs(
                 events.append(Event("Normal", "Promoted", f"{run.version} promoted: {decision.message}"))
             if run.trigger != Trigger.INITIAL:
                 status.retrains += 1
+            tracked = run.result.get("tracking") or {}
+            if tracked.get("tracked") is False:
+                events.append(
+                    Event(
+                        "Warning",
+                        "NotTracked",
+                        f"{run.version} was not logged to MLflow: {tracked.get('reason')}; the next sync "
+                        "logs it",
+                    )
+                )
         else:
             message = run.result.get("message") or run.message or "the training Job failed"
             reason = run.result.get("reason") or "JobFailed"
@@ -537,11 +581,143 @@ def _record_drift(
         return False
     if not drifted or spec.monitoring.on_drift != "Retrain":
         return False
-    blocked = _retrain_blocked(spec, status, running, now)
+    return _retrain_allowed(spec, status, running, now, events, "drift", check.name)
+
+
+def _retrain_allowed(
+    spec: MLWorkflowSpec,
+    status: MLWorkflowStatus,
+    running: list[TrainingRun],
+    now: datetime,
+    events: list[Event],
+    finding: str,
+    key: str,
+) -> bool:
+    """Whether a retraining the monitoring asks for (on `finding`) may start now; an Event when not."""
+    blocked = _retrain_blocked(spec, status, running, now, finding)
     if blocked:
-        events.append(Event("Normal", "RetrainSkipped", blocked, key=check.name))
+        events.append(Event("Normal", "RetrainSkipped", blocked, key=key))
         return False
     return True
+
+
+def _record_performance(
+    spec: MLWorkflowSpec,
+    status: MLWorkflowStatus,
+    check: DriftCheck | None,
+    running: list[TrainingRun],
+    now: datetime,
+    events: list[Event],
+) -> bool:
+    """Fold a new performance check (the monitoring Job's `performance`) into the status: the Degraded
+    condition, an Event; True when it asks for a retraining now (trigger Performance).
+
+    Degraded when the promotion metric measured on labelled predictions is worse than the served version's
+    holdout value by more than spec.monitoring.performance.tolerance. Without enough labels, the estimate
+    (CBPE) may stand in for it, but only as spec.monitoring.performance.onEstimatedDecay says: labels,
+    when there are enough, always decide."""
+    result = (check.result.get("performance") if check else None) or {}
+    if check is None or not isinstance(result, dict) or not result:
+        return False
+    if (
+        status.performance
+        and status.performance.checked_at
+        and status.performance.checked_at >= check.finished_at
+    ):
+        return False
+    settings = spec.monitoring.performance
+    metric = str(result.get("metric") or promotion_metric(spec))
+    baseline, measured, estimated = (_number(result.get(k)) for k in ("baseline", "measured", "estimated"))
+    rows = int(result.get("labelledRows") or 0)
+    version = result.get("version")
+    state = result.get("status")
+    status.performance = PerformanceStatus(
+        checked_at=check.finished_at,
+        version=version,
+        metric=metric,
+        measured=measured,
+        estimated=estimated,
+        baseline=baseline,
+        labelled_rows=rows,
+        unknown_labels=result.get("unknownLabels"),
+        degraded=None,
+        report=result.get("result") or (status.performance.report if status.performance else None),
+    )
+    generation = status.observed_generation or 0
+    key = f"{check.name}/performance"
+
+    def worse(value: float | None) -> float | None:
+        if value is None or baseline is None:
+            return None
+        return value - baseline if metric in LOWER_IS_BETTER else baseline - value
+
+    against = f"against {baseline:.4f} on its holdout" if baseline is not None else "with no holdout value"
+    tolerance = f"tolerance {settings.tolerance}"
+    decay, estimated_decay = worse(measured), worse(estimated)
+    if state == "ok" and decay is not None:
+        degraded = decay > settings.tolerance
+        status.performance.degraded = degraded
+        message = (
+            f"{metric} {measured:.4f} on {rows} labelled predictions of {version}, {against}; {tolerance}"
+        )
+        reason = "PerformanceDegraded" if degraded else "PerformanceHolds"
+        status.conditions = set_condition(
+            status.conditions,
+            DEGRADED,
+            ConditionStatus.TRUE if degraded else ConditionStatus.FALSE,
+            reason,
+            message,
+            generation,
+            now,
+        )
+        events.append(Event("Warning" if degraded else "Normal", reason, message, key=key))
+        if not degraded or settings.on_decay != "Retrain":
+            return False
+        return _retrain_allowed(spec, status, running, now, events, "performance decay", key)
+    if state not in ("ok", "insufficient"):
+        message = str(result.get("message") or "the performance check failed")
+        status.conditions = set_condition(
+            status.conditions,
+            DEGRADED,
+            ConditionStatus.UNKNOWN,
+            "PerformanceCheckFailed",
+            message,
+            generation,
+            now,
+        )
+        events.append(Event("Warning", "PerformanceCheckFailed", message, key=key))
+        return False
+    if (
+        estimated_decay is not None
+        and estimated_decay > settings.tolerance
+        and settings.on_estimated_decay != "Ignore"
+    ):
+        assert estimated is not None
+        message = (
+            f"{metric} estimated at {estimated:.4f} on the predictions of {version} since the last check "
+            f"(confidence-based, before their labels), {against}; {tolerance}; {rows} labelled so far"
+        )
+        status.performance.degraded = True
+        status.conditions = set_condition(
+            status.conditions, DEGRADED, ConditionStatus.TRUE, "EstimatedDecay", message, generation, now
+        )
+        events.append(Event("Warning", "EstimatedDecay", message, key=key))
+        if settings.on_estimated_decay != "Retrain":
+            return False
+        return _retrain_allowed(spec, status, running, now, events, "estimated performance decay", key)
+    if rows or find(status.conditions, DEGRADED) is not None:
+        # No condition until labels come at all: most workflows never send any.
+        message = str(
+            result.get("message") or f"fewer than {settings.min_labelled_rows} labelled predictions"
+        )
+        status.conditions = set_condition(
+            status.conditions, DEGRADED, ConditionStatus.UNKNOWN, "NotEnoughLabels", message, generation, now
+        )
+    return False
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _schedule_due(
@@ -560,17 +736,26 @@ def cooldown_seconds(text: str) -> int:
 
 
 def _retrain_blocked(
-    spec: MLWorkflowSpec, status: MLWorkflowStatus, running: list[TrainingRun], now: datetime
+    spec: MLWorkflowSpec, status: MLWorkflowStatus, running: list[TrainingRun], now: datetime, finding: str
 ) -> str | None:
+    """Why a retraining on the monitoring's `finding` (drift, performance decay) may not start now: a
+    training runs, or the retrainings the monitoring triggered (Drift and Performance alike) are in their
+    cooldown or at their daily cap."""
     if running:
-        return f"drift seen while {running[0].version} trains: at most one training at a time"
-    drift_trained = [r.trained_at for r in status.history if r.trigger == Trigger.DRIFT and r.trained_at]
+        return f"{finding} seen while {running[0].version} trains: at most one training at a time"
+    triggered = [r.trained_at for r in status.history if r.trigger in MONITORING_TRIGGERS and r.trained_at]
     cooldown = cooldown_seconds(spec.monitoring.cooldown)
-    if drift_trained and (now - max(drift_trained)).total_seconds() < cooldown:
-        last = max(drift_trained)
-        return f"drift retraining is in its cooldown ({spec.monitoring.cooldown} since {last:%H:%M:%S})"
-    today = [t for t in drift_trained if (now - t).total_seconds() < 86400]
+    if triggered and (now - max(triggered)).total_seconds() < cooldown:
+        last = max(triggered)
+        return (
+            f"{finding}: retraining on the monitoring's findings is in its cooldown "
+            f"({spec.monitoring.cooldown} since {last:%H:%M:%S})"
+        )
+    today = [t for t in triggered if (now - t).total_seconds() < 86400]
     if len(today) >= spec.monitoring.max_retrains_per_day:
         cap = spec.monitoring.max_retrains_per_day
-        return f"{len(today)} drift retrainings in 24 hours: the daily cap is {cap}"
+        return (
+            f"{finding}: {len(today)} retrainings on the monitoring's findings in 24 hours: the daily cap "
+            f"is {cap}"
+        )
     return None

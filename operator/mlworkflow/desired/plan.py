@@ -26,21 +26,19 @@ from mlworkflow.desired.lifecycle import (
     with_searches,
 )
 from mlworkflow.desired.patterns import PATTERNS
+from mlworkflow.desired.tracking import MLflowSettings, plan_sync
 
 
-def plan(spec: MLWorkflowSpec, observed: Observed, now: datetime, endpoint: str | None = None) -> Plan:
-    """The next state of a workflow."""
-    pattern = PATTERNS.get(spec.pattern)
-    if pattern is None:
-        outcome = Outcome(
-            Progress.STALLED,
-            "PatternNotSupported",
-            f"this operator version does not run the {spec.pattern} pattern yet; "
-            f"it runs {', '.join(PATTERNS)}",
-            phase="Unsupported",
-        )
-        return Plan(apply_outcome(observed.status, outcome, observed.generation, now))
-
+def plan(
+    spec: MLWorkflowSpec,
+    observed: Observed,
+    now: datetime,
+    endpoint: str | None = None,
+    tracking: MLflowSettings | None = None,
+) -> Plan:
+    """The next state of a workflow; `tracking`: its MLflow settings (`tracking.settings`), if it is
+    tracked."""
+    pattern = PATTERNS[spec.pattern]
     observed = with_searches(observed)
     status = observed.status.model_copy(deep=True)
     events: list[Event] = []
@@ -66,6 +64,9 @@ def plan(spec: MLWorkflowSpec, observed: Observed, now: datetime, endpoint: str 
     else:
         outcome = deployment.outcome
     status = apply_outcome(status, outcome, generation, now)
+    sync = plan_sync(tracking, status, observed.syncs, now, events)
     told = {e.reason for e in events}
     events += [e for e in stall_events(observed.status, status) if e.reason not in told]
-    return Plan(status, training.train, deployment.version, deployment.batch_run, events, deployment.refit)
+    return Plan(
+        status, training.train, deployment.version, deployment.batch_run, events, deployment.refit, sync
+    )

@@ -19,9 +19,19 @@ from mlworkflow.desired import cron
 
 
 def check_spec(
-    spec: MLWorkflowSpec, allowed_prefixes: Sequence[str] = DEFAULT_ALLOWED_PREFIXES
+    spec: MLWorkflowSpec,
+    allowed_prefixes: Sequence[str] = DEFAULT_ALLOWED_PREFIXES,
+    default_tracking_uri: str = "",
 ) -> Refusal | None:
-    """The first problem of `spec` that the schema let through, or None."""
+    """The first problem of `spec` that the schema let through, or None. `default_tracking_uri`: the
+    operator's MLflow tracking server, for workflows that name none."""
+    mlflow = spec.tracking.mlflow if spec.tracking else None
+    if mlflow is not None and not mlflow.tracking_uri and not default_tracking_uri:
+        return Refusal(
+            "TrackingNotConfigured",
+            "spec.tracking.mlflow.trackingUri: this operator has no default MLflow tracking server (Helm "
+            "value tracking.mlflow.trackingUri); name one here",
+        )
     schedules = {
         "spec.training.schedule": spec.training.schedule,
         "spec.monitoring.schedule": spec.monitoring.schedule,

@@ -35,7 +35,13 @@ from typing import Any, Literal
 from mlworkflow.api.estimators import DEFAULT_ALLOWED_PREFIXES
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Pattern
 from mlworkflow.desired import cron
-from mlworkflow.desired.children import Workflow, model_spec_hash, trained_spec, training_args
+from mlworkflow.desired.children import (
+    Workflow,
+    model_spec_hash,
+    monitoring_args,
+    trained_spec,
+    training_args,
+)
 from mlworkflow.desired.lifecycle import (
     BatchRun,
     DriftCheck,
@@ -482,17 +488,11 @@ class LocalRunner:
 
     def _check_drift(self, version: str, now: datetime) -> None:
         self.last_drift_check = now
-        monitoring = self.spec.monitoring
         argv = [
             sys.executable,
             "-m",
             "mlworkflow.runtime.drift",
-            f"--store={self.store.root}",
-            f"--workflow={self.name}",
-            f"--version={version}",
-            f"--threshold={monitoring.drift_threshold}",
-            f"--min-samples={monitoring.min_samples}",
-            "--html",
+            *monitoring_args(self.name, self.spec, version, str(self.store.root)),
         ]
         self.drift_checks.append(self._start("drift", argv))
 

@@ -9,7 +9,7 @@ traceback. One ASGI middleware in front of every route (`Contract`) and a log fi
 - every error of those routes is answered `{"error": "<one line>"}`, the schema the document declares;
 - a 4xx is logged as one WARNING line (status, route, reason); a 5xx keeps BentoML's traceback;
 - `/docs.json` says what the service does: the Open Inference Protocol's routes too, the error schema, the
-  row limit, and the records' features as the served model has them.
+  row limit, the records' features as the served model has them, and the labels `/feedback` takes.
 """
 
 from __future__ import annotations
@@ -20,17 +20,19 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import pydantic
 from bentoml.exceptions import BentoMLException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlworkflow.runtime import inference_protocol
 from mlworkflow.runtime.features import CATEGORY_TYPES, LARGEST, MAX_ROWS
+from mlworkflow.runtime.feedback import MAX_ID_LENGTH
 from mlworkflow.runtime.inference_protocol import ServedModel
 
 logger = logging.getLogger("mlworkflow.serve")
 
-RECORD_ROUTES = ("/predict", "/predict_batch")  # BentoML's
+RECORD_ROUTES = ("/predict", "/predict_batch", "/feedback")  # BentoML's JSON routes
 ERROR = {"$ref": "#/components/schemas/Error"}
 JSON_TYPES = {str: "string", int: "number", float: "number", bool: "boolean"}
 
@@ -185,14 +187,16 @@ def document(openapi: dict[str, Any], model: ServedModel) -> dict[str, Any]:
         "503": "The batch queue is full",
         "504": "No answer in time",
     }
+    prediction_id = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH}
     answers = {
         "/predict": {
             "type": "object",
-            "required": ["model", "backend", "predictions"],
+            "required": ["model", "backend", "predictions", "ids"],
             "properties": {
                 "model": {"type": "string"},
                 "backend": {"type": "string", "enum": ["onnxruntime", "sklearn"]},
                 "predictions": {"type": "array", "items": prediction},
+                "ids": {"type": "array", "items": prediction_id, "description": "each prediction's id"},
                 "classes": {"type": "array", "items": prediction},
                 "probabilities": {
                     "type": "array",
@@ -207,6 +211,7 @@ def document(openapi: dict[str, Any], model: ServedModel) -> dict[str, Any]:
                 "required": ["model"],
                 "properties": {
                     "prediction": prediction,
+                    "id": prediction_id,
                     "model": {"type": "string"},
                     "backend": {"type": "string", "enum": ["onnxruntime", "sklearn"]},
                     "error": {"type": "string", "description": "why this record has no prediction"},
@@ -225,8 +230,59 @@ def document(openapi: dict[str, Any], model: ServedModel) -> dict[str, Any]:
             "200": _json("Answered", answer),
             **{status: _json(description, ERROR) for status, description in errors.items()},
         }
+    ids = openapi["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    ids["properties"]["ids"] = {
+        "type": "array",
+        "items": prediction_id,
+        "minItems": 1,
+        "maxItems": MAX_ROWS,
+        "nullable": True,
+        "description": "the client's own prediction ids, one per record (else the service makes them)",
+    }
+    operation = openapi["paths"]["/feedback"]["post"]
+    operation["requestBody"] = {
+        "required": True,
+        "content": {"application/json": {"schema": feedback_schema(model, prediction_id)}},
+    }
+    recorded = {
+        "type": "object",
+        "required": ["recorded"],
+        "properties": {"recorded": {"type": "integer", "minimum": 1, "description": "labels recorded"}},
+    }
+    operation["responses"] = {
+        "200": _json("Recorded", recorded),
+        "400": _json("A label row is not {id, label}, or the label is not one the model predicts", ERROR),
+        "415": _json("The body is not JSON", ERROR),
+        "500": _json("A fault of the service", ERROR),
+    }
     openapi["paths"].update(inference_protocol.openapi_paths(model, ERROR))
     return openapi
+
+
+def feedback_schema(model: ServedModel, prediction_id: dict[str, Any]) -> dict[str, Any]:
+    """`POST /feedback`'s body: labels of served predictions, by prediction id."""
+    largest = float(np.finfo(np.float64).max)
+    label = (
+        {"type": "number", "minimum": -largest, "maximum": largest}
+        if model.task == "regression"
+        else {"enum": model.classes or []}
+    )
+    return {
+        "type": "object",
+        "required": ["labels"],
+        "properties": {
+            "labels": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_ROWS,
+                "items": {
+                    "type": "object",
+                    "required": ["id", "label"],
+                    "properties": {"id": prediction_id, "label": label},
+                },
+            }
+        },
+    }
 
 
 def record_schema(model: ServedModel) -> dict[str, Any]:

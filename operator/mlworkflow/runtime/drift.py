@@ -1,7 +1,10 @@
-"""Check served inputs for data drift (the monitoring CronJob's program).
+"""Check served inputs for data drift, and the served model's performance (the monitoring CronJob's program).
 
     python -m mlworkflow.runtime.drift --store DIR --workflow NAME --version v3 \
-        --threshold 0.3 --min-samples 200
+        --threshold 0.3 --min-samples 200 [--metric f1_macro --min-labelled-rows 200]
+
+With `--metric`, the summary also holds `performance`: the version's metric on labelled predictions and
+its estimate before the labels (`mlworkflow.runtime.performance`), whatever the drift check found.
 
 The current window is what the serving Pods recorded since the last check; the reference is the training
 sample stored with the served version. Evidently's DataDriftPreset compares them column by column with the
@@ -35,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from mlworkflow.api import exitcodes
+from mlworkflow.runtime import performance, tracking
 from mlworkflow.runtime.data import FeatureSchema
 from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.termination import TERMINATION_LOG, report
@@ -250,7 +254,7 @@ def check(
             "ReferenceMissing", f"no reference data for {store.workflow} {version} in {model_dir}"
         )
     schema = FeatureSchema.from_json(json.loads(card_path.read_text())["schema"])
-    state_path = store.base / "drift" / "state.json"
+    state_path = store.monitoring / "state.json"
     since = float(json.loads(state_path.read_text())["until"]) if state_path.exists() else 0.0
     window, seen, newest = read_window(store.samples, since, max_rows)
     now = datetime.now(UTC)
@@ -268,7 +272,7 @@ def check(
             "message": f"{seen} rows served since the last check; {min_samples} are needed",
         }
     started = time.monotonic()
-    folder = store.base / "drift" / now.strftime("%Y%m%dT%H%M%SZ")
+    folder = store.monitoring / now.strftime("%Y%m%dT%H%M%SZ")
     result = compare(
         window,
         pd.read_parquet(reference_path),
@@ -318,17 +322,33 @@ def main(argv: list[str] | None = None) -> int:
         "--max-rows", type=int, default=DEFAULT_MAX_ROWS, help="rows of each side given to Evidently"
     )
     parser.add_argument("--html", action="store_true", help="also render Evidently's HTML report")
+    parser.add_argument("--metric", help="also measure (and estimate) this metric on labelled predictions")
+    parser.add_argument("--min-labelled-rows", type=int, default=200)
     parser.add_argument("--termination-log", default=os.environ.get("MLW_TERMINATION_LOG", TERMINATION_LOG))
     args = parser.parse_args(argv)
     store = WorkflowStore(args.store, args.workflow)
+    code = 0
     try:
         summary = check(store, args.version, args.threshold, args.min_samples, args.max_rows, args.html)
     except DriftError as error:
-        report({"status": "error", "reason": error.reason, "message": str(error)}, args.termination_log)
-        return exitcodes.INVALID_INPUT
+        summary, code = (
+            {"status": "error", "reason": error.reason, "message": str(error)},
+            exitcodes.INVALID_INPUT,
+        )
+    mlflow = tracking.Settings.from_env()
+    if mlflow is not None and summary.get("status") == "ok":
+        logged = tracking.log_drift_check(mlflow, store, args.version, summary)
+        summary["tracking"] = {k: v for k, v in logged.items() if k in ("tracked", "reason")}
+    if args.metric:
+        try:
+            summary["performance"] = performance.check(
+                store, args.version, args.metric, args.min_labelled_rows, args.min_samples, args.max_rows
+            )
+        except performance.PerformanceError as error:
+            summary["performance"] = {"status": "error", "message": str(error)}
     # Only the summary goes into the termination message (4 KiB at most); the full result is in the store.
     report(summary, args.termination_log)
-    return 0
+    return code
 
 
 if __name__ == "__main__":

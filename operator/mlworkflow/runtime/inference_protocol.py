@@ -5,7 +5,15 @@ carries one named input per feature column (MLServer's pandas codec), shape `[N]
 FP/INT data, categories as BYTES (or BOOL, INT, FP); `null` marks a missing value, and so does `NaN` in FP
 data, as MLServer's pandas codec sends a missing number (before MLServer 1.4; later ones send `null`). Data
 must fit its declared datatype: an INT64 input holds integers, a UINT8 one integers from 0 to 255, an FP32
-one numbers within float32's range, BYTES strings, BOOL booleans. The answer has one output, `predict`.
+one numbers within float32's range, BYTES strings, BOOL booleans. The answer has the outputs `predict` and
+`prediction_id` (unless the request's `outputs` names others: `predict_proba` too for a classifier with
+probabilities).
+
+Prediction ids: the protocol's request `id` identifies a request, and its parameters hold scalars only, so
+each row's id is a tensor. A client names its own with a BYTES input `prediction_id` of shape `[N]` (when no
+feature has that name), or, for a request of one row, with the request's `id` (of at most 128 characters);
+otherwise they are made here.
+The output `prediction_id` (BYTES, `[N]`) answers them; `POST /feedback` labels them.
 
     POST /v2/models/<workflow>/infer
     {"inputs": [{"name": "x1", "datatype": "FP64", "shape": [2], "data": [0.3, 1.2]},
@@ -32,6 +40,7 @@ from starlette.routing import Route
 
 from mlworkflow.runtime.data import FeatureSchema
 from mlworkflow.runtime.features import MAX_ROWS, FeatureBatch, FeatureChecker, RequestError
+from mlworkflow.runtime.feedback import MAX_ID_LENGTH, check_prediction_ids
 
 # The largest magnitude of each FP datatype, and the range of each integer one.
 FLOATS = {
@@ -48,6 +57,7 @@ DATATYPES = NUMERIC_DATATYPES | {"BYTES", "BOOL"}
 NULL = type(None)
 OUTPUT = "predict"
 PROBABILITIES = "predict_proba"  # a classifier's, as in MLServer's scikit-learn runtime
+PREDICTION_ID = "prediction_id"  # an input (the client's own ids) and an output
 
 
 class ServedModel(Protocol):
@@ -75,8 +85,13 @@ class ModelServer(Protocol):
     @property
     def model(self) -> ServedModel: ...
     def answer(
-        self, batch: FeatureBatch, probabilities: bool, where: Callable[[int], str], model: Any
-    ) -> tuple[list[Any], list[list[float]] | None, dict[int, str]]: ...
+        self,
+        batch: FeatureBatch,
+        probabilities: bool,
+        where: Callable[[int], str],
+        model: Any,
+        ids: list[str] | None,
+    ) -> tuple[list[Any], list[list[float]] | None, dict[int, str], list[str]]: ...
 
 
 class NotServed(Exception):
@@ -120,7 +135,10 @@ async def metadata(request: Request) -> Response:
     except NotServed as error:
         return _error(404, str(error))
     schema = model.schema
-    outputs = [{"name": OUTPUT, "datatype": _prediction_datatype(model), "shape": [-1]}]
+    outputs = [
+        {"name": OUTPUT, "datatype": _prediction_datatype(model), "shape": [-1]},
+        {"name": PREDICTION_ID, "datatype": "BYTES", "shape": [-1]},
+    ]
     if model.probabilities:
         outputs.append({"name": PROBABILITIES, "datatype": "FP64", "shape": [-1, len(model.classes or [])]})
     return JSONResponse(
@@ -149,42 +167,52 @@ async def infer(request: Request) -> Response:
         model = _served(request)
         body = pydantic_core.from_json(await request.body())  # twice as fast as json.loads here
         outputs = _outputs(body, model)
+        own = _own_ids(body, model)
         batch = _batch(body, model)
-        predictions, probabilities, _ = _server().answer(
-            batch, PROBABILITIES in outputs, "row {}".format, model
+        request_id = body.get("id")
+        if own is None and batch.rows == 1 and isinstance(request_id, str) and request_id:
+            # One row: one prediction, which the request's id names (when it can be a prediction id).
+            own = [request_id] if len(request_id) <= MAX_ID_LENGTH else None
+        elif own is not None:
+            own = check_prediction_ids(own, batch.rows, f"input {PREDICTION_ID!r}: data")
+        predictions, probabilities, _, ids = _server().answer(
+            batch, PROBABILITIES in outputs, "row {}".format, model, own
         )
     except NotServed as error:
         return _error(404, str(error))
     except (RequestError, ValueError) as error:  # ValueError: the body is not JSON
         return _error(400, str(error))
+    tensors: dict[str, dict[str, Any]] = {
+        OUTPUT: {"datatype": _datatype(predictions), "shape": [batch.rows], "data": predictions},
+        PREDICTION_ID: {"datatype": "BYTES", "shape": [batch.rows], "data": ids},
+        PROBABILITIES: {
+            "datatype": "FP64",
+            "shape": [batch.rows, len(model.classes or [])],
+            "data": [p for row in probabilities or [] for p in row],  # row-major, as the protocol wants
+            "parameters": {"classes": model.classes},
+        },
+    }
     answer: dict[str, Any] = {
         "model_name": model.name,
         "model_version": model.version,
         "parameters": {"backend": model.backend},
-        "outputs": [
-            {"name": OUTPUT, "datatype": _datatype(predictions), "shape": [batch.rows], "data": predictions}
-            if name == OUTPUT
-            else {
-                "name": PROBABILITIES,
-                "datatype": "FP64",
-                "shape": [batch.rows, len(model.classes or [])],
-                "data": [p for row in probabilities or [] for p in row],  # row-major, as the protocol wants
-                "parameters": {"classes": model.classes},
-            }
-            for name in outputs
-        ],
+        "outputs": [{"name": name, **tensors[name]} for name in outputs],
     }
     if isinstance(body.get("id"), str):
         answer["id"] = body["id"]
     return JSONResponse(answer)
 
 
+def _offered(model: ServedModel) -> list[str]:
+    return [OUTPUT, PREDICTION_ID, PROBABILITIES] if model.probabilities else [OUTPUT, PREDICTION_ID]
+
+
 def _outputs(body: Any, model: ServedModel) -> list[str]:
-    """The outputs asked for, in order: `predict` unless the request names others."""
-    offered = [OUTPUT, PROBABILITIES] if model.probabilities else [OUTPUT]
+    """The outputs asked for, in order: `predict` and `prediction_id` unless the request names others."""
+    offered = _offered(model)
     requested = body.get("outputs") if isinstance(body, dict) else None
     if not requested:
-        return [OUTPUT]
+        return [OUTPUT, PREDICTION_ID]
     if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
         raise RequestError('`outputs` must be a list of objects such as {"name": "predict"}')
     names = [o.get("name") for o in requested]
@@ -192,6 +220,26 @@ def _outputs(body: Any, model: ServedModel) -> list[str]:
         if name not in offered:
             raise RequestError(f"unknown output {name!r}: this model has {', '.join(map(repr, offered))}")
     return [str(name) for name in names]
+
+
+def _is_ids(tensor: Any, model: ServedModel) -> bool:
+    """Whether an input is the client's prediction ids (a feature of that name is a feature)."""
+    return (
+        isinstance(tensor, dict)
+        and tensor.get("name") == PREDICTION_ID
+        and PREDICTION_ID not in model.schema.features
+    )
+
+
+def _own_ids(body: Any, model: ServedModel) -> list[Any] | None:
+    """The data of the `prediction_id` input, when the request has one (checked against the rows later)."""
+    inputs = body.get("inputs") if isinstance(body, dict) else None
+    tensor = next((t for t in inputs if _is_ids(t, model)), None) if isinstance(inputs, list) else None
+    if tensor is None:
+        return None
+    if tensor.get("datatype") != "BYTES":
+        raise RequestError(f"input {PREDICTION_ID!r} holds prediction ids: its datatype must be BYTES")
+    return _column(tensor, PREDICTION_ID, numeric=False)
 
 
 def _batch(body: Any, model: ServedModel) -> FeatureBatch:
@@ -204,6 +252,8 @@ def _batch(body: Any, model: ServedModel) -> FeatureBatch:
     columns: dict[str, list[Any]] = {}
     rows: int | None = None
     for tensor in body["inputs"]:
+        if _is_ids(tensor, model):
+            continue
         name = tensor.get("name") if isinstance(tensor, dict) else None
         if name not in schema.numeric and name not in schema.categorical:
             raise RequestError(
@@ -318,9 +368,14 @@ def _datatype(predictions: list[Any]) -> str:
     return {bool: "BOOL", int: "INT64", float: "FP64"}.get(kind, "BYTES")
 
 
+def _input_names(model: ServedModel) -> list[str]:
+    features = model.schema.features
+    return features if PREDICTION_ID in features else [*features, PREDICTION_ID]
+
+
 def openapi_paths(model: ServedModel, error: dict[str, Any]) -> dict[str, Any]:
     """The OpenAPI paths of this app (under /v2) for `model`; `error` is the error body's schema."""
-    offered = [OUTPUT, PROBABILITIES] if model.probabilities else [OUTPUT]
+    offered = _offered(model)
     # The one name and version this Pod serves (any other is a 404).
     name = {
         "name": "name",
@@ -358,7 +413,7 @@ def openapi_paths(model: ServedModel, error: dict[str, Any]) -> dict[str, Any]:
                 | {
                     "properties": tensor["properties"]
                     | {
-                        "name": {"type": "string", "enum": model.schema.features},
+                        "name": {"type": "string", "enum": _input_names(model)},
                         "datatype": {"type": "string", "enum": sorted(DATATYPES)},
                         "shape": {
                             "type": "array",

@@ -598,7 +598,7 @@ class Learner:
             card,
             reference if reference.exists() else self.reference,
             trained_rows if self.trained_rows is not None else None,
-            model_card_markdown(card) + _online_markdown(online),
+            markdown=model_card_markdown(card) + _online_markdown(online),
         )
         self.writer.check()  # never published without the lease (the learning thread stops at once)
         lease.write_atomically(self.store.online_latest, version + "\n")

@@ -187,8 +187,14 @@ class LoadedModel:
         ]
 
 
-def sample_line(ts: float, version: str, features: dict[str, Any], prediction: Any) -> str:
-    """One row of a sample for the drift monitor, as a JSON line: `ts` (seconds since the epoch) first, the
-    model version, the features as the model saw them (`FeatureBatch.records`) and its prediction. The
-    serving Pods' `SampleRecorder` and the batch runs write it; `drift.read_window` reads it."""
-    return json.dumps({"ts": ts, "model": version, "features": features, "prediction": prediction}) + "\n"
+def sample_line(
+    ts: float, version: str, features: dict[str, Any], prediction: Any, prediction_id: str | None = None
+) -> str:
+    """One row of a sample for the monitor, as a JSON line: `ts` (seconds since the epoch) first, the model
+    version, the prediction's id (served predictions: what `POST /feedback` labels), the features as the
+    model saw them (`FeatureBatch.records`) and its prediction. The serving Pods' `SampleRecorder` and the
+    batch runs write it; `drift.read_window` and `performance` read it."""
+    line: dict[str, Any] = {"ts": ts, "model": version}
+    if prediction_id is not None:
+        line["id"] = prediction_id
+    return json.dumps({**line, "features": features, "prediction": prediction}) + "\n"

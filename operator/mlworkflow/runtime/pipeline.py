@@ -6,6 +6,7 @@ import importlib
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
@@ -66,8 +67,25 @@ def build(model: ModelSpec, schema: FeatureSchema, allowed_prefixes: Sequence[st
 
 
 def scores(task: str, pipeline: Pipeline, x: pd.DataFrame, y: pd.Series) -> dict[str, float]:
-    """Holdout metrics: accuracy, precision, recall, F1 (macro) and ROC AUC; or MSE, MAE and R²."""
+    """Holdout metrics of `pipeline` on rows `x` with labels `y` (`metrics`)."""
     predicted = pipeline.predict(x)
+    proba = None
+    if task == "classification" and hasattr(pipeline, "predict_proba") and y.nunique() > 1:
+        proba = pipeline.predict_proba(x)
+    classes = list(pipeline.classes_) if task == "classification" else None
+    return metrics(task, y, predicted, proba, classes)
+
+
+def metrics(
+    task: str,
+    y: Sequence[Any] | pd.Series | np.ndarray,
+    predicted: Sequence[Any] | np.ndarray,
+    probabilities: np.ndarray | None = None,
+    classes: list[Any] | None = None,
+) -> dict[str, float]:
+    """The task's metrics of predictions against the truth, the same at training (holdout) and in production
+    (labelled predictions): accuracy, precision, recall, F1 (macro) and, given `probabilities` (a row per
+    prediction, columns in `classes` order), ROC AUC; or MSE, MAE and R²."""
     if task == "regression":
         return {
             "mse": float(mean_squared_error(y, predicted)),
@@ -80,9 +98,7 @@ def scores(task: str, pipeline: Pipeline, x: pd.DataFrame, y: pd.Series) -> dict
         "recall_macro": float(recall_score(y, predicted, average="macro", zero_division=0)),
         "f1_macro": float(f1_score(y, predicted, average="macro", zero_division=0)),
     }
-    if hasattr(pipeline, "predict_proba") and y.nunique() > 1:
-        probabilities = pipeline.predict_proba(x)
-        classes = list(pipeline.classes_)
+    if probabilities is not None and classes is not None and len(set(np.asarray(y).tolist())) > 1:
         try:
             if len(classes) == 2:
                 result["roc_auc"] = float(roc_auc_score(y, probabilities[:, 1]))

@@ -55,6 +55,7 @@ import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
 from mlworkflow.api.exitcodes import INVALID_INPUT
 from mlworkflow.api.v1alpha1 import BatchSpec, MLWorkflowSpec
+from mlworkflow.runtime import tracking
 from mlworkflow.runtime.features import FeatureBatch, RequestError
 from mlworkflow.runtime.model import LoadedModel, sample_line
 from mlworkflow.runtime.store import WorkflowStore
@@ -760,6 +761,10 @@ def main(argv: list[str] | None = None) -> int:
             args.termination_log,
         )
         return INVALID_INPUT
+    mlflow = tracking.Settings.from_env()
+    if mlflow is not None:
+        logged = tracking.log_batch_run(mlflow, run.store, summary)
+        summary["tracking"] = {k: v for k, v in logged.items() if k in ("tracked", "reason")}
     report(summary, args.termination_log)
     return 0
 

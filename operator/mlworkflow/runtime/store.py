@@ -2,7 +2,9 @@
 
 <root>/                      data sources are paths relative to here (`data/train-*.csv`)
 <root>/<workflow>/bentoml/   the BentoML model store of the workflow (BENTOML_HOME)
-<root>/<workflow>/samples/   inputs and predictions recorded by the serving Pods
+<root>/<workflow>/samples/   inputs and predictions (with their ids) recorded by the serving Pods
+<root>/<workflow>/feedback/  labels of served predictions (`POST /feedback`), recorded by the serving Pods
+<root>/<workflow>/drift/     the monitoring job's results (drift and performance) and its state
 <root>/<workflow>/retrain    the local runner's retrain request (`mlworkflow retrain`)
 <root>/<workflow>/predict    the local runner's predict request (`mlworkflow predict`, Forecast)
 <root>/<workflow>/online/    OnlineLearning: `latest` (the newest published snapshot's version),
@@ -33,6 +35,15 @@ class WorkflowStore:
     @property
     def samples(self) -> Path:
         return self.base / "samples"
+
+    @property
+    def feedback(self) -> Path:
+        return self.base / "feedback"
+
+    @property
+    def monitoring(self) -> Path:
+        """The monitoring job's results (a folder per check) and the state of its windows."""
+        return self.base / "drift"
 
     @property
     def retrain_request(self) -> Path:

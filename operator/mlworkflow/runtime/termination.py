@@ -32,6 +32,7 @@ ESSENTIAL = (
     "metrics",
     "backend",
     "tag",
+    "performance",
 )
 # Tried in order until the line fits: (items kept of each list or nested mapping, characters of each string).
 # Fewer items first: a name cut short identifies nothing, a list of whole names cut short still does.

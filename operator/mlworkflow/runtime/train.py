@@ -36,7 +36,7 @@ from sklearn.model_selection import (
 from mlworkflow.api import exitcodes
 from mlworkflow.api.estimators import DEFAULT_ALLOWED_PREFIXES
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Trigger
-from mlworkflow.runtime import data, holdout, onnx_export, pipeline
+from mlworkflow.runtime import data, holdout, onnx_export, performance, pipeline, tracking
 from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.termination import TERMINATION_LOG, report
 
@@ -55,6 +55,7 @@ class TrainedModel:
     champion_metrics: dict[str, float] | None = None
     data_sha256: str = ""
     holdout: dict[str, Any] = field(default_factory=dict)
+    tracking: dict[str, Any] | None = None  # where MLflow has it, or why not (`tracking.log_version`)
 
 
 def train(
@@ -66,11 +67,14 @@ def train(
     champion: str | None = None,
     drift_report: str | None = None,
     archive: bool = False,
+    mlflow: tracking.Settings | None = None,
+    spec_hash: str = "",
 ) -> TrainedModel:
     """Train, evaluate and save one version; raises DataError or ModelError with a message for the user.
 
     With a `champion` (the served version), the holdout is made of rows the champion was not trained on,
-    and both are scored on it (see `mlworkflow.runtime.holdout`).
+    and both are scored on it (see `mlworkflow.runtime.holdout`). With `mlflow` settings, the saved version
+    is logged and registered there too (`mlworkflow.runtime.tracking`); its card says where, or why not.
     """
     assert spec.model is not None
     started = time.monotonic()
@@ -111,10 +115,11 @@ def train(
         )
     backend = "onnxruntime" if check.passed else "sklearn"
 
-    card = {
+    card: dict[str, Any] = {
         "workflow": store.workflow,
         "version": version,
         "trigger": str(trigger),
+        "specHash": spec_hash or None,
         "trainedAt": datetime.now(UTC).isoformat(timespec="seconds"),
         "trainingSeconds": round(time.monotonic() - started, 3),
         "data": {
@@ -162,7 +167,16 @@ def train(
         "search": _search(store, version),
     }
     tag = save_version(
-        store, version, str(trigger), model, exported if check.passed else None, card, x_train, rows.trained
+        store,
+        version,
+        str(trigger),
+        model,
+        exported if check.passed else None,
+        card,
+        x_train,
+        rows.trained,
+        mlflow,
+        x_holdout.assign(**{schema.target: y_holdout}),
     )
     return TrainedModel(
         version,
@@ -175,6 +189,7 @@ def train(
         champion_metrics,
         snapshot.sha256,
         judged,
+        card.get("tracking"),
     )
 
 
@@ -239,15 +254,19 @@ def save_version(
     card: dict[str, Any],
     x_train: pd.DataFrame | Path,
     trained_rows: holdout.Hashes | Path | None,
+    mlflow: tracking.Settings | None = None,
+    held_out: pd.DataFrame | None = None,
     markdown: str | None = None,
 ) -> str:
     """The version in the BentoML model store under the artifact store, with its card (`markdown`: the card
-    for humans, by default `model_card_markdown(card)`), its reference sample (of `x_train`) and the hashes
-    of the rows it was trained on (when known); returns its tag. A Path for `x_train` or `trained_rows` is
-    another version's `reference.parquet` or `trained-rows.npy`, copied as it is (an online snapshot keeps
-    its start version's: a new sample and a new sort would cost a snapshot ~50 ms for the same content).
-    The training runtime and the online learner's snapshots (`mlworkflow.runtime.learn`) save versions this
-    way."""
+    for humans, by default `model_card_markdown(card)`), its reference sample (of `x_train`), a sample of
+    its held-out rows when given (features and target: the monitor calibrates its probabilities on them)
+    and the hashes of the rows it was trained on (when known); returns its tag. A Path for `x_train` or
+    `trained_rows` is another version's `reference.parquet` or `trained-rows.npy`, copied as it is (an
+    online snapshot keeps its start version's: a new sample and a new sort would cost a snapshot ~50 ms
+    for the same content). The training runtime and the online learner's snapshots
+    (`mlworkflow.runtime.learn`) save versions this way. Logged to MLflow too with `mlflow` settings (the
+    card's `tracking` says where, or why not)."""
     os.environ["BENTOML_HOME"] = str(store.bentoml_home)
     import bentoml
 
@@ -269,10 +288,18 @@ def save_version(
         else:
             reference = x_train.sample(min(REFERENCE_ROWS, len(x_train)), random_state=holdout.SEED)
             reference.to_parquet(path / "reference.parquet", index=False)
+        if held_out is not None:
+            sample = held_out.sample(min(performance.HOLDOUT_ROWS, len(held_out)), random_state=holdout.SEED)
+            sample.to_parquet(path / performance.HOLDOUT_FILE, index=False)
         if isinstance(trained_rows, Path):
             shutil.copyfile(trained_rows, path / holdout.ROWS_FILE)
         elif trained_rows is not None:
             holdout.save_rows(path, trained_rows)
+        if mlflow is not None:
+            # Before the version is complete in the store: its card then says where MLflow has it.
+            card["tracking"] = tracking.log_version(mlflow, store, card, path, model)
+            (path / "card.json").write_text(json.dumps(card, indent=2, default=str))
+            (path / "card.md").write_text(model_card_markdown(card))
     return tag
 
 
@@ -315,7 +342,7 @@ preprocessing `{json.dumps(card["pipeline"]["preprocessing"])}`.
 Backend: **{card["backend"]}**. ONNX: exported {card["onnx"]["exported"]}, verified {card["onnx"]["verified"]}
 ({card["onnx"]["check"]}).
 
-{_search_section(card)}## Libraries
+{_search_section(card)}{_tracking_section(card)}## Libraries
 {", ".join(f"{k} {v}" for k, v in card["libraries"].items())}
 """
 
@@ -351,6 +378,22 @@ def _search_section(card: dict[str, Any]) -> str:
 | rank | estimator | params | CV mean | CV std | state |
 |---|---|---|---|---|---|
 {rows}
+
+"""
+
+
+def _tracking_section(card: dict[str, Any]) -> str:
+    tracked = card.get("tracking")
+    if not tracked:
+        return ""
+    if not tracked.get("tracked"):
+        return f"""## MLflow
+Not tracked: {tracked.get("reason")}. The operator's next sync logs it.
+
+"""
+    return f"""## MLflow
+Run `{tracked["runId"]}` in experiment `{tracked["experiment"]}`; registered as version
+{tracked["modelVersion"]} of `{tracked["registeredModel"]}`.
 
 """
 
@@ -402,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
             args.champion,
             args.drift_report,
             args.stream_archive,
+            tracking.Settings.from_env(),
+            os.environ.get("MLW_SPEC_HASH", ""),
         )
     except (data.DataError, pipeline.ModelError) as error:
         reason = "DataInvalid" if isinstance(error, data.DataError) else "ModelInvalid"
@@ -424,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
             "champion": {"version": args.champion, "metrics": result.champion_metrics}
             if args.champion
             else None,
+            # Whether MLflow has it (a NotTracked Event otherwise); where exactly is in the card.
+            "tracking": {k: v for k, v in (result.tracking or {}).items() if k in ("tracked", "reason")}
+            or None,
         },
         args.termination_log,
     )

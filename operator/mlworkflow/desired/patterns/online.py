@@ -244,6 +244,9 @@ def learner_deployment(workflow: Workflow, start: str, context: RuntimeContext) 
     kafka = spec.online.source.kafka
     secret = kafka.secret_ref.name if kafka and kafka.secret_ref else None
     env: list[dict[str, Any]] = [
+        # Declared and referenced in the args, as serving's HTTP_PORT: where a node gives each Pod a port of
+        # its own in this variable (tests' process node), the learner listens there.
+        {"name": "METRICS_PORT", "value": str(METRICS_PORT)},
         {"name": "MLW_SPEC", "value": spec.model_dump_json(by_alias=True, exclude_none=True)},
         {"name": "MLW_START_VERSION", "value": start},
         {"name": "MLW_LEASE", "value": learner_name(workflow)},
@@ -292,7 +295,7 @@ def learner_deployment(workflow: Workflow, start: str, context: RuntimeContext) 
                             "args": [
                                 f"--store={children.STORE_MOUNT}",
                                 f"--workflow={workflow.name}",
-                                f"--port={METRICS_PORT}",
+                                "--port=$(METRICS_PORT)",
                             ],
                             "env": env,
                             "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],

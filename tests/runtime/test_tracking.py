@@ -1,0 +1,235 @@
+"""MLflow tracking against a real tracking server (tests/mlflow_server.py): trainings logged and registered by
+the training runtime, the operator's decisions (champion/challenger, `lifecycle.decide`) carried to the
+Model Registry by the sync (`python -m mlworkflow.runtime.tracking`), and a server that is down."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlflow_server import MLflowServer, free_port
+from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Trigger
+from mlworkflow.desired import tracking as planned
+from mlworkflow.desired.lifecycle import Event, TrainingRun, record_finished_runs
+from mlworkflow.runtime import tracking
+from mlworkflow.runtime.store import WorkflowStore
+from runtime.conftest import churn_frame, churn_spec, train_apart
+
+NAMESPACE = "team-a"
+
+
+def env_for(uri: str, workflow: str) -> dict[str, str]:
+    """What the operator sets in a tracked workflow's runtime Pods (`desired.tracking.MLflowSettings.env`)."""
+    return {
+        **planned.MLflowSettings(uri, f"{NAMESPACE}/{workflow}", f"{NAMESPACE}.{workflow}").env(NAMESPACE),
+        "MLW_SPEC_HASH": "0123456789abcdef",
+    }
+
+
+def decide(
+    spec: MLWorkflowSpec, status: MLWorkflowStatus, version: str, trigger: Trigger, summary: dict[str, Any]
+) -> list[Event]:
+    """The operator's step: fold the finished training into the status, deciding it."""
+    events: list[Event] = []
+    run = TrainingRun(version, trigger, "0123456789abcdef", "Succeeded", summary, "", datetime.now(UTC))
+    record_finished_runs(spec, status, [run], events)
+    return events
+
+
+def sync_apart(store: WorkflowStore, status: MLWorkflowStatus, env: dict[str, str]) -> dict[str, Any]:
+    """The sync Job's program, as the operator starts it, with the decisions of `status`."""
+    termination = store.root / f"sync-{time.monotonic_ns()}"
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "mlworkflow.runtime.tracking"),
+            f"--store={store.root}",
+            f"--workflow={store.workflow}",
+            "--digest=d1",
+            f"--termination-log={termination}",
+        ],
+        env={**os.environ, **env, "MLW_TRACKING_DECISIONS": json.dumps(planned.decisions(status))},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return dict(json.loads(termination.read_text()))
+
+
+def card(store: WorkflowStore, version: str) -> dict[str, Any]:
+    return dict(json.loads((store.model_dir(version) / "card.json").read_text()))
+
+
+def new_store(root: Path, workflow: str) -> WorkflowStore:
+    (root / "data").mkdir(parents=True)
+    churn_frame(1500).to_csv(root / "data" / "churn-2026-01.csv", index=False)
+    return WorkflowStore(root, workflow)
+
+
+def test_versions_are_logged_registered_and_the_alias_follows_the_decisions(
+    tracking_server: MLflowServer, tmp_path: Path
+) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.sklearn import load_model
+
+    mlflow.set_tracking_uri(tracking_server.uri)
+    mlflow.set_registry_uri(tracking_server.uri)
+    client = MlflowClient(tracking_server.uri, registry_uri=tracking_server.uri)
+    store = new_store(tmp_path, "churn")
+    env = env_for(tracking_server.uri, "churn")
+    model = f"{NAMESPACE}.churn"
+    status = MLWorkflowStatus()
+    stump = churn_spec("sklearn.tree.DecisionTreeClassifier", max_depth=1, random_state=0)
+
+    first = train_apart(stump, store, "v1", env=env)
+    assert first["tracking"] == {"tracked": True}
+    decide(stump, status, "v1", Trigger.INITIAL, first)
+    synced = sync_apart(store, status, env)
+    assert synced["status"] == "ok" and synced["champion"] == "v1" and synced["logged"] == []
+
+    written = card(store, "v1")["tracking"]
+    run = client.get_run(written["runId"])
+    assert run.info.run_name == "v1"
+    assert run.data.params["estimator"] == "sklearn.tree.DecisionTreeClassifier"
+    assert run.data.params["param.max_depth"] == "1" and run.data.params["specHash"] == "0123456789abcdef"
+    assert run.data.params["preprocessing.oneHot"] == "true"
+    assert {"holdout.f1_macro", "holdout.roc_auc", "cv.f1_macro_mean", "cv.f1_macro_std"} <= set(
+        run.data.metrics
+    )
+    assert run.data.metrics["holdout.f1_macro"] == pytest.approx(first["metrics"]["f1_macro"])
+    tags = run.data.tags
+    assert (tags["mlworkflow.workflow"], tags["mlworkflow.namespace"]) == ("churn", NAMESPACE)
+    assert (tags["mlworkflow.version"], tags["mlworkflow.trigger"]) == ("v1", "Initial")
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "card")} == {
+        "card/card.json",
+        "card/card.md",
+    }
+    champion = client.get_model_version_by_alias(model, "champion")
+    assert champion.version == written["modelVersion"] and champion.tags["mlworkflow.version"] == "v1"
+    assert champion.tags["mlworkflow.outcome"] == "Promoted"
+    # The sklearn flavour, with its signature: loadable by anyone with the registry's address.
+    rows = churn_frame(20, seed=5).drop(columns=["churn"])
+    served = load_model(f"models:/{model}@champion")
+    assert len(served.predict(rows)) == 20
+
+    # Drift: new rows arrive; a worse challenger is registered, tagged with why it lost; the alias stays.
+    churn_frame(800, seed=1).to_csv(store.root / "data" / "churn-2026-02.csv", index=False)
+    dummy = churn_spec("sklearn.dummy.DummyClassifier", strategy="most_frequent")
+    second = train_apart(dummy, store, "v2", "Drift", champion="v1", env=env)
+    decide(dummy, status, "v2", Trigger.DRIFT, second)
+    assert status.history[0].outcome == "Rejected" and status.model and status.model.version == "v1"
+    synced = sync_apart(store, status, env)
+    assert synced["champion"] == "v1"
+    rejected = client.get_model_version(model, card(store, "v2")["tracking"]["modelVersion"])
+    assert rejected.tags["mlworkflow.outcome"] == "Rejected"
+    assert (
+        rejected.tags["mlworkflow.reason"] == "NotBetter"
+        and "f1_macro" in rejected.tags["mlworkflow.message"]
+    )
+    run = client.get_run(card(store, "v2")["tracking"]["runId"])
+    assert run.data.metrics["champion.f1_macro"] > run.data.metrics["holdout.f1_macro"]
+    assert run.data.tags["mlworkflow.champion"] == "v1"
+    assert client.get_model_version_by_alias(model, "champion").version == champion.version
+
+    # A better challenger: promoted, and the alias moves to it.
+    churn_frame(800, seed=2).to_csv(store.root / "data" / "churn-2026-03.csv", index=False)
+    forest = churn_spec()
+    third = train_apart(forest, store, "v3", "Drift", champion="v1", env=env)
+    decide(forest, status, "v3", Trigger.DRIFT, third)
+    assert status.history[0].outcome == "Promoted", status.history[0].message
+    assert sync_apart(store, status, env)["champion"] == "v3"
+    moved = client.get_model_version_by_alias(model, "champion")
+    assert moved.version == card(store, "v3")["tracking"]["modelVersion"] != champion.version
+    assert [v.tags["mlworkflow.version"] for v in client.search_model_versions(f"name='{model}'")] == [
+        "v3",
+        "v2",
+        "v1",
+    ]
+
+
+def test_a_server_that_is_down_fails_no_training_and_the_sync_logs_it_later(
+    tracking_server: MLflowServer, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    store = new_store(tmp_path, "outage")
+    down = env_for(f"http://127.0.0.1:{free_port()}", "outage")  # nothing listens there
+    spec = churn_spec("sklearn.linear_model.LogisticRegression", max_iter=200)
+    status = MLWorkflowStatus()
+
+    started = time.monotonic()
+    summary = train_apart(spec, store, "v1", env=down)
+    took = time.monotonic() - started
+    assert summary["status"] == "ok" and summary["tracking"]["tracked"] is False
+    assert "Connection" in summary["tracking"]["reason"], summary["tracking"]
+    written = card(store, "v1")
+    assert written["tracking"]["tracked"] is False
+    assert "Not tracked" in (store.model_dir("v1") / "card.md").read_text()
+    assert tracking.read_record(store, "v1") is None
+    events = decide(spec, status, "v1", Trigger.INITIAL, summary)
+    assert [e.reason for e in events] == ["Promoted", "NotTracked"], events
+
+    # The sync against a server still down says so, and succeeds (the operator tries again later).
+    assert sync_apart(store, status, down)["status"] == "unavailable"
+    # The server is back: the next sync logs the version from the store and moves the alias.
+    synced = sync_apart(store, status, env_for(tracking_server.uri, "outage"))
+    assert synced["status"] == "ok" and synced["logged"] == ["v1"] and synced["champion"] == "v1"
+    record = tracking.read_record(store, "v1")
+    assert record is not None
+    client = MlflowClient(tracking_server.uri, registry_uri=tracking_server.uri)
+    assert (
+        client.get_model_version_by_alias(f"{NAMESPACE}.outage", "champion").version == record["modelVersion"]
+    )
+    assert client.get_run(record["runId"]).data.params["estimator"].endswith("LogisticRegression")
+    print(f"training with the server down: {took:.1f}s")
+
+
+def test_a_drift_check_and_a_batch_run_are_runs_of_the_experiment(
+    tracking_server: MLflowServer, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    store = WorkflowStore(tmp_path, "monitored")
+    settings = tracking.Settings(
+        tracking_server.uri, f"{NAMESPACE}/monitored", f"{NAMESPACE}.monitored", NAMESPACE
+    )
+    drift = {
+        "status": "ok",
+        "share": 0.5,
+        "drifted": True,
+        "threshold": 0.3,
+        "driftedColumns": 2,
+        "comparedRows": 900,
+        "referenceRows": 1200,
+        "result": "monitored/drift/20260301T120000Z/result.json",
+        "report": "monitored/drift/20260301T120000Z/report.html",
+    }
+    batch = {
+        "runId": "monitored-predict-1",
+        "index": 0,
+        "indexes": 1,
+        "version": "v1",
+        "rowsIn": 10,
+        "predicted": 9,
+    }
+    client = MlflowClient(tracking_server.uri, registry_uri=tracking_server.uri)
+    for logged in (
+        tracking.log_drift_check(settings, store, "v1", drift),
+        tracking.log_batch_run(settings, store, {**batch, "rejected": 1}),
+    ):
+        assert logged["tracked"] is True, logged
+    checked = client.get_run(tracking.log_drift_check(settings, store, "v1", drift)["runId"])
+    assert checked.info.run_name == "drift-20260301T120000Z"
+    assert checked.data.metrics["share"] == 0.5 and checked.data.tags["mlworkflow.drifted"] == "true"
+    assert checked.data.tags["mlworkflow.driftReport"] == drift["report"]
+    down = tracking.Settings(f"http://127.0.0.1:{free_port()}", "x", "x", NAMESPACE)
+    assert tracking.log_batch_run(down, store, batch)["tracked"] is False
