@@ -122,17 +122,18 @@ def produce(bootstrap: str, topic: str, records: list[dict[str, Any]]) -> None:
 
 
 def source_rate(bootstrap: str, topic: str, samples: int) -> float:
-    """Samples/s of the learner's Kafka source alone: polls of BATCH from the beginning of the topic."""
+    """Samples/s of the learner's Kafka source alone: polls of BATCH (waiting at most 1 s, the learner's
+    default maxWaitSeconds) from the beginning of the topic."""
     source = KafkaSource(bootstrap, topic, f"{topic}-source-alone", {})
     try:
         source.seek({})
         read = len(source.poll(BATCH, 10).rows)  # the first fetch (connection, metadata) not counted
         first = read
         started = time.perf_counter()
-        while read < samples:
-            rows = source.poll(BATCH, 10).rows
-            assert rows, "the topic ended early"
-            read += len(rows)
+        deadline = time.monotonic() + 300
+        while read < samples and time.monotonic() < deadline:
+            read += len(source.poll(BATCH, 1.0).rows)
+        assert read >= samples, "the topic ended early"
         return (read - first) / (time.perf_counter() - started)
     finally:
         source.close()
