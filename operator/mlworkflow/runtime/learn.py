@@ -14,9 +14,9 @@ with its reason. The source's offsets are committed after a batch is applied or 
 Every `spec.online.snapshots.everySamples` samples or `everySeconds` seconds (when anything was learned)
 the model becomes a new version `<start>.<n>` in the workflow's model store, saved as training saves a
 version (model card, reference sample, trained rows) plus an `online` section: samples seen, the source
-position, canary scores, quarantines. Snapshots are saved by a thread of their own (`SnapshotWriter`)
-while learning goes on, from what was taken at the snapshot point, in order. Then `<workflow>/online/latest` names it (replaced atomically: what
-serving follows), and only `keep` snapshots stay. A restarted learner resumes from the snapshot in `latest`
+position, canary scores, quarantines. Then `<workflow>/online/latest` names it (replaced atomically: what
+serving follows), and only `keep` snapshots stay. A thread of its own (`SnapshotWriter`) saves and
+publishes them, in order, from what was taken at the snapshot point, while learning goes on. A restarted learner resumes from the snapshot in `latest`
 and reads the source from the position stored in it: no example lost, none learned twice. A fresh start
 saves `<start>.0` at once (the start model and the position it starts from). The applied examples are also
 appended, with each snapshot, to `<workflow>/stream/<YYYY-MM-DD-HH>/part-<snapshot>.parquet`.
