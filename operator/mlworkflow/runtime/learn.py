@@ -19,7 +19,8 @@ serving follows), and only `keep` snapshots stay. A thread of its own (`Snapshot
 publishes them, in order, from what was taken at the snapshot point, while learning goes on. A restarted
 learner resumes from the snapshot in `latest` and reads the source from the position stored in it: no
 example lost, none learned twice. A fresh start saves `<start>.0` at once (the start model and the position
-it starts from). The applied examples are also appended, with each snapshot, to `<workflow>/stream/<YYYY-MM-DD-HH>/part-<snapshot>.parquet`.
+it starts from). The applied examples are also appended, with each snapshot, to
+`<workflow>/stream/<YYYY-MM-DD-HH>/part-<snapshot>.parquet`.
 
 Exit codes: 0 after SIGTERM (the batch in hand is finished or dropped, never committed unapplied, and what
 was learned is snapshotted); 2 (exitcodes.INVALID_INPUT) when the spec cannot learn online (no
