@@ -112,10 +112,12 @@ def test_a_restarted_operator_picks_up_a_training_it_did_not_see_finish(
             60,
             "the v1 training Job, recorded in status",
         )
-    # The operator is gone; the Job it started runs on and finishes without it.
+    # The operator is gone; the Job it started runs on and finishes without it. (On a loaded machine the
+    # operator may see the Job finish while it stops: then the phase it left is already past Training.)
+    left = get(api, ns, name)["status"]["phase"]
     batch = client.BatchV1Api(api)
     wait_for(lambda: batch.read_namespaced_job(f"{name}-train-v1", ns).status.succeeded, 180, "v1 trained")
-    assert get(api, ns, name)["status"]["phase"] == "Training", "nobody has recorded the result yet"
+    assert get(api, ns, name)["status"]["phase"] == left, "nobody acts on the workflow without an operator"
 
     with operator_in(ns, operator_kubeconfig, monkeypatch):
         workflow = wait_for(lambda: serving(api, ns, name, "v1"), 180, "the new operator to serve v1")

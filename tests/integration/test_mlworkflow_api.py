@@ -143,6 +143,21 @@ INVALID: dict[str, tuple[str, Callable[[dict[str, Any]], None], str]] = {
         "spec.data.timeColumn orders the rows",
     ),
     "min-holdout-rows-zero": (WEB, _set("spec.promotion.minHoldoutRows", 0), "spec.promotion.minHoldoutRows"),
+    "fairness-gate-without-groups": (
+        WEB,
+        _set("spec.promotion.maxFairnessGap", 0.1),
+        "spec.promotion.maxFairnessGap needs spec.monitoring.fairness.sensitiveFeatures",
+    ),
+    "fairness-gap-above-one": (
+        WEB,
+        _set("spec.promotion.maxFairnessGap", 1.5),
+        "spec.promotion.maxFairnessGap",
+    ),
+    "fairness-gap-unknown": (
+        WEB,
+        _set("spec.monitoring.fairness", {"sensitiveFeatures": ["sex"], "gap": "Parity"}),
+        "spec.monitoring.fairness.gap",
+    ),
     "estimator-not-an-import-path": (
         WEB,
         _set("spec.model.estimator", "os; rm -rf /"),

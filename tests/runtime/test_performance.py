@@ -18,7 +18,7 @@ from mlworkflow.api.conditions import find
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Trigger
 from mlworkflow.desired.lifecycle import DriftCheck, Observed, ServingState, TrainingRun
 from mlworkflow.desired.plan import plan
-from mlworkflow.runtime import drift, performance
+from mlworkflow.runtime import drift, performance, pipeline
 from mlworkflow.runtime.feedback import feedback_line
 from mlworkflow.runtime.model import LoadedModel
 from mlworkflow.runtime.serve import JsonLines, SampleRecorder
@@ -180,3 +180,11 @@ def test_cbpe_on_known_probabilities() -> None:
     assert estimated["accuracy"] == pytest.approx((0.8 + 0.6) / 2)
     # yes: TP 0.8, FP 0.2, FN 0.4 -> F1 1.6 / 2.2; no: TP 0.6, FP 0.4, FN 0.2 -> F1 1.2 / 1.8.
     assert estimated["f1_macro"] == pytest.approx((1.6 / 2.2 + 1.2 / 1.8) / 2)
+
+
+def test_integer_classes_joined_from_json_are_scored() -> None:
+    """Labels and recorded predictions of classes 0 and 1 come back from JSON as an object array of ints,
+    which scikit-learn's metrics call an "unknown" target type unless they are given as lists."""
+    recorded = np.array([0, 1, 1, 0], dtype=object)
+    scored = pipeline.metrics("classification", pd.Series([0, 1, 0, 0], dtype=object), recorded)
+    assert scored["accuracy"] == 0.75

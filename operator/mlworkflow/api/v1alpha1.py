@@ -367,6 +367,29 @@ class PerformanceSpec(ApiModel):
     )
 
 
+class FairnessSpec(ApiModel):
+    """Who the model may treat differently: per-group metrics in the model card, and the promotion gate."""
+
+    sensitive_features: list[ColumnName] = Field(
+        default_factory=list,
+        description=(
+            "Columns of the data whose groups the model card compares (e.g. `sex`, `age_band`): per group "
+            "the selection rate, the task's metrics and the row count on the holdout, and the demographic "
+            "parity and equalized odds differences. They may be model inputs or not: list "
+            "spec.data.features to keep them out of the model."
+        ),
+        max_length=20,
+        json_schema_extra={"x-kubernetes-list-type": "set", "default": []},
+    )
+    gap: Literal["EqualizedOdds", "DemographicParity"] = Field(
+        "EqualizedOdds",
+        description=(
+            "The difference spec.promotion.maxFairnessGap bounds: EqualizedOdds (the largest gap between "
+            "groups in true or false positive rate) or DemographicParity (the largest gap in selection rate)."
+        ),
+    )
+
+
 class MonitoringSpec(ApiModel):
     schedule: str = cron_field("When the drift check runs.", default="*/15 * * * *")
     drift_threshold: float = Field(
@@ -404,6 +427,9 @@ class MonitoringSpec(ApiModel):
         "The served model's measured performance on labelled predictions (`POST /feedback` on the serving "
         "Pods), compared with its holdout metric.",
     )
+    fairness: FairnessSpec = section(
+        FairnessSpec, "Per-group metrics of every version on its holdout (the model card), for fairness."
+    )
 
 
 class PromotionSpec(ApiModel):
@@ -424,6 +450,16 @@ class PromotionSpec(ApiModel):
         description=(
             "Fewest held-out rows, seen by neither model, that can decide between champion and challenger. "
             "With fewer, the champion stays and the challenger is Rejected (reason InsufficientHoldout)."
+        ),
+    )
+    max_fairness_gap: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description=(
+            "A challenger whose fairness gap (spec.monitoring.fairness.gap, the largest over the sensitive "
+            "features, on its holdout) exceeds this is Rejected (reason FairnessGap) and the champion stays. "
+            "Needs spec.monitoring.fairness.sensitiveFeatures; classification only."
         ),
     )
 
@@ -773,6 +809,13 @@ class MLWorkflowSpec(ApiModel):
             ),
             _metric_rule("promotion"),
             _metric_rule("automl"),
+            rule(
+                "!has(self.promotion) || !has(self.promotion.maxFairnessGap) || (has(self.monitoring)"
+                " && has(self.monitoring.fairness) && size(self.monitoring.fairness.sensitiveFeatures) > 0)",
+                "spec.promotion.maxFairnessGap needs spec.monitoring.fairness.sensitiveFeatures: the groups "
+                "whose gap it bounds",
+                ".promotion.maxFairnessGap",
+            ),
         )
     )
 
@@ -807,6 +850,12 @@ class MLWorkflowSpec(ApiModel):
 
 
 # --- status ---------------------------------------------------------------------------------------------
+
+
+def promotion_metric(spec: MLWorkflowSpec) -> str:
+    """The metric that judges versions: spec.promotion.metric, or f1_macro (classification) / r2."""
+    task = spec.model.task if spec.model else "classification"
+    return spec.promotion.metric or ("r2" if task == "regression" else "f1_macro")
 
 
 class ConditionStatus(StrEnum):
@@ -942,8 +991,8 @@ class ModelRecord(ApiModel):
         max_length=64,
         description=(
             "Why this outcome, in one word: Initial, SpecChange, Better, NoChampion, ChampionUnscored "
-            "(Promoted); NotBetter, InsufficientHoldout (Rejected); DataInvalid, ModelInvalid, JobFailed "
-            "(Failed)."
+            "(Promoted); NotBetter, InsufficientHoldout, FairnessGap (Rejected); DataInvalid, ModelInvalid, "
+            "JobFailed (Failed)."
         ),
     )
     message: str = Field("", max_length=4096, description="The decision or failure, for a human.")

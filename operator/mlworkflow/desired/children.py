@@ -11,9 +11,9 @@ from typing import Any
 
 from mlworkflow.api import exitcodes, v1alpha1
 from mlworkflow.api.estimators import DEFAULT_ALLOWED_PREFIXES
-from mlworkflow.api.v1alpha1 import MLWorkflowSpec
+from mlworkflow.api.v1alpha1 import MLWorkflowSpec, promotion_metric
 from mlworkflow.desired import tracking
-from mlworkflow.desired.lifecycle import Event, SyncRequest, TrainRequest, promotion_metric
+from mlworkflow.desired.lifecycle import Event, SyncRequest, TrainRequest
 
 Manifest = dict[str, Any]
 

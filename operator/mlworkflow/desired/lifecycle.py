@@ -23,6 +23,7 @@ from mlworkflow.api.v1alpha1 import (
     ModelStatus,
     PerformanceStatus,
     Trigger,
+    promotion_metric,
 )
 from mlworkflow.desired import cron
 
@@ -455,11 +456,6 @@ def _record(
     )
 
 
-def promotion_metric(spec: MLWorkflowSpec) -> str:
-    task = spec.model.task if spec.model else "classification"
-    return spec.promotion.metric or ("r2" if task == "regression" else "f1_macro")
-
-
 def decide(spec: MLWorkflowSpec, run: TrainingRun, metrics: dict[str, float]) -> Decision:
     """Champion/challenger: whether a trained version replaces the served one.
 
@@ -467,7 +463,9 @@ def decide(spec: MLWorkflowSpec, run: TrainingRun, metrics: dict[str, float]) ->
     model is). A retraining of the same spec (drift, schedule, manual) is judged against the champion on
     held-out rows that neither was trained on: with fewer than `promotion.minHoldoutRows` of them the
     champion stays (InsufficientHoldout); otherwise the challenger must be at least
-    `promotion.minImprovement` better on `promotion.metric` (mse and mae: lower is better).
+    `promotion.minImprovement` better on `promotion.metric` (mse and mae: lower is better), and its fairness
+    gap on the holdout (the training result's `fairness`) within `promotion.maxFairnessGap` when one is set
+    (FairnessGap); a gap that could not be measured does not hold it back.
     """
     champion = run.result.get("champion") or {}
     judged = run.result.get("holdout") or {}
@@ -493,6 +491,15 @@ def decide(spec: MLWorkflowSpec, run: TrainingRun, metrics: dict[str, float]) ->
             "InsufficientHoldout",
             f"only {rows} held-out rows that neither it nor {version} was trained on ({seen}); at least "
             f"{needed} are needed to decide (spec.promotion.minHoldoutRows): {version} keeps serving",
+        )
+    bound, fair = spec.promotion.max_fairness_gap, run.result.get("fairness") or {}
+    gap = fair.get("value")
+    if bound is not None and isinstance(gap, int | float) and gap > bound:
+        return Decision(
+            "Rejected",
+            "FairnessGap",
+            f"its {fair.get('gap')} difference between the groups of {fair.get('feature')!r} is {gap:.4f} on "
+            f"{rows} held-out rows, above spec.promotion.maxFairnessGap {bound}: {version} keeps serving",
         )
     old_metrics = champion.get("metrics") or {}
     if metric not in metrics or metric not in old_metrics:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mlworkflow.api.estimators import DEFAULT_ALLOWED_PREFIXES
-from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Pattern
+from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Pattern, promotion_metric
 from mlworkflow.desired import cron
 from mlworkflow.desired.children import (
     Workflow,
@@ -54,7 +54,6 @@ from mlworkflow.desired.lifecycle import (
     TrainingRun,
     TrainRequest,
     batch_result,
-    promotion_metric,
     search_result,
 )
 from mlworkflow.desired.plan import plan

@@ -344,8 +344,9 @@ def main(argv: list[str] | None = None) -> int:
             summary["performance"] = performance.check(
                 store, args.version, args.metric, args.min_labelled_rows, args.min_samples, args.max_rows
             )
-        except performance.PerformanceError as error:
-            summary["performance"] = {"status": "error", "message": str(error)}
+        except ValueError as error:  # PerformanceError, or labels the metrics cannot take
+            # The drift check's result stands; the planner reports the performance check as failed.
+            summary["performance"] = {"status": "error", "message": f"{type(error).__name__}: {error}"}
     # Only the summary goes into the termination message (4 KiB at most); the full result is in the store.
     report(summary, args.termination_log)
     return code

@@ -92,6 +92,9 @@ def metrics(
             "mae": float(mean_absolute_error(y, predicted)),
             "r2": float(r2_score(y, predicted)),
         }
+    # As lists: an object array of integer classes (labels joined to recorded predictions) is of an
+    # "unknown" target type to scikit-learn, a list of them is binary or multiclass.
+    y, predicted = np.asarray(y).tolist(), np.asarray(predicted).tolist()
     result = {
         "accuracy": float(accuracy_score(y, predicted)),
         "precision_macro": float(precision_score(y, predicted, average="macro", zero_division=0)),

@@ -35,8 +35,17 @@ from sklearn.model_selection import (
 
 from mlworkflow.api import exitcodes
 from mlworkflow.api.estimators import DEFAULT_ALLOWED_PREFIXES
-from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Trigger
-from mlworkflow.runtime import data, holdout, onnx_export, performance, pipeline, tracking
+from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Trigger, promotion_metric
+from mlworkflow.runtime import (
+    data,
+    fairness,
+    holdout,
+    importance,
+    onnx_export,
+    performance,
+    pipeline,
+    tracking,
+)
 from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.termination import TERMINATION_LOG, report
 
@@ -56,6 +65,7 @@ class TrainedModel:
     data_sha256: str = ""
     holdout: dict[str, Any] = field(default_factory=dict)
     tracking: dict[str, Any] | None = None  # where MLflow has it, or why not (`tracking.log_version`)
+    fairness: dict[str, Any] | None = None  # the largest fairness gap on the holdout (`fairness.assess`)
 
 
 def train(
@@ -95,6 +105,7 @@ def train(
     champion_metrics = (
         _champion_scores(store, champion, task, x_holdout, y_holdout) if champion and scorable else None
     )
+    fair = _fairness(spec, rows, model) if scorable else None
     judged = {
         "rows": len(x_holdout),
         "excludedRows": split.excluded,
@@ -152,6 +163,11 @@ def train(
         },
         "crossValidation": cv,
         "metrics": metrics,
+        # What the model relies on, and how it treats groups (spec.monitoring.fairness), on the holdout.
+        "importance": importance.permutation(model, x_holdout, y_holdout, promotion_metric(spec))
+        if scorable
+        else None,
+        "fairness": fair,
         "champion": {"version": champion, "metrics": champion_metrics} if champion else None,
         "lineage": {
             "trigger": str(trigger),
@@ -190,6 +206,21 @@ def train(
         snapshot.sha256,
         judged,
         card.get("tracking"),
+        {"gap": fair["gap"], **fair["largest"]} if fair and fair["largest"] else None,
+    )
+
+
+def _fairness(spec: MLWorkflowSpec, rows: holdout.Rows, model: Any) -> dict[str, Any] | None:
+    """Per-group metrics and differences on the holdout for spec.monitoring.fairness.sensitiveFeatures
+    (read from the data, inputs of the model or not); None when none are declared."""
+    declared = spec.monitoring.fairness
+    if not declared.sensitive_features:
+        return None
+    assert spec.model is not None
+    sensitive = fairness.groups(rows.snapshot.frame.iloc[rows.judged.holdout], declared.sensitive_features)
+    classes = np.asarray(model.classes_).tolist() if spec.model.task == "classification" else None
+    return fairness.assess(
+        spec.model.task, rows.y_holdout, model.predict(rows.x_holdout), sensitive, classes, declared.gap
     )
 
 
@@ -333,7 +364,7 @@ preprocessing `{json.dumps(card["pipeline"]["preprocessing"])}`.
 |---|---|
 {metrics}
 
-## Cross-validation (training rows)
+{_importance_section(card)}{_fairness_section(card)}## Cross-validation (training rows)
 | metric | value |
 |---|---|
 {cv}
@@ -345,6 +376,66 @@ Backend: **{card["backend"]}**. ONNX: exported {card["onnx"]["exported"]}, verif
 {_search_section(card)}{_tracking_section(card)}## Libraries
 {", ".join(f"{k} {v}" for k, v in card["libraries"].items())}
 """
+
+
+def _importance_section(card: dict[str, Any]) -> str:
+    found = card.get("importance")
+    if not found:
+        return ""
+    worse = "rise" if found["metric"] in pipeline.LOWER_IS_BETTER else "drop"
+    rows = "\n".join(f"| `{f['feature']}` | {f['mean']:.4f} | {f['std']:.4f} |" for f in found["features"])
+    return f"""## What the model relies on
+Permutation importance: the {worse} in {found["metric"]} when a feature's values are shuffled among
+{found["rows"]} held-out rows ({found["repeats"]} shuffles each; correlated features share their importance).
+
+| feature | mean | std |
+|---|---|---|
+{rows}
+
+"""
+
+
+def _fairness_section(card: dict[str, Any]) -> str:
+    found = card.get("fairness")
+    if not found:
+        return ""
+
+    def cell(value: Any) -> str:
+        return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    parts = []
+    for feature, entry in found["features"].items():
+        names = [k for k in entry["groups"][0] if k != "group"] if entry["groups"] else []
+        table = "\n".join(
+            f"| {g['group']} | " + " | ".join(cell(g.get(n)) for n in names) + " |" for g in entry["groups"]
+        )
+        differences = ""
+        if "demographicParityDifference" in entry:
+            differences = (
+                f"Demographic parity difference {cell(entry['demographicParityDifference'])}, "
+                f"equalized odds difference {cell(entry['equalizedOddsDifference'])}.\n\n"
+            )
+        parts.append(
+            f"### `{feature}`\n{differences}| group | {' | '.join(names)} |\n|"
+            + "---|" * (len(names) + 1)
+            + f"\n{table}\n"
+        )
+    positive = found.get("positiveClass")
+    largest = found.get("largest")
+    summary = (
+        f"Largest {found['gap']} difference: {largest['value']:.4f} (`{largest['feature']}`)."
+        if largest
+        else "No difference could be computed."
+    )
+    selection = f" Selection rate: the share predicted `{positive}`." if positive is not None else ""
+    return (
+        f"""## Groups (fairness, on the held-out rows)
+{summary}{selection}
+
+"""
+        + "\n".join(parts)
+        + "\n"
+    )
 
 
 def _search(store: WorkflowStore, version: str) -> dict[str, Any] | None:
@@ -472,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
             # Whether MLflow has it (a NotTracked Event otherwise); where exactly is in the card.
             "tracking": {k: v for k, v in (result.tracking or {}).items() if k in ("tracked", "reason")}
             or None,
+            # The promotion gate's input (spec.promotion.maxFairnessGap); the groups are in the card.
+            "fairness": result.fairness,
         },
         args.termination_log,
     )

@@ -15,6 +15,7 @@ from mlworkflow.api.v1alpha1 import (
     MLWorkflowSpec,
     MLWorkflowStatus,
     SearchStatus,
+    promotion_metric,
 )
 from mlworkflow.desired import children
 from mlworkflow.desired.children import Children, Manifest, RuntimeContext, Workflow
@@ -25,7 +26,6 @@ from mlworkflow.desired.lifecycle import (
     Plan,
     SearchRun,
     TrainRequest,
-    promotion_metric,
 )
 from mlworkflow.desired.patterns import webservice
 
