@@ -9,6 +9,9 @@ its holdout: the canary). Measured in one run:
 - the floor: `partial_fit` of v1's estimator over the stream's mini-batches of 256, in memory, already
   preprocessed (the cost of learning alone); and the same with the frozen preprocessing applied to each
   mini-batch (what any loop over DataFrames also pays);
+- the source alone: our Kafka source's `poll` of 256 over the same topic (confluent-kafka's consume and
+  the JSON decoding of one message per example), nothing learned: a ceiling for any learner reading
+  this topic one example a message;
 - ours: `python -m mlworkflow.runtime.learn` reading the same rows as JSON messages from a topic (produced
   before it starts), guardrails on (their defaults), batch 256, default snapshots (every 1,000 samples or
   2 s): samples/s from its first applied batch to its last, read from its Prometheus counter;
@@ -42,6 +45,7 @@ from confluent_kafka import Producer
 from kafkalocal.broker import KafkaBroker, fetch_jars
 from learning import WARM_ROWS, online_frame
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec
+from mlworkflow.runtime.sources import KafkaSource
 from mlworkflow.runtime.store import WorkflowStore
 
 BATCH = 256
@@ -115,6 +119,24 @@ def produce(bootstrap: str, topic: str, records: list[dict[str, Any]]) -> None:
         producer.produce(topic, json.dumps(record).encode())
         producer.poll(0)
     assert producer.flush(60) == 0
+
+
+def source_rate(bootstrap: str, topic: str, samples: int) -> float:
+    """Samples/s of the learner's Kafka source alone: polls of BATCH (waiting at most 1 s, the learner's
+    default maxWaitSeconds) from the beginning of the topic."""
+    source = KafkaSource(bootstrap, topic, f"{topic}-source-alone", {})
+    try:
+        source.seek({})
+        read = len(source.poll(BATCH, 10).rows)  # the first fetch (connection, metadata) not counted
+        first = read
+        started = time.perf_counter()
+        deadline = time.monotonic() + 300
+        while read < samples and time.monotonic() < deadline:
+            read += len(source.poll(BATCH, 1.0).rows)
+        assert read >= samples, "the topic ended early"
+        return (read - first) / (time.perf_counter() - started)
+    finally:
+        source.close()
 
 
 def learner(store: WorkflowStore, spec: MLWorkflowSpec, port: int) -> subprocess.Popen[bytes]:
@@ -259,7 +281,8 @@ def main() -> None:
                 bare, preprocessed = floors(store, stream)
                 produce(broker.bootstrap_servers, topic, records)
                 ours = learner_rate(store, spec, len(records), 18000 + len(rows))
-                rows.append((name, every, bare, preprocessed, ours))
+                alone = source_rate(broker.bootstrap_servers, topic, len(records))
+                rows.append((name, every, bare, preprocessed, alone, ours))
         topic = "bench-fresh"
         broker.create_topic(topic, partitions=1)
         spec = spec_for(estimators[0], topic, broker.bootstrap_servers)
@@ -269,16 +292,16 @@ def main() -> None:
 
     print(f"\n{args.samples} samples, batch {BATCH}, 40 numeric features, 3 classes\n")
     print(
-        "| estimator | snapshots | bare partial_fit (floor) | + preprocessing per batch | ours from Kafka "
-        "| vs floor | vs floor with preprocessing | quarantined batches |"
+        "| estimator | snapshots | bare partial_fit (floor) | + preprocessing per batch | Kafka source alone "
+        "| ours from Kafka | vs floor | vs floor with preprocessing | vs source alone | quarantined batches |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for name, every, bare, preprocessed, ours in rows:
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, every, bare, preprocessed, alone, ours in rows:
         print(
             f"| {ESTIMATORS[name]['estimator'].rsplit('.', 1)[1]} | {every:,} samples or 2 s | "
-            f"{bare:,.0f}/s | {preprocessed:,.0f}/s | "
+            f"{bare:,.0f}/s | {preprocessed:,.0f}/s | {alone:,.0f}/s | "
             f"{ours['rate']:,.0f}/s | {ours['rate'] / bare:.2f}x | {ours['rate'] / preprocessed:.2f}x | "
-            f"{ours['quarantined']:.0f} |"
+            f"{ours['rate'] / alone:.2f}x | {ours['quarantined']:.0f} |"
         )
     quantiles = statistics.quantiles(delays, n=20) if len(delays) > 1 else delays * 19
     print(

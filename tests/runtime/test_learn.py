@@ -13,6 +13,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import (
+    accuracy_score,
+    f1_score,
+    mean_absolute_error,
+    mean_squared_error,
+    precision_score,
+    r2_score,
+    recall_score,
+)
 
 from learning import (
     FEATURES,
@@ -32,7 +41,7 @@ from mlworkflow.api import exitcodes
 from mlworkflow.api.v1alpha1 import Guardrails
 from mlworkflow.runtime import learn
 from mlworkflow.runtime.data import FeatureSchema
-from mlworkflow.runtime.guardrails import Guard
+from mlworkflow.runtime.guardrails import Guard, scores
 from support import wait_for
 
 BATCH = 256
@@ -180,3 +189,30 @@ def test_class_shift_is_measured_against_the_recent_shares() -> None:
     for _ in range(12):  # the recent shares follow accepted batches: a real change of mix is learned
         guard.accept(np.array(["a"] * 30 + ["b"] * 10))
     assert guard.check(one_class).reason is None
+
+
+def test_canary_metrics_in_numpy_are_scikit_learns() -> None:
+    """The canary's metrics, computed from the predictions in numpy, equal `pipeline.scores`'s (a label
+    never predicted, one predicted but absent, constant regression targets)."""
+    rng = np.random.default_rng(0)
+    truth = rng.choice(["a", "b", "c"], 300)
+    predicted = np.where(rng.random(300) < 0.7, truth, rng.choice(["a", "b", "d"], 300))
+    assert scores(truth, predicted, regression=False) == pytest.approx(
+        {
+            "accuracy": accuracy_score(truth, predicted),
+            "precision_macro": precision_score(truth, predicted, average="macro", zero_division=0),
+            "recall_macro": recall_score(truth, predicted, average="macro", zero_division=0),
+            "f1_macro": f1_score(truth, predicted, average="macro", zero_division=0),
+        },
+        abs=1e-12,
+    )
+    for y in (rng.normal(size=100), np.ones(100)):
+        for guess in (y + rng.normal(size=100), y.copy()):
+            assert scores(y, guess, regression=True) == pytest.approx(
+                {
+                    "mse": mean_squared_error(y, guess),
+                    "mae": mean_absolute_error(y, guess),
+                    "r2": r2_score(y, guess),
+                },
+                abs=1e-12,
+            )

@@ -15,10 +15,12 @@ Every `spec.online.snapshots.everySamples` samples or `everySeconds` seconds (wh
 the model becomes a new version `<start>.<n>` in the workflow's model store, saved as training saves a
 version (model card, reference sample, trained rows) plus an `online` section: samples seen, the source
 position, canary scores, quarantines. Then `<workflow>/online/latest` names it (replaced atomically: what
-serving follows), and only `keep` snapshots stay. A restarted learner resumes from the snapshot in `latest`
-and reads the source from the position stored in it: no example lost, none learned twice. A fresh start
-saves `<start>.0` at once (the start model and the position it starts from). The applied examples are also
-appended, with each snapshot, to `<workflow>/stream/<YYYY-MM-DD-HH>/part-<snapshot>.parquet`.
+serving follows), and only `keep` snapshots stay. A thread of its own (`SnapshotWriter`) saves and
+publishes them, in order, from what was taken at the snapshot point, while learning goes on. A restarted
+learner resumes from the snapshot in `latest` and reads the source from the position stored in it: no
+example lost, none learned twice. A fresh start saves `<start>.0` at once (the start model and the position
+it starts from). The applied examples are also appended, with each snapshot, to
+`<workflow>/stream/<YYYY-MM-DD-HH>/part-<snapshot>.parquet`.
 
 Exit codes: 0 after SIGTERM (the batch in hand is finished or dropped, never committed unapplied, and what
 was learned is snapshotted); 2 (exitcodes.INVALID_INPUT) when the spec cannot learn online (no
@@ -36,7 +38,9 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -51,7 +55,7 @@ from sklearn.pipeline import Pipeline
 from mlworkflow.api import exitcodes
 from mlworkflow.api.estimators import check_incremental
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, OnlineSpec
-from mlworkflow.runtime import data, guardrails, holdout, lease, pipeline, sources
+from mlworkflow.runtime import data, guardrails, holdout, lease, sources
 from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.termination import TERMINATION_LOG, report
 
@@ -102,6 +106,89 @@ class Progress:
             int(online.get("rollbacks", 0)),
             list(online.get("quarantines") or []),
         )
+
+
+@dataclass
+class Snapshot:
+    """A snapshot as taken at its snapshot point on the learning thread, for the snapshot writer to save."""
+
+    estimator: Any
+    position: sources.Position  # after the last row the estimator learned
+    progress: dict[str, Any]  # Progress.to_json()
+    score: float | None
+    baseline: float | None
+    shares: dict[str, float]
+    rows: list[tuple[pd.DataFrame, np.ndarray]]  # features, labels applied since the previous one: archived
+    time: datetime
+
+
+class SnapshotWriter:
+    """Saves snapshots in a thread of its own, in the order they were taken, while the learner goes on.
+
+    At most one waits: a snapshot taken while another waits replaces it and archives its rows too (the
+    newer model learned them), so a slow store makes snapshots rarer, never the learner slower. An error
+    of the thread (a lost Lease, a full disk) is raised on the learning thread by the next `submit`,
+    `check` or `wait`."""
+
+    def __init__(self, save: Callable[[Snapshot], None]) -> None:
+        self._save = save
+        self._changed = threading.Condition()
+        self._waiting: Snapshot | None = None
+        self._busy = self._closed = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="snapshots", daemon=True)
+        self._thread.start()
+
+    def submit(self, snapshot: Snapshot) -> None:
+        with self._changed:
+            self._raise()
+            if self._waiting is not None:
+                snapshot.rows = [*self._waiting.rows, *snapshot.rows]
+            self._waiting = snapshot
+            self._changed.notify_all()
+
+    def check(self) -> None:
+        with self._changed:
+            self._raise()
+
+    def wait(self) -> None:
+        """Until every snapshot submitted is saved and published."""
+        with self._changed:
+            while (self._waiting is not None or self._busy) and self._error is None:
+                self._changed.wait()
+            self._raise()
+
+    def close(self) -> None:
+        """Drop a waiting snapshot and end the thread (after the one being saved)."""
+        with self._changed:
+            self._closed, self._waiting = True, None
+            self._changed.notify_all()
+        self._thread.join()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while self._waiting is None and not self._closed:
+                    self._changed.wait()
+                if self._closed:
+                    return
+                snapshot, self._waiting, self._busy = self._waiting, None, True
+            assert snapshot is not None
+            try:
+                self._save(snapshot)
+            except BaseException as error:  # raised on the learning thread
+                with self._changed:
+                    self._error = error
+            finally:
+                with self._changed:
+                    self._busy = False
+                    self._changed.notify_all()
+            if self._error is not None:
+                return
 
 
 def check_spec(spec: MLWorkflowSpec) -> OnlineSpec:
@@ -208,20 +295,20 @@ class Learner:
         position = online.get("position") if resumed else self._inherited_position()
         self.source.seek(position or {})
         self.position = self.source.position()
-        self.pending: list[
-            pd.DataFrame
-        ] = []  # applied rows not archived yet (written with the next snapshot)
+        self.pending: list[tuple[pd.DataFrame, np.ndarray]] = []  # applied, archived with the next snapshot
         self.learned = 0  # samples since the last snapshot
         self.snapshot_time = datetime.now(UTC)
         self._last_snapshot = time.monotonic()
         self._last_report = self._last_lag = self._last_prune = -float("inf")
+        self._report_due = False  # a snapshot was published since the last report
         self.lag: int | None = None
         self.stopping = False
         self._drop_stale()
         if self.snapshot_version is None:
-            self.save_snapshot()  # <start>.0: serving follows `latest` from the start
+            self._save(self._take())  # <start>.0: serving follows `latest` from the start
         else:
             self.metrics.snapshot.labels(self.snapshot_version).set(1)
+        self.snapshots = SnapshotWriter(self._save)
         self.metrics.samples.inc(0)
         if self.score is not None:
             self.metrics.canary.set(self.score)
@@ -328,14 +415,10 @@ class Learner:
             print(f"learn: {len(unseen)} canary rows: too few, no canary check", flush=True)
             return None
         frame = unseen[self.schema.features].reset_index(drop=True)
-        self.canary_y = (
-            pd.Series(np.asarray(y.tolist())) if self.task == "classification" else y.reset_index(drop=True)
-        )
+        truth = np.asarray(y.tolist()) if self.task == "classification" else y.to_numpy()
         metric = self.spec.promotion.metric or ("r2" if self.task == "regression" else "f1_macro")
         transformed = self.features.transform(frame)
-        return guardrails.Canary(
-            transformed, np.asarray(self.canary_y), metric, self.online.guardrails.max_metric_drop
-        )
+        return guardrails.Canary(transformed, truth, metric, self.online.guardrails.max_metric_drop)
 
     # -- the loop --------------------------------------------------------------------------------------
 
@@ -356,10 +439,12 @@ class Learner:
             self.position = polled.position
             if self._snapshot_due():
                 self.save_snapshot()
+            self.snapshots.check()
             self._report()
         if self.learned:
             self.writer.check()
             self.save_snapshot()
+        self.snapshots.wait()
         self._report(force=True)
 
     def handle(self, rows: list[sources.Row], before: sources.Position, after: sources.Position) -> None:
@@ -401,7 +486,7 @@ class Learner:
         self.metrics.samples.inc(rows_applied)
         self.metrics.batches.labels("applied", "").inc()
         if self.online.archive.retention_hours:
-            self.pending.append(checked.x.assign(**{self.schema.target: checked.y}))
+            self.pending.append((checked.x, checked.y))  # a frame with the target later, off this thread
 
     def quarantine(self, batch: str, rows: list[sources.Row], reason: str, message: str) -> None:
         """The batch's rows and reason in `<workflow>/online/quarantine/<batch>.parquet` and `.json`."""
@@ -430,34 +515,60 @@ class Learner:
 
     # -- snapshots ---------------------------------------------------------------------------------------
 
-    def save_snapshot(self) -> str:
-        """The current model as version `<start>.<n+1>` (`<start>.0` first), then published in `latest`."""
+    def save_snapshot(self) -> None:
+        """Take a snapshot of the current model, saved and published by the snapshot writer's thread."""
+        self.snapshots.submit(self._take())
+
+    def _take(self) -> Snapshot:
+        """What a snapshot saves, as it is now (the snapshot point): the estimator (never changed once in
+        `self.estimator`: `handle` updates a copy), the source position after the rows it learned, and the
+        counters; resets what counts towards the next one."""
+        snapshot = Snapshot(
+            estimator=self.estimator,
+            position=copy.deepcopy(self.position),
+            progress=copy.deepcopy(self.progress.to_json()),
+            score=self.score,
+            baseline=self.canary.baseline if self.canary else None,
+            shares=dict(self.guard.shares),
+            rows=self.pending,
+            time=datetime.now(UTC),
+        )
+        self.pending, self.learned, self._last_snapshot = [], 0, time.monotonic()
+        return snapshot
+
+    def _save(self, snapshot: Snapshot) -> None:
+        """A snapshot as version `<start>.<n+1>` (`<start>.0` first), then published in `latest` (on the
+        snapshot writer's thread; only this thread writes versions, `latest` and the archive after the
+        start).
+
+        What it writes and why: pipeline.joblib (what serving and a champion's scoring load), card.json and
+        card.md (the card with its `online` section: the resume point), the start version's
+        reference.parquet and trained-rows.npy copied (drift reference; the rows the model saw at start;
+        the streamed rows are in the archive), the archive part. No ONNX export (serving runs the
+        scikit-learn pipeline of a snapshot), no cross-validation."""
         from mlworkflow.runtime.train import model_card_markdown, save_version
 
         version = f"{self.start}.{self.number + 1 if self.snapshot_version else 0}"
-        model = Pipeline([("features", self.features), ("estimator", self.estimator)])
-        now = datetime.now(UTC)
+        model = Pipeline([("features", self.features), ("estimator", snapshot.estimator)])
         # The holdout metrics of a version, on the canary transformed once (the preprocessing is frozen).
-        metrics = (
-            pipeline.scores(self.task, self.estimator, self.canary.x, self.canary_y) if self.canary else {}
-        )
+        metrics = self.canary.metrics(snapshot.estimator) if self.canary else {}
         online = {
-            **self.progress.to_json(),
+            **snapshot.progress,
             "startVersion": self.start,
-            "position": self.position,
+            "position": snapshot.position,
             "canary": {
                 "metric": self.canary.metric if self.canary else None,
                 "rows": self.canary.rows if self.canary else 0,
-                "score": self.score,
-                "baseline": self.canary.baseline if self.canary else None,
+                "score": snapshot.score,
+                "baseline": snapshot.baseline,
             },
-            "classShares": self.guard.shares,
+            "classShares": snapshot.shares,
         }
         card = {
             **self.start_card,
             "version": version,
             "trigger": TRIGGER,
-            "trainedAt": now.isoformat(timespec="seconds"),
+            "trainedAt": snapshot.time.isoformat(timespec="seconds"),
             "trainingSeconds": 0.0,
             "pipeline": self.start_card["pipeline"],  # the same steps and parameters (a repr costs 60 ms)
             "crossValidation": {},
@@ -476,22 +587,31 @@ class Learner:
             "backend": "sklearn",
             "online": online,
         }
-        self._archive(version, now)
-        save_version(self.store, version, TRIGGER, model, None, card, self.reference, self.trained_rows)
-        (self.store.model_dir(version) / "card.md").write_text(
-            model_card_markdown(card) + _online_markdown(online)
+        self._archive(version, snapshot.rows, snapshot.time)
+        start_dir = self.store.model_dir(self.start)
+        reference = start_dir / "reference.parquet"
+        trained_rows = start_dir / holdout.ROWS_FILE
+        save_version(
+            self.store,
+            version,
+            TRIGGER,
+            model,
+            None,
+            card,
+            reference if reference.exists() else self.reference,
+            trained_rows if self.trained_rows is not None else None,
+            markdown=model_card_markdown(card) + _online_markdown(online),
         )
+        self.writer.check()  # never published without the lease (the learning thread stops at once)
         lease.write_atomically(self.store.online_latest, version + "\n")
         previous = self.snapshot_version
         self.snapshot_version, self.number = version, int(version.rsplit(".", 1)[1])
-        self.snapshot_time, self._last_snapshot, self.learned = now, time.monotonic(), 0
-        self.snapshot_score = self.score
+        self.snapshot_time, self.snapshot_score = snapshot.time, snapshot.score
         if previous:
             self.metrics.snapshot.remove(previous)
         self.metrics.snapshot.labels(version).set(1)
         self._prune_snapshots()
-        self._report(force=True)
-        return version
+        self._report_due = True
 
     def _prune_snapshots(self) -> None:
         keep = self.online.snapshots.keep
@@ -504,18 +624,18 @@ class Learner:
         (`bentoml.models.delete` does the same after reading every version's YAML, ~1 ms each)."""
         shutil.rmtree(self.store.model_dir(version), ignore_errors=True)
 
-    def _archive(self, version: str, now: datetime) -> None:
+    def _archive(self, version: str, rows: list[tuple[pd.DataFrame, np.ndarray]], now: datetime) -> None:
         """The rows applied since the last snapshot, in the stream archive (before the snapshot is saved: a
         learner stopped in between leaves a part that the next start removes, `_drop_stale`)."""
-        if not self.pending:
+        if not rows:
             return
         folder = self.store.stream_archive / now.strftime("%Y-%m-%d-%H")
         folder.mkdir(parents=True, exist_ok=True)
-        frame = pd.concat(self.pending, ignore_index=True)
+        target = self.schema.target
+        frame = pd.concat([x.assign(**{target: y}) for x, y in rows], ignore_index=True)
         temporary = folder / f".part-{version}.parquet.tmp"
         frame.to_parquet(temporary, index=False)
         os.replace(temporary, folder / f"part-{version}.parquet")
-        self.pending = []
         if time.monotonic() - self._last_prune >= PRUNE_SECONDS:
             self._prune_archive()
 
@@ -565,8 +685,8 @@ class Learner:
                 self.lag = None
             if self.lag is not None:
                 self.metrics.lag.set(self.lag)
-        if force or now - self._last_report >= REPORT_SECONDS:
-            self._last_report = now
+        if force or self._report_due or now - self._last_report >= REPORT_SECONDS:
+            self._last_report, self._report_due = now, False
             self.writer.report(self.progress_json())
 
 
@@ -659,6 +779,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_LOST
     finally:
         if learner is not None:
+            learner.snapshots.close()  # before the lock or Lease goes: no snapshot published after
             learner.source.close()
         writer.release()
     assert learner is not None

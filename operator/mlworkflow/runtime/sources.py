@@ -17,7 +17,6 @@ object (the guardrails count it invalid). A position is JSON (it is stored in ea
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
+from pydantic_core import from_json
 
 from mlworkflow.api.v1alpha1 import OnlineSource
 
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from confluent_kafka import Consumer
 
 Position = dict[str, Any]
+CONSUME_SLICE = 0.05  # seconds: the longest wait of one consume call (a poll loops until its timeout)
 Row = dict[str, Any] | None
 
 
@@ -252,7 +253,9 @@ class KafkaSource:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            messages = self._consumer.consume(max_rows - len(rows), timeout=left)
+            # Short waits: confluent-kafka's consume takes longer the longer its timeout even when the
+            # messages are there (~2,000 messages/s at 10 s, ~18,000 at 1 s, ~95,000 at 0.05 s measured).
+            messages = self._consumer.consume(max_rows - len(rows), timeout=min(left, CONSUME_SLICE))
             for message in messages:
                 error = message.error()
                 if error is not None:
@@ -297,11 +300,15 @@ class KafkaUnavailable(RuntimeError):
 
 
 def _decode(value: bytes | None) -> Row:
-    """A message's example: a JSON object; anything else (not JSON, not an object) is None, an invalid row."""
+    """A message's example: a JSON object; anything else (not JSON, not an object) is None, an invalid row.
+
+    pydantic-core's parser (Rust; pydantic's own dependency) reads a message of 40 numbers ~4x faster than
+    `json.loads` (~2 ms against ~9 ms a mini-batch of 256), to the same values (NaN and Infinity too); it
+    refuses a byte order mark and a lone surrogate, which `json.loads` lets through."""
     if not value:
         return None
     try:
-        decoded = json.loads(value)
+        decoded = from_json(value)
     except ValueError:
         return None
     return decoded if isinstance(decoded, dict) else None

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -282,16 +283,21 @@ def save_version(
     model: Any,
     onnx_model: bytes | None,
     card: dict[str, Any],
-    x_train: pd.DataFrame,
-    trained_rows: holdout.Hashes | None,
+    x_train: pd.DataFrame | Path,
+    trained_rows: holdout.Hashes | Path | None,
     mlflow: tracking.Settings | None = None,
     held_out: pd.DataFrame | None = None,
+    markdown: str | None = None,
 ) -> str:
-    """The version in the BentoML model store under the artifact store, with its card, its reference sample
-    (of `x_train`), a sample of its held-out rows when given (features and target: the monitor calibrates
-    its probabilities on them) and the hashes of the rows it was trained on (when known); returns its tag.
-    The training runtime and the online learner's snapshots (`mlworkflow.runtime.learn`) save versions this
-    way. Logged to MLflow too with `mlflow` settings (the card's `tracking` says where, or why not)."""
+    """The version in the BentoML model store under the artifact store, with its card (`markdown`: the card
+    for humans, by default `model_card_markdown(card)`), its reference sample (of `x_train`), a sample of
+    its held-out rows when given (features and target: the monitor calibrates its probabilities on them)
+    and the hashes of the rows it was trained on (when known); returns its tag. A Path for `x_train` or
+    `trained_rows` is another version's `reference.parquet` or `trained-rows.npy`, copied as it is (an
+    online snapshot keeps its start version's: a new sample and a new sort would cost a snapshot ~50 ms
+    for the same content). The training runtime and the online learner's snapshots
+    (`mlworkflow.runtime.learn`) save versions this way. Logged to MLflow too with `mlflow` settings (the
+    card's `tracking` says where, or why not)."""
     os.environ["BENTOML_HOME"] = str(store.bentoml_home)
     import bentoml
 
@@ -307,13 +313,18 @@ def save_version(
         if onnx_model is not None:
             (path / "model.onnx").write_bytes(onnx_model)
         (path / "card.json").write_text(json.dumps(card, indent=2, default=str))
-        (path / "card.md").write_text(model_card_markdown(card))
-        reference = x_train.sample(min(REFERENCE_ROWS, len(x_train)), random_state=holdout.SEED)
-        reference.to_parquet(path / "reference.parquet", index=False)
+        (path / "card.md").write_text(markdown if markdown is not None else model_card_markdown(card))
+        if isinstance(x_train, Path):
+            shutil.copyfile(x_train, path / "reference.parquet")
+        else:
+            reference = x_train.sample(min(REFERENCE_ROWS, len(x_train)), random_state=holdout.SEED)
+            reference.to_parquet(path / "reference.parquet", index=False)
         if held_out is not None:
             sample = held_out.sample(min(performance.HOLDOUT_ROWS, len(held_out)), random_state=holdout.SEED)
             sample.to_parquet(path / performance.HOLDOUT_FILE, index=False)
-        if trained_rows is not None:
+        if isinstance(trained_rows, Path):
+            shutil.copyfile(trained_rows, path / holdout.ROWS_FILE)
+        elif trained_rows is not None:
             holdout.save_rows(path, trained_rows)
         if mlflow is not None:
             # Before the version is complete in the store: its card then says where MLflow has it.
