@@ -307,17 +307,12 @@ class Worker:
     def _log_trial(self, number: int) -> None:
         """A finished trial as a child run of the search's; after a failure this worker logs no more (a
         server that does not answer would cost every trial its timeout). Never raises for MLflow."""
-        if self.mlflow is None or not (self.tracking or {}).get("tracked"):
+        parent = (self.tracking or {}).get("runId")
+        if self.mlflow is None or not parent:
             return
         trials = [t for t in self.study.get_trials(deepcopy=False) if t.number == number]
         (row,) = leaderboard_rows(trials, self.maximize)
-        logged = tracking.log_trial(
-            self.mlflow,
-            self.store,
-            self.options.search_id,
-            self.tracking["runId"],
-            row,  # type: ignore[index]
-        )
+        logged = tracking.log_trial(self.mlflow, self.store, self.options.search_id, parent, row)
         if not logged["tracked"]:
             self.tracking = logged
 
