@@ -92,8 +92,20 @@ def api(control_plane: ControlPlane) -> client.ApiClient:
 def crd(control_plane: ControlPlane) -> Path:
     """The committed CRD, installed as a user would install it."""
     control_plane.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
-    control_plane.kubectl(
-        "wait", "--for=condition=Established", "crd/mlworkflows.mlworkflow.io", "--timeout=60s"
+    # `kubectl wait` errs instead of waiting while the new CRD has no status.conditions yet: polled.
+    wait_for(
+        lambda: (
+            control_plane.kubectl(
+                "wait",
+                "--for=condition=Established",
+                "crd/mlworkflows.mlworkflow.io",
+                "--timeout=60s",
+                check=False,
+            ).returncode
+            == 0
+        ),
+        60,
+        "the CRD established",
     )
     return CRD_FILE
 

@@ -76,8 +76,10 @@ def mlflow_server(workdir: Path) -> Iterator[MLflowServer]:
             )
             assert time.monotonic() < deadline, f"mlflow server not healthy after {START_TIMEOUT}s"
             time.sleep(0.2)
-        # Its first API request opens the stores: made here, so that no test pays for it.
-        urllib.request.urlopen(f"{uri}/api/2.0/mlflow/experiments/search?max_results=1", timeout=120).close()
+        # The first request to each store opens it (the registry's took 13 s on a loaded machine, more than
+        # a runtime's first request may wait): made here, so that no test pays for it.
+        for store in ("experiments", "registered-models"):
+            urllib.request.urlopen(f"{uri}/api/2.0/mlflow/{store}/search?max_results=1", timeout=120).close()
         yield MLflowServer(uri, time.monotonic() - started)
     finally:
         with_group = os.getpgid(server.pid) if server.poll() is None else None

@@ -19,7 +19,7 @@ from mlflow_server import MLflowServer, free_port
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Trigger
 from mlworkflow.desired import tracking as planned
 from mlworkflow.desired.lifecycle import Event, TrainingRun, record_finished_runs
-from mlworkflow.runtime import tracking
+from mlworkflow.runtime import search, tracking
 from mlworkflow.runtime.store import WorkflowStore
 from runtime.conftest import churn_frame, churn_spec, train_apart
 
@@ -233,3 +233,87 @@ def test_a_drift_check_and_a_batch_run_are_runs_of_the_experiment(
     assert checked.data.tags["mlworkflow.driftReport"] == drift["report"]
     down = tracking.Settings(f"http://127.0.0.1:{free_port()}", "x", "x", NAMESPACE)
     assert tracking.log_batch_run(down, store, batch)["tracked"] is False
+
+
+def test_search_trials_are_child_runs_of_the_search_run(
+    tracking_server: MLflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+
+    spec = MLWorkflowSpec.model_validate(
+        {
+            "pattern": "AutoML",
+            "data": {"source": "sklearn://iris", "target": "target"},
+            "training": {"crossValidation": 3},
+            "automl": {
+                "candidates": [
+                    {
+                        "estimator": "sklearn.linear_model.LogisticRegression",
+                        "params": {"C": {"low": 0.01, "high": 10.0, "log": True}, "max_iter": [300]},
+                    },
+                    {"estimator": "sklearn.tree.DecisionTreeClassifier", "params": {"max_depth": [1, 2, 3]}},
+                ],
+                "trials": 4,
+                "parallelism": 2,
+                "seed": 7,
+            },
+            "storage": {"path": "/unused"},
+        }
+    )
+    monkeypatch.setenv("MLW_SPEC", spec.model_dump_json(by_alias=True))
+
+    def worker(index: int, trials: int, env: dict[str, str], search_id: str = "s1") -> dict[str, Any]:
+        with monkeypatch.context() as scoped:
+            for key, value in env.items():
+                scoped.setenv(key, value)
+            termination = tmp_path / f"termination-{time.monotonic_ns()}"
+            code = search.main(
+                [
+                    f"--store={tmp_path}",
+                    "--workflow=tuned",
+                    f"--search-id={search_id}",
+                    "--workers=2",
+                    f"--worker={index}",
+                    f"--trials={trials}",
+                    f"--termination-log={termination}",
+                ]
+            )
+            summary = dict(json.loads(termination.read_text()))
+            assert code == 0, summary
+            return summary
+
+    # Two workers of one search (one after the other here): the first makes the search's run, the second
+    # finds it in the study, and every trial is a child run of it.
+    env = env_for(tracking_server.uri, "tuned")
+    first, second = worker(0, 2, env), worker(1, 4, env)
+    parent = first["tracking"]["runId"]
+    assert first["tracking"] == second["tracking"] == {"tracked": True, "runId": parent}
+    client = MlflowClient(tracking_server.uri)
+    searched = client.get_run(parent)
+    assert searched.info.run_name == "search-s1"
+    assert searched.data.tags["mlworkflow.kind"] == "search"
+    assert searched.data.params["metric"] == "f1_macro" and searched.data.params["trials"] == "2"
+    children = client.search_runs(
+        [searched.info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'", max_results=100
+    )
+    board = {
+        r["trial"]: r for r in json.loads((tmp_path / "tuned/automl/s1/leaderboard.json").read_text())["rows"]
+    }
+    assert sorted(int(c.data.tags["mlworkflow.trial"]) for c in children) == sorted(board) == [0, 1, 2, 3]
+    for child in children:
+        row = board[int(child.data.tags["mlworkflow.trial"])]
+        assert child.info.run_name == f"s1-{row['trial']}"
+        assert child.data.tags["mlworkflow.state"] == row["state"] == "COMPLETE"
+        assert child.data.tags["mlworkflow.worker"] == str(row["worker"])
+        assert child.data.params["estimator"] == row["estimator"]
+        assert {k: json.loads(v) for k, v in child.data.params.items() if k.startswith("param.")} == {
+            f"param.{k}": v for k, v in row["params"].items()
+        }
+        assert child.data.metrics["cv.mean"] == pytest.approx(row["cvMean"])
+    assert {int(c.data.tags["mlworkflow.worker"]) for c in children} == {0, 1}
+
+    # A server that is down fails no search: the worker says so once and logs no trial.
+    started = time.monotonic()
+    down = worker(0, 2, env_for(f"http://127.0.0.1:{free_port()}", "tuned"), "s2")
+    assert down["tracking"]["tracked"] is False and "Connection" in down["tracking"]["reason"]
+    assert down["trials"]["complete"] == 2 and time.monotonic() - started < 60

@@ -75,7 +75,7 @@ from mlworkflow.api.search import (
     search_space,
 )
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, ModelSpec
-from mlworkflow.runtime import data, holdout, pipeline
+from mlworkflow.runtime import data, holdout, pipeline, tracking
 from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.termination import TERMINATION_LOG, report
 
@@ -89,6 +89,8 @@ MAX_ERROR_CHARS = 1000
 MAX_ENQUEUED_SHARE = 0.5
 WARM_START_TRIALS = 5
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+# The study's user attribute naming the search's MLflow run (the parent of every trial's run).
+MLFLOW_RUN_ATTR = "mlflowRunId"
 # The scikit-learn scorer of each API metric; errors are negated by scikit-learn and turned back here.
 SCORERS = {
     "accuracy": "accuracy",
@@ -167,7 +169,7 @@ class Worker:
         options: Options,
         allowed_prefixes: Sequence[str] = DEFAULT_ALLOWED_PREFIXES,
     ) -> None:
-        self.spec, self.options, self.prefixes = spec, options, allowed_prefixes
+        self.spec, self.store, self.options, self.prefixes = spec, store, options, allowed_prefixes
         self.task = spec.model.task if spec.model else "classification"
         self.preprocessing = spec.model.preprocessing if spec.model else ModelSpec().preprocessing
         self.folder = store.base / "automl" / options.search_id
@@ -192,6 +194,9 @@ class Worker:
             load_if_exists=True,
         )
         self.claim = JournalFileOpenLock(str(self.folder / "claim"))
+        self.mlflow = tracking.Settings.from_env()
+        # Where this worker's trials went: {tracked, runId (the search's run)} or {tracked: false, reason}.
+        self.tracking: dict[str, Any] | None = None
 
     def _sampler(self) -> optuna.samplers.BaseSampler:
         # Each worker its own seed, so that two workers of one search never draw the same sequence; the
@@ -233,6 +238,7 @@ class Worker:
         with self._claiming():
             self._recover()
             self._enqueue_once()
+            self._open_search_run()
         # The workers of one machine share its cores: each takes its share for the native thread pools
         # (OpenMP of HistGradientBoosting, BLAS), as joblib's loky does for scikit-learn's n_jobs.
         # Oversubscribed, HistGradientBoosting on two busy cores ran 10 times slower.
@@ -271,6 +277,44 @@ class Worker:
         points += [(i, dict(c.start)) for i, c in enumerate(self.space.candidates) if c.start]
         for index, params in points[:limit]:
             self.study.enqueue_trial(optuna_params(index, self.space.candidates[index], params))
+
+    def _open_search_run(self) -> None:
+        """The search's MLflow run, parent of the trials' runs: made by the first worker in (under the claim
+        lock) and named in the study for the others; a worker that cannot make it logs no trial."""
+        if self.mlflow is None:
+            return
+        known = self.study.user_attrs.get(MLFLOW_RUN_ATTR)
+        if known:
+            self.tracking = {"tracked": True, "runId": known}
+            return
+        options = self.options
+        self.tracking = tracking.log_search(
+            self.mlflow,
+            self.store,
+            options.search_id,
+            {
+                "metric": self.metric,
+                "sampler": options.sampler,
+                "trials": str(self.budget),
+                "workers": str(options.workers),
+                "pruning": options.pruning,
+                "timeBudget": str(options.time_budget),
+            },
+        )
+        if self.tracking["tracked"]:
+            self.study.set_user_attr(MLFLOW_RUN_ATTR, self.tracking["runId"])
+
+    def _log_trial(self, number: int) -> None:
+        """A finished trial as a child run of the search's; after a failure this worker logs no more (a
+        server that does not answer would cost every trial its timeout). Never raises for MLflow."""
+        parent = (self.tracking or {}).get("runId")
+        if self.mlflow is None or not parent:
+            return
+        trials = [t for t in self.study.get_trials(deepcopy=False) if t.number == number]
+        (row,) = leaderboard_rows(trials, self.maximize)
+        logged = tracking.log_trial(self.mlflow, self.store, self.options.search_id, parent, row)
+        if not logged["tracked"]:
+            self.tracking = logged
 
     def _next_trial(self) -> optuna.Trial | None:
         """A new trial of the study, or None when the budget is spent; raises SearchFailed."""
@@ -326,6 +370,7 @@ class Worker:
         trial.set_user_attr("seconds", round(time.monotonic() - started, 3))
         trial.set_user_attr("folds", scores)
         self.study.tell(trial, value, state=state)
+        self._log_trial(trial.number)
 
     def _suggest(self, trial: optuna.Trial) -> tuple[int, dict[str, Any]]:
         """The candidate's index and its parameters' values for this trial."""
@@ -542,6 +587,7 @@ def summary(
             if r["rank"] is not None
         ],
         "seconds": round(seconds, 3),
+        **({"tracking": worker.tracking} if worker.tracking is not None else {}),
     }
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import traceback
@@ -260,6 +261,49 @@ def log_run(
             return {"tracked": True, "runId": run.info.run_id}
     except NotTracked as error:
         return {"tracked": False, "reason": str(error)}
+
+
+def log_search(
+    settings: Settings, store: WorkflowStore, search_id: str, params_: dict[str, str]
+) -> dict[str, Any]:
+    """An AutoML search's run (`search-<id>`, its options as `params_`): the parent of its trials' runs
+    (`log_trial`). Returns `{"tracked": true, "runId"}` or `{"tracked": false, "reason"}`."""
+    return log_run(
+        settings,
+        f"search-{search_id}",
+        {f"{TAG}workflow": store.workflow, f"{TAG}kind": "search", f"{TAG}searchId": search_id},
+        {},
+        params_,
+    )
+
+
+def log_trial(
+    settings: Settings, store: WorkflowStore, search_id: str, parent_run_id: str, row: dict[str, Any]
+) -> dict[str, Any]:
+    """One finished trial of a search (its leaderboard row, `search.leaderboard_rows`: trial, estimator,
+    params, cvMean, cvStd, seconds, state, error, worker) as a child run of the search's run, named
+    `<search id>-<trial>`: the estimator and its parameters (`param.<name>`, JSON) as params, the CV mean
+    and std (a pruned trial's mean is over the folds it ran) and seconds as metrics."""
+    measured = {"cv.mean": row.get("cvMean"), "cv.std": row.get("cvStd"), "seconds": row.get("seconds")}
+    return log_run(
+        settings,
+        f"{search_id}-{row['trial']}",
+        {
+            f"{TAG}workflow": store.workflow,
+            f"{TAG}kind": "search-trial",
+            f"{TAG}searchId": search_id,
+            f"{TAG}trial": str(row["trial"]),
+            f"{TAG}state": str(row["state"]),
+            f"{TAG}worker": str(row.get("worker")),
+            f"{TAG}error": str(row.get("error") or "")[:MAX_REASON],
+        },
+        {k: float(v) for k, v in measured.items() if isinstance(v, int | float) and math.isfinite(v)},
+        {
+            "estimator": str(row.get("estimator")),
+            **{f"param.{k}": json.dumps(v) for k, v in (row.get("params") or {}).items()},
+        },
+        parent_run_id,
+    )
 
 
 def log_drift_check(
