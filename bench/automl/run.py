@@ -45,7 +45,7 @@ from sklearn.model_selection import RandomizedSearchCV
 from mlworkflow.api.search import PRESETS, Choice, FloatRange, IntRange, candidates_for
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, ModelSpec
 from mlworkflow.runtime import data, holdout, pipeline
-from mlworkflow.runtime.search import SCORERS, training_rows
+from mlworkflow.runtime.search import training_rows
 from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.train import SEED
 
@@ -220,7 +220,7 @@ def floor(
         base,
         distributions(spec),
         n_iter=trials,
-        scoring=SCORERS[metric] if metric != "roc_auc" else "roc_auc_ovr",
+        scoring=pipeline.scorer(metric, rows.y.nunique()),
         n_jobs=2,
         cv=rows.folds,
         refit=False,

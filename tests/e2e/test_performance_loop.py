@@ -7,9 +7,6 @@ version."""
 from __future__ import annotations
 
 import json
-import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,21 +16,13 @@ from kubernetes import client
 
 from kubelocal.controlplane import ControlPlane
 from mlworkflow.api import v1alpha1
-from support import operator_in, wait_for
+from serving import post
+from support import wait_for
 from workflows import claim_folder, condition, create_claim, get, run_drift_check
 
 pytestmark = pytest.mark.cluster
 
 NAME = "decay"
-
-
-@pytest.fixture
-def operator(
-    operator_kubeconfig: Path, process_namespace: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[None]:
-    """The operator, in-process, as the Helm chart's ServiceAccount."""
-    with operator_in(process_namespace, operator_kubeconfig, monkeypatch):
-        yield
 
 
 def world(rows: int, flipped: bool, seed: int) -> pd.DataFrame:
@@ -69,10 +58,10 @@ def manifest() -> dict[str, Any]:
     }
 
 
-def post(url: str, body: dict[str, Any]) -> dict[str, Any]:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return dict(json.loads(response.read()))
+def answer(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    code, answered = post(url, body)
+    assert code == 200, answered
+    return dict(answered)
 
 
 def test_decay_is_measured_on_feedback_and_retrained_on(
@@ -96,11 +85,13 @@ def test_decay_is_measured_on_feedback_and_retrained_on(
     for start in range(0, len(served), 100):
         chunk = served.iloc[start : start + 100]
         records = json.loads(chunk[["x1", "x2"]].to_json(orient="records"))
-        answer = post(f"{url}/predict", {"records": records})
-        assert answer["model"] == "v1" and len(answer["ids"]) == len(chunk) == len(set(answer["ids"]))
-        ids += answer["ids"]
+        predicted = answer(f"{url}/predict", {"records": records})
+        assert predicted["model"] == "v1" and len(predicted["ids"]) == len(chunk) == len(
+            set(predicted["ids"])
+        )
+        ids += predicted["ids"]
     labels = [{"id": i, "label": int(label)} for i, label in zip(ids, served["label"], strict=True)]
-    assert post(f"{url}/feedback", {"labels": labels})["recorded"] == 300
+    assert answer(f"{url}/feedback", {"labels": labels})["recorded"] == 300
     # The data pipeline meanwhile delivers labelled rows of the new world.
     world(1600, flipped=True, seed=3).to_csv(store / "data" / "part-2.csv", index=False)
     run_drift_check(api, ns, NAME, 1)

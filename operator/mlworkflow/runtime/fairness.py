@@ -18,7 +18,6 @@ Regression gets the per-group metrics only.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -30,17 +29,9 @@ from fairlearn.metrics import (
     equalized_odds_difference,
     selection_rate,
 )
-from sklearn.metrics import (
-    accuracy_score,
-    f1_score,
-    mean_absolute_error,
-    mean_squared_error,
-    precision_score,
-    r2_score,
-    recall_score,
-)
 
 from mlworkflow.runtime.data import DataError
+from mlworkflow.runtime.pipeline import label_metrics
 
 MAX_GROUPS = 50
 MISSING = "(missing)"
@@ -65,17 +56,6 @@ def groups(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
             )
         named[column] = values.astype(object)
     return named
-
-
-def _task_metrics(task: str) -> dict[str, Any]:
-    if task == "regression":
-        return {"mse": mean_squared_error, "mae": mean_absolute_error, "r2": r2_score}
-    return {
-        "accuracy": accuracy_score,
-        "precision_macro": partial(precision_score, average="macro", zero_division=0),
-        "recall_macro": partial(recall_score, average="macro", zero_division=0),
-        "f1_macro": partial(f1_score, average="macro", zero_division=0),
-    }
 
 
 def _number(value: Any) -> float | None:
@@ -120,7 +100,7 @@ def assess(
     y = np.array(list(truth)) if task == "classification" else np.asarray(truth, dtype=np.float64)
     y_hat = np.array(list(predicted)) if task == "classification" else np.asarray(predicted, dtype=np.float64)
     binary = task == "classification" and classes is not None and len(classes) == 2
-    metrics: dict[str, Any] = {"count": count, **_task_metrics(task)}
+    metrics: dict[str, Any] = {"count": count, **label_metrics(task)}
     if binary:
         assert classes is not None
         positive = classes[1]

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlworkflow.api.v1alpha1 import Guardrails
+from mlworkflow.api.v1alpha1 import REGRESSION_METRICS, Guardrails
+from mlworkflow.runtime import pipeline
 from mlworkflow.runtime.data import FeatureSchema, category
 from mlworkflow.runtime.features import FeatureChecker, RequestError
 
@@ -231,7 +232,7 @@ class Canary:
 
     def __init__(self, x: np.ndarray, y: np.ndarray, metric: str, max_drop: float) -> None:
         self.x, self.y, self.metric, self.max_drop = x, y, metric, max_drop
-        self.lower_is_better = metric in ("mse", "mae")
+        self.lower_is_better = metric in pipeline.LOWER_IS_BETTER
         self.regression = metric in REGRESSION_METRICS
         self.baseline: float | None = None
 
@@ -244,7 +245,8 @@ class Canary:
         if self.metric == "roc_auc":
             from sklearn.metrics import get_scorer
 
-            return float(get_scorer(SCORERS[self.metric])(estimator, self.x, self.y))
+            score = get_scorer(pipeline.scorer(self.metric, len(np.unique(self.y))))
+            return float(score(estimator, self.x, self.y))
         return scores(self.y, estimator.predict(self.x), self.regression)[self.metric]
 
     def metrics(self, estimator: Any) -> dict[str, float]:
@@ -284,9 +286,6 @@ class Canary:
         )
 
 
-REGRESSION_METRICS = ("mse", "mae", "r2")
-
-
 def scores(y: np.ndarray, predicted: np.ndarray, regression: bool) -> dict[str, float]:
     """The metrics of `pipeline.scores` but ROC AUC, with scikit-learn's values: MSE, MAE and R² (1 for a
     perfect fit of constant labels, else 0 for them); or accuracy and the macro means of precision, recall
@@ -301,28 +300,4 @@ def scores(y: np.ndarray, predicted: np.ndarray, regression: bool) -> dict[str, 
     labels, codes = np.unique(np.concatenate([np.asarray(y), np.asarray(predicted)]), return_inverse=True)
     k, n = len(labels), len(y)
     matrix = np.bincount(codes[:n] * k + codes[n:], minlength=k * k).reshape(k, k)  # rows: truth
-    hits = np.diag(matrix).astype(np.float64)
-    guessed, actual = matrix.sum(axis=0), matrix.sum(axis=1)
-    zeros = np.zeros(k)
-    precision = np.divide(hits, guessed, out=zeros.copy(), where=guessed > 0)
-    recall = np.divide(hits, actual, out=zeros.copy(), where=actual > 0)
-    f1 = np.divide(2 * hits, guessed + actual, out=zeros.copy(), where=guessed + actual > 0)
-    return {
-        "accuracy": float(hits.sum() / n),
-        "precision_macro": float(precision.mean()),
-        "recall_macro": float(recall.mean()),
-        "f1_macro": float(f1.mean()),
-    }
-
-
-# The scikit-learn scorer of each API metric (multi-class ROC AUC one-vs-rest, as `pipeline.scores`).
-SCORERS = {
-    "accuracy": "accuracy",
-    "precision_macro": "precision_macro",
-    "recall_macro": "recall_macro",
-    "f1_macro": "f1_macro",
-    "roc_auc": "roc_auc_ovr",
-    "mse": "neg_mean_squared_error",
-    "mae": "neg_mean_absolute_error",
-    "r2": "r2",
-}
+    return pipeline.confusion_metrics(matrix)

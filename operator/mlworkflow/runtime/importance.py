@@ -17,20 +17,11 @@ import numpy as np
 import pandas as pd
 from sklearn.inspection import permutation_importance
 
-from mlworkflow.runtime import holdout
+from mlworkflow.runtime import holdout, pipeline
 
 ROWS = 1000  # held-out rows scored per shuffle
 REPEATS = 5  # shuffles per feature
 MANY_FEATURES = 100  # above this many features, one shuffle each
-SCORERS = {
-    "accuracy": "accuracy",
-    "precision_macro": "precision_macro",
-    "recall_macro": "recall_macro",
-    "f1_macro": "f1_macro",
-    "mse": "neg_mean_squared_error",
-    "mae": "neg_mean_absolute_error",
-    "r2": "r2",
-}
 
 
 def permutation(model: Any, x: pd.DataFrame, y: pd.Series, metric: str) -> dict[str, Any] | None:
@@ -50,7 +41,7 @@ def permutation(model: Any, x: pd.DataFrame, y: pd.Series, metric: str) -> dict[
     chosen = np.sort(np.random.default_rng(holdout.SEED).permutation(len(x))[:ROWS])
     rows, truth = x.iloc[chosen], y.iloc[chosen]
     repeats = REPEATS if x.shape[1] <= MANY_FEATURES else 1
-    scorer = SCORERS.get(metric) or ("roc_auc_ovr" if metric == "roc_auc" else metric)
+    scorer = pipeline.scorer(metric, truth.nunique())
     try:
         result = permutation_importance(
             model, rows, truth, scoring=scorer, n_repeats=repeats, random_state=holdout.SEED, n_jobs=1

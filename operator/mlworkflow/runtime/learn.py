@@ -54,7 +54,7 @@ from sklearn.pipeline import Pipeline
 
 from mlworkflow.api import exitcodes
 from mlworkflow.api.estimators import check_incremental
-from mlworkflow.api.v1alpha1 import MLWorkflowSpec, OnlineSpec
+from mlworkflow.api.v1alpha1 import MLWorkflowSpec, OnlineSpec, promotion_metric
 from mlworkflow.runtime import data, guardrails, holdout, lease, sources
 from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.termination import TERMINATION_LOG, report
@@ -416,7 +416,7 @@ class Learner:
             return None
         frame = unseen[self.schema.features].reset_index(drop=True)
         truth = np.asarray(y.tolist()) if self.task == "classification" else y.to_numpy()
-        metric = self.spec.promotion.metric or ("r2" if self.task == "regression" else "f1_macro")
+        metric = promotion_metric(self.spec)
         transformed = self.features.transform(frame)
         return guardrails.Canary(transformed, truth, metric, self.online.guardrails.max_metric_drop)
 

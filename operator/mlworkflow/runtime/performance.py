@@ -64,20 +64,7 @@ def estimate(probabilities: np.ndarray, predicted: np.ndarray, classes: list[Any
     expected = np.zeros((len(classes), len(classes)))
     for j in range(len(classes)):
         expected[:, j] = probabilities[columns == j].sum(axis=0)
-    true_positive = np.diag(expected)
-    predicted_as = expected.sum(axis=0)  # TP + FP per class
-    actually = expected.sum(axis=1)  # TP + FN per class
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(predicted_as > 0, true_positive / predicted_as, 0.0)
-        recall = np.where(actually > 0, true_positive / actually, 0.0)
-        denominator = predicted_as + actually
-        f1 = np.where(denominator > 0, 2 * true_positive / denominator, 0.0)
-    return {
-        "accuracy": float(true_positive.sum() / max(len(predicted), 1)),
-        "precision_macro": float(precision.mean()),
-        "recall_macro": float(recall.mean()),
-        "f1_macro": float(f1.mean()),
-    }
+    return pipeline.confusion_metrics(expected)
 
 
 def calibrated(model: Any, holdout: pd.DataFrame, schema: FeatureSchema) -> Any | None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -76,6 +77,19 @@ def scores(task: str, pipeline: Pipeline, x: pd.DataFrame, y: pd.Series) -> dict
     return metrics(task, y, predicted, proba, classes)
 
 
+def label_metrics(task: str) -> dict[str, Callable[[Any, Any], float]]:
+    """The task's metrics of predicted labels or values, `f(y_true, y_pred)`: MSE, MAE and R²; or accuracy
+    and macro precision, recall and F1 (a class never predicted counts 0, not a warning)."""
+    if task == "regression":
+        return {"mse": mean_squared_error, "mae": mean_absolute_error, "r2": r2_score}
+    return {
+        "accuracy": accuracy_score,
+        "precision_macro": partial(precision_score, average="macro", zero_division=0),
+        "recall_macro": partial(recall_score, average="macro", zero_division=0),
+        "f1_macro": partial(f1_score, average="macro", zero_division=0),
+    }
+
+
 def metrics(
     task: str,
     y: Sequence[Any] | pd.Series | np.ndarray,
@@ -84,23 +98,13 @@ def metrics(
     classes: list[Any] | None = None,
 ) -> dict[str, float]:
     """The task's metrics of predictions against the truth, the same at training (holdout) and in production
-    (labelled predictions): accuracy, precision, recall, F1 (macro) and, given `probabilities` (a row per
-    prediction, columns in `classes` order), ROC AUC; or MSE, MAE and R²."""
-    if task == "regression":
-        return {
-            "mse": float(mean_squared_error(y, predicted)),
-            "mae": float(mean_absolute_error(y, predicted)),
-            "r2": float(r2_score(y, predicted)),
-        }
-    # As lists: an object array of integer classes (labels joined to recorded predictions) is of an
-    # "unknown" target type to scikit-learn, a list of them is binary or multiclass.
-    y, predicted = np.asarray(y).tolist(), np.asarray(predicted).tolist()
-    result = {
-        "accuracy": float(accuracy_score(y, predicted)),
-        "precision_macro": float(precision_score(y, predicted, average="macro", zero_division=0)),
-        "recall_macro": float(recall_score(y, predicted, average="macro", zero_division=0)),
-        "f1_macro": float(f1_score(y, predicted, average="macro", zero_division=0)),
-    }
+    (labelled predictions): `label_metrics` and, given `probabilities` (a row per prediction, columns in
+    `classes` order), ROC AUC."""
+    if task == "classification":
+        # As lists: an object array of integer classes (labels joined to recorded predictions) is of an
+        # "unknown" target type to scikit-learn, a list of them is binary or multiclass.
+        y, predicted = np.asarray(y).tolist(), np.asarray(predicted).tolist()
+    result = {name: float(metric(y, predicted)) for name, metric in label_metrics(task).items()}
     if probabilities is not None and classes is not None and len(set(np.asarray(y).tolist())) > 1:
         try:
             if len(classes) == 2:
@@ -112,6 +116,34 @@ def metrics(
         except ValueError:
             pass  # a holdout missing a class has no AUC; the other metrics stand
     return result
+
+
+def confusion_metrics(matrix: np.ndarray) -> dict[str, float]:
+    """Accuracy and the macro means of precision, recall and F1 from a confusion matrix (k x k, rows the true
+    classes, columns the predicted; counts, or expected counts), a 0/0 counting 0 as `zero_division=0` does:
+    scikit-learn's values for the labels the matrix covers."""
+    hits = np.diag(matrix).astype(np.float64)
+    predicted_as, actually = matrix.sum(axis=0), matrix.sum(axis=1)
+    zeros = np.zeros(len(hits))
+    precision = np.divide(hits, predicted_as, out=zeros.copy(), where=predicted_as > 0)
+    recall = np.divide(hits, actually, out=zeros.copy(), where=actually > 0)
+    both = predicted_as + actually
+    f1 = np.divide(2 * hits, both, out=zeros.copy(), where=both > 0)
+    total = float(matrix.sum())
+    return {
+        "accuracy": float(hits.sum() / total) if total else 0.0,
+        "precision_macro": float(precision.mean()),
+        "recall_macro": float(recall.mean()),
+        "f1_macro": float(f1.mean()),
+    }
+
+
+def scorer(metric: str, classes: int = 2) -> str:
+    """The scikit-learn scorer of an API metric (errors are negated by scikit-learn): ROC AUC is one-vs-rest
+    macro with more than two `classes`."""
+    if metric == "roc_auc":
+        return "roc_auc_ovr" if classes > 2 else "roc_auc"
+    return {"mse": "neg_mean_squared_error", "mae": "neg_mean_absolute_error"}.get(metric, metric)
 
 
 def cv_scoring(task: str) -> dict[str, str]:

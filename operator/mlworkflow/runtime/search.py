@@ -91,17 +91,6 @@ WARM_START_TRIALS = 5
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 # The study's user attribute naming the search's MLflow run (the parent of every trial's run).
 MLFLOW_RUN_ATTR = "mlflowRunId"
-# The scikit-learn scorer of each API metric; errors are negated by scikit-learn and turned back here.
-SCORERS = {
-    "accuracy": "accuracy",
-    "precision_macro": "precision_macro",
-    "recall_macro": "recall_macro",
-    "f1_macro": "f1_macro",
-    "roc_auc": "roc_auc",
-    "mse": "neg_mean_squared_error",
-    "mae": "neg_mean_absolute_error",
-    "r2": "r2",
-}
 
 
 class SearchFailed(Exception):
@@ -181,9 +170,7 @@ class Worker:
         self.budget = min(options.trials, len(self.grid)) if self.grid else options.trials
         self.metric = metric_of(spec)
         self.maximize = self.metric not in pipeline.LOWER_IS_BETTER
-        self.scorer = get_scorer(
-            "roc_auc_ovr" if self.metric == "roc_auc" and self.rows.y.nunique() > 2 else SCORERS[self.metric]
-        )
+        self.scorer = get_scorer(pipeline.scorer(self.metric, self.rows.y.nunique()))
         self.storage = JournalStorage(JournalFileBackend(str(self.folder / "journal.log")))
         self.study = optuna.create_study(
             storage=self.storage,
