@@ -45,6 +45,22 @@ def online_frame(rows: int, seed: int = 0) -> pd.DataFrame:
     return frame
 
 
+# A workflow on a bundled dataset, learning from files: for tests of what surrounds the learner.
+WINE_SPEC = MLWorkflowSpec.model_validate(
+    {
+        "pattern": "OnlineLearning",
+        "data": {"source": "sklearn://wine", "target": "target"},
+        "model": {
+            "estimator": "sklearn.linear_model.SGDClassifier",
+            "params": {"loss": "log_loss", "random_state": 0},
+        },
+        "training": {"crossValidation": 3},
+        "online": {"source": {"path": "incoming/*.csv"}},
+        "storage": {"path": "/unused"},
+    }
+)
+
+
 def online_spec(source: dict[str, Any], **online: Any) -> MLWorkflowSpec:
     return MLWorkflowSpec.model_validate(
         {

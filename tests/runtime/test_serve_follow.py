@@ -12,25 +12,11 @@ from pathlib import Path
 
 from sklearn.datasets import load_wine
 
-from mlworkflow.api.v1alpha1 import MLWorkflowSpec
+from learning import WINE_SPEC
 from mlworkflow.runtime.store import WorkflowStore
 from runtime.conftest import train_apart
 from serving import post, serve
 from support import wait_for
-
-SPEC = MLWorkflowSpec.model_validate(
-    {
-        "pattern": "OnlineLearning",
-        "data": {"source": "sklearn://wine", "target": "target"},
-        "model": {
-            "estimator": "sklearn.linear_model.SGDClassifier",
-            "params": {"loss": "log_loss", "random_state": 0},
-        },
-        "training": {"crossValidation": 3},
-        "online": {"source": {"path": "incoming/*.csv"}},
-        "storage": {"path": "/unused"},
-    }
-)
 
 
 def snapshot(store: WorkflowStore, start: str, version: str) -> None:
@@ -51,7 +37,7 @@ def name_latest(store: WorkflowStore, version: str) -> None:
 def test_new_snapshots_are_served_without_a_failed_request(tmp_path: Path) -> None:
     store = WorkflowStore(tmp_path / "store", "wine")
     store.root.mkdir()
-    train_apart(SPEC, store, "v1")
+    train_apart(WINE_SPEC, store, "v1")
     for n in (1, 2, 3):
         snapshot(store, "v1", f"v1.{n}")
     record = load_wine(as_frame=True).frame.drop(columns="target").iloc[0].to_dict()

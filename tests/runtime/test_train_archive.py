@@ -9,29 +9,15 @@ import numpy as np
 import pandas as pd
 from sklearn.datasets import load_wine
 
-from mlworkflow.api.v1alpha1 import MLWorkflowSpec
+from learning import WINE_SPEC
 from mlworkflow.runtime import holdout
 from mlworkflow.runtime.store import WorkflowStore
 from runtime.conftest import train_apart
 
-SPEC = MLWorkflowSpec.model_validate(
-    {
-        "pattern": "OnlineLearning",
-        "data": {"source": "sklearn://wine", "target": "target"},
-        "model": {
-            "estimator": "sklearn.linear_model.SGDClassifier",
-            "params": {"loss": "log_loss", "random_state": 0},
-        },
-        "training": {"crossValidation": 3},
-        "online": {"source": {"path": "incoming/*.csv"}},
-        "storage": {"path": "/unused"},
-    }
-)
-
 
 def test_a_retraining_learns_the_archive_and_holds_out_only_rows_the_snapshot_never_saw(tmp_path) -> None:  # type: ignore[no-untyped-def]
     store = WorkflowStore(tmp_path, "wine")
-    first = train_apart(SPEC, store, "v1")
+    first = train_apart(WINE_SPEC, store, "v1")
     # The learner's snapshot of v1 (here: v1 itself, as a learned copy would be saved).
     shutil.copytree(store.model_dir("v1"), store.model_dir("v1.3"))
     wine = load_wine(as_frame=True).frame
@@ -44,7 +30,7 @@ def test_a_retraining_learns_the_archive_and_holds_out_only_rows_the_snapshot_ne
         (store.stream_archive / hour).mkdir(parents=True)
         part.to_parquet(store.stream_archive / hour / "part-0.parquet")
 
-    second = train_apart(SPEC, store, "v2", "Manual", "v1.3", "--stream-archive")
+    second = train_apart(WINE_SPEC, store, "v2", "Manual", "v1.3", "--stream-archive")
 
     assert second["rows"] == len(wine) + 90
     v1_trained = holdout.load_rows(store.model_dir("v1"))
@@ -59,6 +45,6 @@ def test_a_retraining_learns_the_archive_and_holds_out_only_rows_the_snapshot_ne
 
 def test_without_an_archive_the_source_alone_trains(tmp_path) -> None:  # type: ignore[no-untyped-def]
     store = WorkflowStore(tmp_path, "wine")
-    train_apart(SPEC, store, "v1")
-    second = train_apart(SPEC, store, "v2", "Manual", "v1", "--stream-archive")
+    train_apart(WINE_SPEC, store, "v1")
+    second = train_apart(WINE_SPEC, store, "v2", "Manual", "v1", "--stream-archive")
     assert second["rows"] == len(pd.DataFrame(load_wine().data))
