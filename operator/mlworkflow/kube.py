@@ -382,24 +382,15 @@ class Kube:
         )
 
     def latest_drift_check(self, namespace: str, workflow: str) -> DriftCheck | None:
-        """The newest finished drift-check Job (from the CronJob, or made from its template by hand)."""
-        finished = []
-        for job in self._jobs(namespace, workflow, MONITORING):
-            status = job.get("status") or {}
-            ended = [
-                c
-                for c in status.get("conditions") or []
-                if c["type"] in ("Complete", "Failed") and c.get("status") == "True"
-            ]
-            if ended:
-                stamp = status.get("completionTime") or ended[0]["lastTransitionTime"]
-                finished.append((datetime.fromisoformat(stamp.replace("Z", "+00:00")), job))
-        if not finished:
+        """The finished drift-check Job (from the CronJob, or made from its template by hand) that started
+        last (see `started_last`)."""
+        newest = started_last(self._jobs(namespace, workflow, MONITORING))
+        if newest is None:
             return None
-        finished_at, job = max(finished, key=lambda pair: pair[0])
+        started_at, job = newest
         run = self._once_finished(job, self._run)
         result = run.result or {"status": "error", "message": run.message or "the drift check failed"}
-        return DriftCheck(job["metadata"]["name"], finished_at, result)
+        return DriftCheck(job["metadata"]["name"], started_at, result)
 
     def learner(self, namespace: str, name: str) -> LearnerState | None:
         """The learner's Lease `name` (OnlineLearning): its holder, until when it holds it, and the progress
@@ -447,6 +438,18 @@ def _batch_trigger(value: str | None) -> Literal["Promotion", "Schedule", "Manua
 
 def _phase(pod: JSON) -> str:
     return str((pod.get("status") or {}).get("phase", ""))
+
+
+def started_last(jobs: list[JSON]) -> tuple[datetime, JSON] | None:
+    """Of the finished Jobs, the one that started last (status.startTime, else its creation) and that time;
+    None when none finished. A check that started earlier but finished later read an older window, so
+    checks are ordered by their start, not their end."""
+    finished = []
+    for job in jobs:
+        if _job_state(job)[0] != "Running":
+            stamp = (job.get("status") or {}).get("startTime") or job["metadata"]["creationTimestamp"]
+            finished.append((datetime.fromisoformat(stamp.replace("Z", "+00:00")), job))
+    return max(finished, key=lambda pair: pair[0], default=None)
 
 
 def _job_state(job: JSON) -> tuple[RunState, JSON, datetime | None]:

@@ -19,7 +19,7 @@ from kubelocal.controlplane import ControlPlane
 from kubelocal.net import free_port
 from mlworkflow.api import v1alpha1
 from support import operator_in, wait_for
-from workflows import claim_folder, create_claim, get, patch_spec, regime, run_drift_check
+from workflows import CHECKS_BY_HAND, claim_folder, create_claim, get, patch_spec, regime, run_drift_check
 
 pytestmark = pytest.mark.cluster
 
@@ -50,7 +50,13 @@ def manifest() -> dict[str, Any]:
             },
             "training": {"crossValidation": 0},
             "serving": {"replicas": 1},
-            "monitoring": {"driftThreshold": 0.5, "minSamples": 200, "cooldown": "1s", "onDrift": "Retrain"},
+            "monitoring": {
+                "schedule": CHECKS_BY_HAND,
+                "driftThreshold": 0.5,
+                "minSamples": 200,
+                "cooldown": "1s",
+                "onDrift": "Retrain",
+            },
             # First, demand more than any retraining can give: the challenger is rejected.
             "promotion": {"metric": "f1_macro", "minImprovement": 0.9},
             "storage": {"pvc": {"claimName": "store"}},

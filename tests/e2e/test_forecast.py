@@ -14,7 +14,7 @@ from kubernetes import client
 from kubelocal.controlplane import ControlPlane
 from mlworkflow.api import v1alpha1
 from support import wait_for
-from workflows import claim_folder, create_claim, get, regime, run_drift_check
+from workflows import CHECKS_BY_HAND, claim_folder, create_claim, get, regime, run_drift_check
 
 pytestmark = pytest.mark.cluster
 
@@ -40,7 +40,12 @@ def manifest() -> dict[str, Any]:
                 "parallelism": 2,
                 "passthroughColumns": ["row_id"],
             },
-            "monitoring": {"driftThreshold": 0.5, "minSamples": 100, "cooldown": "1s"},
+            "monitoring": {
+                "schedule": CHECKS_BY_HAND,
+                "driftThreshold": 0.5,
+                "minSamples": 100,
+                "cooldown": "1s",
+            },
             "promotion": {"minHoldoutRows": 50},
             "storage": {"pvc": {"claimName": "store"}},
         },

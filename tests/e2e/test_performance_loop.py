@@ -18,7 +18,7 @@ from kubelocal.controlplane import ControlPlane
 from mlworkflow.api import v1alpha1
 from serving import post
 from support import wait_for
-from workflows import claim_folder, condition, create_claim, get, run_drift_check
+from workflows import CHECKS_BY_HAND, claim_folder, condition, create_claim, get, run_drift_check
 
 pytestmark = pytest.mark.cluster
 
@@ -45,6 +45,7 @@ def manifest() -> dict[str, Any]:
             "training": {"crossValidation": 0},
             "serving": {"replicas": 1},
             "monitoring": {
+                "schedule": CHECKS_BY_HAND,
                 # Both columns would have to drift: the unchanged inputs never do.
                 "driftThreshold": 1.0,
                 "onDrift": "Alert",

@@ -913,7 +913,9 @@ class ModelStatus(ApiModel):
 class DriftStatus(ApiModel):
     model_config = ConfigDict(extra="ignore")
 
-    checked_at: datetime | None = Field(None, description="When the last drift check finished.")
+    checked_at: datetime | None = Field(
+        None, description="When the last drift check started: its window of live inputs ends then."
+    )
     share: float | None = Field(None, ge=0, le=1, description="Share of drifted feature columns.")
     drifted: bool | None = Field(None, description="Whether share reached spec.monitoring.driftThreshold.")
     report: str | None = Field(None, description="The Evidently report, relative to the artifact store.")
@@ -924,7 +926,9 @@ class PerformanceStatus(ApiModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    checked_at: datetime | None = Field(None, description="When the last performance check finished.")
+    checked_at: datetime | None = Field(
+        None, description="When the last performance check started: its window of predictions ends then."
+    )
     version: str | None = Field(None, description="The version whose predictions were measured.")
     metric: str | None = Field(None, description="The promotion metric measured.")
     measured: float | None = Field(

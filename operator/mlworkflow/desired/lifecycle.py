@@ -70,11 +70,12 @@ class SearchRun:
 
 @dataclass(frozen=True)
 class DriftCheck:
-    """The newest finished monitoring Job (drift check, and performance check under `performance` of its
-    result): its summary (termination message) and when it finished."""
+    """The finished monitoring Job (drift check, and performance check under `performance` of its result)
+    that started last: its summary (termination message) and when it started. Checks are ordered by their
+    start, when they read their window: a check that started earlier and finished later saw older data."""
 
     name: str
-    finished_at: datetime
+    started_at: datetime
     result: dict[str, Any] = field(default_factory=dict)
 
 
@@ -538,7 +539,7 @@ def _record_drift(
 ) -> bool:
     """Fold a new drift check into the status; True when it asks for a retraining now."""
     if check is None or (
-        status.drift and status.drift.checked_at and status.drift.checked_at >= check.finished_at
+        status.drift and status.drift.checked_at and status.drift.checked_at >= check.started_at
     ):
         return False
     result = check.result
@@ -554,7 +555,7 @@ def _record_drift(
             f"threshold {result.get('threshold')}"
         )
         status.drift = DriftStatus(
-            checked_at=check.finished_at,
+            checked_at=check.started_at,
             share=float(result.get("share", 0.0)),
             drifted=drifted,
             report=result.get("report") or result.get("result"),
@@ -574,7 +575,7 @@ def _record_drift(
         reason = "NotEnoughData" if state == "insufficient" else "DriftCheckFailed"
         message = result.get("message") or check.name + " failed"
         status.drift = DriftStatus(
-            checked_at=check.finished_at,
+            checked_at=check.started_at,
             share=status.drift.share if status.drift else None,
             drifted=None,
             report=status.drift.report if status.drift else None,
@@ -629,7 +630,7 @@ def _record_performance(
     if (
         status.performance
         and status.performance.checked_at
-        and status.performance.checked_at >= check.finished_at
+        and status.performance.checked_at >= check.started_at
     ):
         return False
     settings = spec.monitoring.performance
@@ -639,7 +640,7 @@ def _record_performance(
     version = result.get("version")
     state = result.get("status")
     status.performance = PerformanceStatus(
-        checked_at=check.finished_at,
+        checked_at=check.started_at,
         version=version,
         metric=metric,
         measured=measured,

@@ -536,8 +536,8 @@ class LocalRunner:
         finished = [p for p in self.drift_checks if p.poll() is not None]
         if not finished:
             return None
-        latest = max(finished, key=lambda p: p.finished_at or p.started_at)
-        return DriftCheck(latest.log.stem, latest.finished_at or latest.started_at, latest.result())
+        latest = max(finished, key=lambda p: p.started_at)
+        return DriftCheck(latest.log.stem, latest.started_at, latest.result())
 
     # --- reporting ------------------------------------------------------------------------------------
 
