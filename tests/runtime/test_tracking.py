@@ -317,3 +317,74 @@ def test_search_trials_are_child_runs_of_the_search_run(
     down = worker(0, 2, env_for(f"http://127.0.0.1:{free_port()}", "tuned"), "s2")
     assert down["tracking"]["tracked"] is False and "Connection" in down["tracking"]["reason"]
     assert down["trials"]["complete"] == 2 and time.monotonic() - started < 60
+
+    # Each search's winner refit as the version of the search's name (as the operator starts it); the
+    # sync after the decision logs the search the workers could not, and links each search with its refit.
+    refit = MLWorkflowSpec.model_validate(
+        {
+            "pattern": "WebService",
+            "data": {"source": "sklearn://iris", "target": "target"},
+            "model": {"estimator": "sklearn.tree.DecisionTreeClassifier", "params": {"max_depth": 2}},
+            "training": {"crossValidation": 3},
+            "storage": {"path": "/unused"},
+        }
+    )
+    store, status = WorkflowStore(tmp_path, "tuned"), MLWorkflowStatus()
+    for version, trigger in (("s1", Trigger.INITIAL), ("s2", Trigger.MANUAL)):
+        summary = train_apart(
+            refit, store, version, trigger, champion=None if version == "s1" else "s1", env=env
+        )
+        decide(refit, status, version, trigger, summary)
+    synced = sync_apart(store, status, env)
+    assert synced["status"] == "ok" and synced["searches"] == ["s2"], synced
+    assert sync_apart(store, status, env)["searches"] == []  # whole now: not logged twice
+    for version in ("s1", "s2"):
+        refit_run = client.get_run(card(store, version)["tracking"]["runId"])
+        searched = client.get_run(refit_run.data.tags["mlworkflow.searchRunId"])
+        assert searched.info.run_name == f"search-{version}"
+        assert searched.data.tags["mlworkflow.refitRunId"] == refit_run.info.run_id
+        assert searched.data.tags["mlworkflow.refitVersion"] == version
+        trials = client.search_runs(
+            [searched.info.experiment_id], f"tags.mlflow.parentRunId = '{searched.info.run_id}'"
+        )
+        assert len(trials) == (4 if version == "s1" else 2)
+    assert client.get_run(searched.info.run_id).data.params["sampler"] == "random"
+
+
+def test_a_retried_training_registers_no_second_version(
+    tracking_server: MLflowServer, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_server.uri, registry_uri=tracking_server.uri)
+    store = new_store(tmp_path, "retried")
+    env = env_for(tracking_server.uri, "retried")
+    model = f"{NAMESPACE}.retried"
+    spec = churn_spec("sklearn.tree.DecisionTreeClassifier", max_depth=2, random_state=0)
+
+    # The Job's second Pod trains the same version again (the first ended after logging it).
+    train_apart(spec, store, "v1", env=env)
+    first = card(store, "v1")["tracking"]
+    again = train_apart(spec, store, "v1", env=env)
+    assert again["tracking"] == {"tracked": True}
+    second = card(store, "v1")["tracking"]
+    assert (second["runId"], second["modelVersion"]) == (first["runId"], first["modelVersion"])
+    assert [v.version for v in client.search_model_versions(f"name='{model}'")] == [first["modelVersion"]]
+
+    # A Pod that ended while logging v2 left its run unfinished with nothing registered: the retry
+    # deletes it and logs the version once.
+    experiment = client.get_experiment_by_name(f"{NAMESPACE}/retried")
+    assert experiment is not None
+    keys = {
+        "mlworkflow.workflow": "retried",
+        "mlworkflow.namespace": NAMESPACE,
+        "mlworkflow.version": "v2",
+        "mlworkflow.dataSha256": card(store, "v1")["data"]["sha256"],
+    }
+    cut = client.create_run(experiment.experiment_id, tags=keys, run_name="v2").info.run_id
+    client.log_param(cut, "specHash", "0123456789abcdef")
+    train_apart(spec, store, "v2", "Manual", champion="v1", env=env)
+    assert client.get_run(cut).info.lifecycle_stage == "deleted"
+    logged = card(store, "v2")["tracking"]
+    assert logged["runId"] != cut and client.get_run(logged["runId"]).info.status == "FINISHED"
+    assert len(client.search_model_versions(f"name='{model}'")) == 2
