@@ -15,13 +15,15 @@ from typing import Any
 
 import pytest
 
-from mlflow_server import MLflowServer, free_port
+from learning import WARM_ROWS, log_of, online_frame, online_spec, progress, published, start_learner, stop
+from mlflow_server import MLflowServer, free_port, relay
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Trigger
 from mlworkflow.desired import tracking as planned
 from mlworkflow.desired.lifecycle import Event, TrainingRun, record_finished_runs
 from mlworkflow.runtime import search, tracking
 from mlworkflow.runtime.store import WorkflowStore
 from runtime.conftest import churn_frame, churn_spec, train_apart
+from support import wait_for
 
 NAMESPACE = "team-a"
 
@@ -388,3 +390,106 @@ def test_a_retried_training_registers_no_second_version(
     logged = card(store, "v2")["tracking"]
     assert logged["runId"] != cut and client.get_run(logged["runId"]).info.status == "FINISHED"
     assert len(client.search_model_versions(f"name='{model}'")) == 2
+
+
+def test_snapshots_wait_while_the_server_is_down_and_are_sent_when_it_is_back(
+    tracking_server: MLflowServer, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_server.uri, registry_uri=tracking_server.uri)
+    port = free_port()
+    settings = tracking.Settings(
+        f"http://127.0.0.1:{port}", f"{NAMESPACE}/online", f"{NAMESPACE}.online", NAMESPACE
+    )
+    store = WorkflowStore(tmp_path, "online")
+    now = datetime.now(UTC)
+
+    def point(step: int) -> tracking.SnapshotPoint:
+        return tracking.SnapshotPoint(step, f"v1.{step}", now, {"online.samplesSeen": 100.0 * step})
+
+    snapshots = tracking.SnapshotLog(settings, store, "v1", {"estimator": "SGDClassifier"}, retry_seconds=0.5)
+    started = time.monotonic()
+    snapshots.log(point(0))
+    snapshots.log(point(1))  # never waits for MLflow
+    assert time.monotonic() - started < 0.1
+    wait_for(lambda: snapshots.status().startswith("not tracked"), 30, "the snapshots not tracked")
+    assert "2 snapshot(s) waiting" in snapshots.status()
+    with relay(port, tracking_server):
+        wait_for(lambda: snapshots.status().startswith("run "), 30, "the snapshots sent")
+        snapshots.log(point(2))
+        snapshots.close()
+        run = client.get_run(snapshots.status().removeprefix("run "))
+        assert run.info.run_name == "online-v1" and run.info.status == "FINISHED"
+        assert run.data.tags["mlworkflow.kind"] == "online" and run.data.tags["mlworkflow.snapshot"] == "v1.2"
+        history = client.get_metric_history(run.info.run_id, "online.samplesSeen")
+        assert sorted((m.step, m.value) for m in history) == [(0, 0.0), (1, 100.0), (2, 200.0)]
+        # A restarted learner of the same start version logs on into the same run.
+        again = tracking.SnapshotLog(settings, store, "v1", {"estimator": "SGDClassifier"})
+        again.log(point(3))
+        again.close()
+        assert again.run_id == run.info.run_id
+        assert len(client.get_metric_history(run.info.run_id, "online.samplesSeen")) == 4
+
+
+def test_the_learners_snapshots_are_steps_of_a_child_run_of_its_start_version(
+    tracking_server: MLflowServer, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_server.uri, registry_uri=tracking_server.uri)
+    batch, batches = 256, 5
+    spec = online_spec(
+        {"path": "incoming/*.csv", "pollIntervalSeconds": 1},
+        batchSize=batch,
+        maxWaitSeconds=0.2,
+        snapshots={"everySamples": 2 * batch},
+    )
+    frame = online_frame(WARM_ROWS + batches * batch)
+    (tmp_path / "data").mkdir()
+    frame.iloc[:WARM_ROWS].to_csv(tmp_path / "data" / "warm.csv", index=False)
+    store = WorkflowStore(tmp_path, "stream")
+    env = env_for(tracking_server.uri, "stream")
+    train_apart(spec, store, "v1", env=env)
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    stream = frame.iloc[WARM_ROWS:]
+    for i in range(4):
+        stream.iloc[i * batch : (i + 1) * batch].to_csv(incoming / f"part-{i}.csv", index=False)
+
+    learner = start_learner(store, spec, **env)
+    try:
+        wait_for(
+            lambda: (
+                progress(store).get("samplesSeen") == 4 * batch
+                and progress(store).get("snapshot") == "v1.2"
+                and progress(store).get("tracking", "").startswith("run ")
+            ),
+            60,
+            "four batches learned, two snapshots published and logged",
+        )
+    finally:
+        assert stop(learner) == 0, log_of(store)
+    run = client.get_run(progress(store)["tracking"].removeprefix("run "))
+    assert run.info.run_name == "online-v1" and run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.parentRunId"] == card(store, "v1")["tracking"]["runId"]
+    assert run.data.params["startVersion"] == "v1" and run.data.tags["mlworkflow.snapshot"] == "v1.2"
+    seen = client.get_metric_history(run.info.run_id, "online.samplesSeen")
+    assert sorted((m.step, m.value) for m in seen) == [(0, 0.0), (1, 512.0), (2, 1024.0)]
+    assert len(client.get_metric_history(run.info.run_id, "holdout.f1_macro")) == 3
+
+    # A server that is down: the learner learns and publishes on, and says the snapshots wait.
+    stream.iloc[4 * batch :].to_csv(incoming / "part-4.csv", index=False)
+    learner = start_learner(store, spec, **env_for(f"http://127.0.0.1:{free_port()}", "stream"))
+    try:
+        wait_for(
+            lambda: (
+                progress(store).get("samplesSeen") == 5 * batch
+                and progress(store).get("tracking", "").startswith("not tracked")
+            ),
+            60,
+            "the new batch learned with the server down",
+        )
+    finally:
+        assert stop(learner) == 0, log_of(store)
+    assert published(store)["online"]["samplesSeen"] == 5 * batch
