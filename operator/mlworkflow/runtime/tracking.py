@@ -9,14 +9,17 @@ Each training logs one MLflow run in the workflow's experiment: params (estimato
 preprocessing, spec hash), metrics (holdout, cross-validation, the champion's holdout score on the same
 rows), tags (workflow, namespace, version, trigger, drift report), the model card as artifacts, and the
 fitted pipeline in MLflow's scikit-learn flavour with its signature and an input example, registered as a
-version of the workflow's registered model. Every trained version is registered, so that a rejected one can
-be looked at next to the champion; the BentoML model store stays what is served.
+version of the workflow's registered model. Every trained version is registered, once (a retried training
+finds its run and version by its tags, `_logged_version`), so that a rejected one can be looked at next to
+the champion; the BentoML model store stays what is served. An online learner's snapshots are the steps of
+one run per start version (`SnapshotLog`, on a thread of its own).
 
 Whether a version is promoted is decided by the operator after the training has ended
 (`mlworkflow.desired.lifecycle.decide`), so the sync — this module's program, a Job the operator starts when
 MLflow does not show its latest decisions — tags each registered version with its outcome and reason
 (`mlworkflow.outcome`, `mlworkflow.reason`, `mlworkflow.message`) and points the alias `champion` at the
-served one. It also logs every decided version whose training could not (the retry), from the store.
+served one. It also logs every decided version whose training could not (the retry), from the store, and
+the AutoML search of each decided version that its workers could not log whole, from its leaderboard.
 
 Tracking never fails a run: a server that cannot be reached (or refuses) makes a record
 `{"tracked": false, "reason": ...}`, which the training puts in its model card and termination message, and
@@ -672,8 +675,9 @@ class SnapshotLog:
 
 def sync(settings: Settings, store: WorkflowStore, decisions: dict[str, Any]) -> dict[str, Any]:
     """Make MLflow show the operator's `decisions`: log each decided version not logged yet (from the store),
-    tag each registered version with its outcome and reason, and point `champion` at the served one.
-    Raises NotTracked when MLflow cannot be reached or refuses."""
+    tag each registered version with its outcome and reason, log what its AutoML search's workers could not
+    (`_sync_search`), and point `champion` at the served one. Raises NotTracked when MLflow cannot be
+    reached or refuses."""
     logged, missing, searches = [], [], []
     served = decisions.get("served")
     with _failures_as_not_tracked():
