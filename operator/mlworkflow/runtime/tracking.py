@@ -584,9 +584,10 @@ class SnapshotLog:
         """For the learner's report: the run the snapshots go to, or why they are not logged."""
         with self._changed:
             if self._reason is not None:
+                dropped = f" ({self._dropped} older ones dropped)" if self._dropped else ""
                 return (
-                    f"not tracked: {self._reason}; {len(self._waiting)} snapshot(s) waiting, tried again "
-                    f"every {self.retry_seconds:g}s"
+                    f"not tracked: {self._reason}; {len(self._waiting)} snapshot(s) waiting{dropped}, tried "
+                    f"again every {self.retry_seconds:g}s"
                 )[:MAX_REASON]
             return f"run {self.run_id}" if self.run_id else "not logged yet"
 
