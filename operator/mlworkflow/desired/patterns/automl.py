@@ -40,6 +40,7 @@ from mlworkflow.desired.patterns import webservice
 
 SEARCHED = "Searched"
 RETRIES_PER_WORKER = 2
+MAX_ESTIMATOR_CHARS = 256  # status.search.bestEstimator's bound
 CHAMPION_ANNOTATION = "mlworkflow.io/champion"
 DRIFT_REPORT_ANNOTATION = "mlworkflow.io/drift-report"
 
@@ -63,7 +64,7 @@ def deploy(
         new = previous is None or previous.version != latest.version
         if latest.state == "Running" and new:
             events.append(_started_event(spec, status.search))
-        if latest.state != "Running" and (new or previous is None or previous.state == "Running"):
+        if latest.state != "Running" and (new or (previous is not None and previous.state == "Running")):
             events.append(_finished_event(status.search))
     if status.search is not None:
         status.conditions = set_condition(
@@ -104,7 +105,7 @@ def search_status(spec: MLWorkflowSpec, search: SearchRun) -> SearchStatus:
         trials_pruned=trials.get("pruned"),
         trials=spec.automl.trials if spec.automl else None,
         metric=spec.automl.metric if spec.automl and spec.automl.metric else promotion_metric(spec),
-        best_estimator=best.get("estimator"),
+        best_estimator=str(best["estimator"])[:MAX_ESTIMATOR_CHARS] if best.get("estimator") else None,
         best_score=best.get("score"),
         leaderboard=[
             LeaderboardEntry.model_validate(row) for row in (search.result.get("leaderboard") or [])[:10]
@@ -123,7 +124,6 @@ def search_status(spec: MLWorkflowSpec, search: SearchRun) -> SearchStatus:
                 "trials_pruned": progress.pruned,
                 "trials_running": progress.running,
                 "trials": progress.trials if progress.trials is not None else status.trials,
-                "metric": progress.metric or status.metric,
                 "best_estimator": best_so_far.estimator,
                 "best_score": best_so_far.score,
                 "started_at": progress.started,
@@ -145,12 +145,11 @@ class SearchProgress(BaseModel):
     """A search's progress report as its workers write it (`mlworkflow.runtime.search`)."""
 
     search_id: str = Field(alias="searchId")
-    metric: str | None = None
-    complete: int = 0
-    failed: int = 0
-    pruned: int = 0
-    running: int = 0
-    trials: int | None = None
+    complete: int = Field(0, ge=0)
+    failed: int = Field(0, ge=0)
+    pruned: int = Field(0, ge=0)
+    running: int = Field(0, ge=0)
+    trials: int | None = Field(None, ge=0)
     best: BestTrial | None = None
     started: datetime | None = None
     reported: datetime | None = None
@@ -166,10 +165,10 @@ def read_progress(text: str | None, version: str) -> SearchProgress | None:
         progress = SearchProgress.model_validate(json.loads(text))
     except (ValueError, ValidationError):
         return None
-    if progress.search_id != version or min(progress.complete, progress.failed, progress.pruned) < 0:
+    if progress.search_id != version:
         return None
     if progress.best is not None and progress.best.estimator is not None:
-        progress.best.estimator = progress.best.estimator[:256]
+        progress.best.estimator = progress.best.estimator[:MAX_ESTIMATOR_CHARS]
     return progress
 
 
