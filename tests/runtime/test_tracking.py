@@ -20,7 +20,7 @@ from mlflow_server import MLflowServer, free_port, relay
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Trigger
 from mlworkflow.desired import tracking as planned
 from mlworkflow.desired.lifecycle import Event, TrainingRun, record_finished_runs
-from mlworkflow.runtime import search, tracking
+from mlworkflow.runtime import data, search, tracking
 from mlworkflow.runtime.store import WorkflowStore
 from runtime.conftest import churn_frame, churn_spec, train_apart
 from support import wait_for
@@ -99,6 +99,10 @@ def test_versions_are_logged_registered_and_the_alias_follows_the_decisions(
     assert synced["status"] == "ok" and synced["champion"] == "v1" and synced["logged"] == []
 
     written = card(store, "v1")["tracking"]
+    # The Job's second Pod trains v1 again (the first ended after logging it): no second version.
+    assert train_apart(stump, store, "v1", env=env)["tracking"] == {"tracked": True}
+    again = card(store, "v1")["tracking"]
+    assert (again["runId"], again["modelVersion"]) == (written["runId"], written["modelVersion"])
     run = client.get_run(written["runId"])
     assert run.info.run_name == "v1"
     assert run.data.params["estimator"] == "sklearn.tree.DecisionTreeClassifier"
@@ -126,7 +130,19 @@ def test_versions_are_logged_registered_and_the_alias_follows_the_decisions(
     # Drift: new rows arrive; a worse challenger is registered, tagged with why it lost; the alias stays.
     churn_frame(800, seed=1).to_csv(store.root / "data" / "churn-2026-02.csv", index=False)
     dummy = churn_spec("sklearn.dummy.DummyClassifier", strategy="most_frequent")
+    # A Pod that ended while logging v2 left its run unfinished with nothing registered: the retry deletes
+    # it and registers v2 once.
+    keys = {
+        "mlworkflow.workflow": "churn",
+        "mlworkflow.namespace": NAMESPACE,
+        "mlworkflow.version": "v2",
+        "mlworkflow.dataSha256": data.load(dummy.data.source, store.root).sha256,
+    }
+    cut = client.create_run(run.info.experiment_id, tags=keys, run_name="v2").info.run_id
+    client.log_param(cut, "specHash", "0123456789abcdef")
     second = train_apart(dummy, store, "v2", "Drift", champion="v1", env=env)
+    assert client.get_run(cut).info.lifecycle_stage == "deleted"
+    assert card(store, "v2")["tracking"]["runId"] != cut
     decide(dummy, status, "v2", Trigger.DRIFT, second)
     assert status.history[0].outcome == "Rejected" and status.model and status.model.version == "v1"
     synced = sync_apart(store, status, env)
@@ -351,45 +367,6 @@ def test_search_trials_are_child_runs_of_the_search_run(
         )
         assert len(trials) == (4 if version == "s1" else 2)
     assert client.get_run(searched.info.run_id).data.params["sampler"] == "random"
-
-
-def test_a_retried_training_registers_no_second_version(
-    tracking_server: MLflowServer, tmp_path: Path
-) -> None:
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_server.uri, registry_uri=tracking_server.uri)
-    store = new_store(tmp_path, "retried")
-    env = env_for(tracking_server.uri, "retried")
-    model = f"{NAMESPACE}.retried"
-    spec = churn_spec("sklearn.tree.DecisionTreeClassifier", max_depth=2, random_state=0)
-
-    # The Job's second Pod trains the same version again (the first ended after logging it).
-    train_apart(spec, store, "v1", env=env)
-    first = card(store, "v1")["tracking"]
-    again = train_apart(spec, store, "v1", env=env)
-    assert again["tracking"] == {"tracked": True}
-    second = card(store, "v1")["tracking"]
-    assert (second["runId"], second["modelVersion"]) == (first["runId"], first["modelVersion"])
-    assert [v.version for v in client.search_model_versions(f"name='{model}'")] == [first["modelVersion"]]
-
-    # A Pod that ended while logging v2 left its run unfinished with nothing registered: the retry
-    # deletes it and logs the version once.
-    experiment = client.get_experiment_by_name(f"{NAMESPACE}/retried")
-    assert experiment is not None
-    keys = {
-        "mlworkflow.workflow": "retried",
-        "mlworkflow.namespace": NAMESPACE,
-        "mlworkflow.version": "v2",
-        "mlworkflow.dataSha256": card(store, "v1")["data"]["sha256"],
-    }
-    cut = client.create_run(experiment.experiment_id, tags=keys, run_name="v2").info.run_id
-    client.log_param(cut, "specHash", "0123456789abcdef")
-    train_apart(spec, store, "v2", "Manual", champion="v1", env=env)
-    assert client.get_run(cut).info.lifecycle_stage == "deleted"
-    logged = card(store, "v2")["tracking"]
-    assert logged["runId"] != cut and client.get_run(logged["runId"]).info.status == "FINISHED"
-    assert len(client.search_model_versions(f"name='{model}'")) == 2
 
 
 def test_snapshots_wait_while_the_server_is_down_and_are_sent_when_it_is_back(
