@@ -6,6 +6,7 @@ estimate (CBPE) against the truth."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,13 @@ from mlworkflow.api.conditions import find
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Trigger
 from mlworkflow.desired.lifecycle import DriftCheck, Observed, ServingState, TrainingRun
 from mlworkflow.desired.plan import plan
-from mlworkflow.runtime import drift, performance, pipeline
+from mlworkflow.runtime import drift, performance, pipeline, story
 from mlworkflow.runtime.feedback import feedback_line
 from mlworkflow.runtime.model import LoadedModel
 from mlworkflow.runtime.serve import JsonLines, SampleRecorder
 from mlworkflow.runtime.store import WorkflowStore
 from runtime.conftest import train_apart
+from support import story_traces
 
 NOW = pd.Timestamp("2026-01-01T00:00:00Z").to_pydatetime()
 
@@ -141,6 +143,25 @@ def test_a_changed_label_relationship_is_measured_retrained_on_and_promoted(
     assert after.status.model.version == "v2" and record.drift_report == request.drift_report  # type: ignore[union-attr]
     # Judged on rows neither saw: v1's held-out rows of the old world and the new world's unseen rows.
     assert record.metrics["f1_macro"] > record.champion_metrics["f1_macro"] + 0.1
+
+    # The story the next check draws, from the store alone: both versions served (v1 is v2's champion),
+    # the drift check under its threshold, the decay measured while the estimate saw nothing.
+    page = story.write_report(store, "f1_macro", "v2")
+    text = page.read_text()
+    drawn = story_traces(text)
+    script = re.search(r'<script src="([^"]+)"', text)
+    assert script and (page.parent / script[1]).stat().st_size > 1_000_000, "plotly.js beside the page"
+    promoted = drawn["promoted version"]
+    assert promoted["text"] == ["v1", "v2"] and promoted["y"] == [
+        v1["metrics"]["f1_macro"],
+        v2["metrics"]["f1_macro"],
+    ]
+    assert drawn["rejected version"]["y"] == [] and set(drawn["drift threshold"]["y"]) == {0.5}
+    assert drawn["champion on the same rows"]["y"] == [record.champion_metrics["f1_macro"]]
+    assert drawn["drift share"]["y"] == [summary["share"]]
+    assert drawn["measured"]["y"] == [measured["measured"]] and drawn["estimated (CBPE)"]["y"] == [
+        measured["estimated"]
+    ]
 
 
 def test_the_estimate_is_close_to_the_measured_accuracy(store: WorkflowStore, tmp_path: Path) -> None:

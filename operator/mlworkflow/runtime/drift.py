@@ -4,7 +4,8 @@
         --threshold 0.3 --min-samples 200 [--metric f1_macro --min-labelled-rows 200]
 
 With `--metric`, the summary also holds `performance`: the version's metric on labelled predictions and
-its estimate before the labels (`mlworkflow.runtime.performance`), whatever the drift check found.
+its estimate before the labels (`mlworkflow.runtime.performance`), whatever the drift check found; and the
+workflow's story so far is drawn to `<store>/<workflow>/reports/story.html` (`mlworkflow.runtime.story`).
 
 The current window is what the serving Pods recorded since the last check; the reference is the training
 sample stored with the served version. Evidently's DataDriftPreset compares them column by column with the
@@ -38,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from mlworkflow.api import exitcodes
-from mlworkflow.runtime import performance, tracking
+from mlworkflow.runtime import performance, story, tracking
 from mlworkflow.runtime.data import FeatureSchema
 from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.termination import TERMINATION_LOG, report
@@ -347,6 +348,12 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:  # PerformanceError, or labels the metrics cannot take
             # The drift check's result stands; the planner reports the performance check as failed.
             summary["performance"] = {"status": "error", "message": f"{type(error).__name__}: {error}"}
+        try:
+            summary["story"] = str(
+                story.write_report(store, args.metric, args.version).relative_to(store.root)
+            )
+        except OSError as error:  # a page for people: the checks' results stand without it
+            summary["story"] = f"not written: {error}"
     # Only the summary goes into the termination message (4 KiB at most); the full result is in the store.
     report(summary, args.termination_log)
     return code
