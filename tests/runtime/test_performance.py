@@ -17,9 +17,10 @@ import pytest
 
 from mlworkflow.api.conditions import find
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Trigger
+from mlworkflow.desired.children import monitoring_args
 from mlworkflow.desired.lifecycle import DriftCheck, Observed, ServingState, TrainingRun
 from mlworkflow.desired.plan import plan
-from mlworkflow.runtime import drift, performance, pipeline, story
+from mlworkflow.runtime import drift, performance, pipeline, predict, story
 from mlworkflow.runtime.feedback import feedback_line
 from mlworkflow.runtime.model import LoadedModel
 from mlworkflow.runtime.serve import JsonLines, SampleRecorder
@@ -162,6 +163,36 @@ def test_a_changed_label_relationship_is_measured_retrained_on_and_promoted(
     assert drawn["measured"]["y"] == [measured["measured"]] and drawn["estimated (CBPE)"]["y"] == [
         measured["estimated"]
     ]
+
+
+def test_batch_predictions_are_measured_on_a_labels_file_joined_on_the_id_column(
+    store: WorkflowStore, tmp_path: Path
+) -> None:
+    """A Forecast run predicts orders of the new world; their labels come later in a file keyed by the
+    order number (integers in both files): the monitoring job, with the arguments the operator gives it,
+    measures the decay as it does for served predictions."""
+    orders = world(400, flipped=True, seed=7).assign(order=np.arange(1000, 1400))
+    (store.root / "orders").mkdir()
+    orders[["order", "x1", "x2"]].to_csv(store.root / "orders" / "2026-01-02.csv", index=False)
+    batch = {"input": "orders/*.csv", "output": "predictions", "idColumn": "order", "labels": "labels/*.csv"}
+    spec = MLWorkflowSpec.model_validate(
+        {**SPEC.model_dump(by_alias=True), "pattern": "Forecast", "batch": batch}
+    )
+    assert spec.batch is not None
+    predict.execute(predict.Run(store, spec.batch, "v1", "run-1", 0, 1), 10_000)
+    (store.root / "labels").mkdir()
+    orders[["order", "label"]].to_csv(store.root / "labels" / "2026-01-03.csv", index=False)
+
+    message = tmp_path / "termination"
+    argv = [*monitoring_args(store.workflow, spec, "v1", str(store.root)), f"--termination-log={message}"]
+    assert "--id-column=order" in argv and drift.main(argv) == 0
+    measured = json.loads(message.read_text())["performance"]
+    assert measured["status"] == "ok", measured
+    assert measured["labelledRows"] == 400 and measured["unknownLabels"] == 0
+    assert measured["measured"] < 0.6 < 0.85 < measured["baseline"]
+    published = pd.read_parquet(next((store.root / "predictions" / "run-1").glob("part-*.parquet")))
+    # Copied as written (a CSV column is text); the prediction ids are the same text as the label file's.
+    assert published["order"].tolist() == orders["order"].astype(str).tolist()
 
 
 def test_the_estimate_is_close_to_the_measured_accuracy(store: WorkflowStore, tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """The served model's performance on labelled predictions, and its estimate before the labels come: the
 monitoring job's second check, beside the drift check (`mlworkflow.runtime.drift` runs both).
 
-Measured: the labels recorded since the last check (`POST /feedback`, `mlworkflow.runtime.feedback`) are
+Measured: the labels recorded since the last check (`POST /feedback`, `mlworkflow.runtime.feedback`; for
+batch predictions, the label files of `spec.batch.labels` written since, on `spec.batch.idColumn`) are
 joined by prediction id to the predictions the serving Pods recorded (the bounded sample, with ids), of the
 monitored version (or its OnlineLearning snapshots). On them the task's metrics are computed by the code
 that scored the version's holdout at training (`pipeline.metrics`): the recorded predictions, and the
@@ -30,7 +31,7 @@ import pandas as pd
 
 from mlworkflow.runtime import pipeline
 from mlworkflow.runtime.data import FeatureSchema
-from mlworkflow.runtime.feedback import class_of, read_labels
+from mlworkflow.runtime.feedback import Labels, class_of, read_label_files, read_labels
 from mlworkflow.runtime.store import WorkflowStore
 
 HOLDOUT_FILE = "holdout.parquet"  # a sample of the version's held-out rows (features and target), for CBPE
@@ -101,16 +102,23 @@ class Window:
 PREDICTION, LABEL = "_prediction", "_label"
 
 
+@dataclass(frozen=True)
+class LabelFiles:
+    """Labels of batch predictions in files (`spec.batch.labels`), joined on `spec.batch.idColumn`."""
+
+    pattern: str
+    id_column: str
+
+
 def read_window(
     store: WorkflowStore,
     version: str,
-    labels_since: float,
+    labels: Labels,
     predictions_since: float,
     max_rows: int,
-) -> tuple[Window, float]:
-    """The labelled predictions (labels recorded after `labels_since`) and the recent ones (recorded after
-    `predictions_since`, a seeded reservoir of at most `max_rows`); and the newest label's time."""
-    labels = read_labels(store.feedback, labels_since)
+) -> Window:
+    """The predictions that `labels` label, and the recent ones (recorded after `predictions_since`, a
+    seeded reservoir of at most `max_rows`)."""
     lineage = version.partition(".")[0]
     rng = random.Random(SEED)
     labelled: list[dict[str, Any]] = []
@@ -149,7 +157,7 @@ def read_window(
                         recent[slot] = entry
                     seen_recent += 1
                     newest = max(newest, ts)
-    window = Window(
+    return Window(
         pd.DataFrame.from_records(labelled),
         pd.DataFrame.from_records(recent),
         len(labels.by_id),
@@ -157,7 +165,19 @@ def read_window(
         other,
         newest,
     )
-    return window, labels.newest
+
+
+def read_all_labels(
+    store: WorkflowStore, since: float, target: str, files: LabelFiles | None = None
+) -> Labels:
+    """The labels recorded after `since` by `POST /feedback` and, with `files`, in the label files written
+    since (a file's label wins over a recorded one for the same id). Raises ValueError for a label file
+    that cannot be read (`feedback.read_label_files`)."""
+    labels = read_labels(store.feedback, since)
+    if files is None:
+        return labels
+    written = read_label_files(store.root, files.pattern, files.id_column, target, since)
+    return Labels({**labels.by_id, **written.by_id}, max(labels.newest, written.newest))
 
 
 def _typed(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
@@ -177,9 +197,11 @@ def check(
     min_labelled_rows: int,
     min_samples: int,
     max_rows: int = 10_000,
+    label_files: LabelFiles | None = None,
 ) -> dict[str, Any]:
-    """One performance check of `version`; returns its summary (saved in the store when anything was
-    measured or estimated). Raises PerformanceError when the version has no model card."""
+    """One performance check of `version`, on the labels sent to the serving Pods and, with `label_files`,
+    those in files; returns its summary (saved in the store when anything was measured or estimated).
+    Raises PerformanceError when the version has no model card, ValueError for an unreadable label file."""
     model_dir = store.model_dir(version)
     card_path = model_dir / "card.json"
     if not card_path.exists():
@@ -190,13 +212,8 @@ def check(
     state_path = store.monitoring / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     started = time.monotonic()
-    window, labels_until = read_window(
-        store,
-        version,
-        float(state.get("labelsUntil", 0.0)),
-        float(state.get("predictionsUntil", 0.0)),
-        max_rows,
-    )
+    labels = read_all_labels(store, float(state.get("labelsUntil", 0.0)), schema.target, label_files)
+    window = read_window(store, version, labels, float(state.get("predictionsUntil", 0.0)), max_rows)
     baseline = (card.get("metrics") or {}).get(metric)
     summary: dict[str, Any] = {
         "version": version,
@@ -247,7 +264,7 @@ def check(
         json.dumps(
             {
                 # The labels window grows until it has enough; the estimate's window moves at each estimate.
-                "labelsUntil": labels_until if summary["status"] == "ok" else state.get("labelsUntil", 0.0),
+                "labelsUntil": labels.newest if summary["status"] == "ok" else state.get("labelsUntil", 0.0),
                 "predictionsUntil": window.newest_prediction
                 if "estimated" in summary
                 else state.get("predictionsUntil", 0.0),
