@@ -6,6 +6,7 @@ the permutation importance."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,8 +15,9 @@ import pytest
 
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Trigger
 from mlworkflow.desired.lifecycle import TrainingRun, decide
+from mlworkflow.runtime import performance
 from mlworkflow.runtime.store import WorkflowStore
-from runtime.conftest import train_apart
+from runtime.conftest import serve_and_label, train_apart
 
 
 def biased(rows: int, seed: int) -> pd.DataFrame:
@@ -27,15 +29,13 @@ def biased(rows: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame({"x1": x1, "x2": x2, "noise": noise, "group": group, "label": label})
 
 
-def spec(max_gap: float | None = None) -> MLWorkflowSpec:
+def spec(max_gap: float | None = None, group_is_input: bool = False) -> MLWorkflowSpec:
+    # `group` is not a model input unless asked.
+    features = {"numeric": ["x1", "x2", "noise"], "categorical": ["group"] if group_is_input else []}
     return MLWorkflowSpec.model_validate(
         {
             "pattern": "WebService",
-            "data": {
-                "source": "data/part-*.csv",
-                "target": "label",
-                "features": {"numeric": ["x1", "x2", "noise"]},  # `group` is not a model input
-            },
+            "data": {"source": "data/part-*.csv", "target": "label", "features": features},
             "model": {"estimator": "sklearn.linear_model.LogisticRegression"},
             "training": {"crossValidation": 0},
             "monitoring": {"fairness": {"sensitiveFeatures": ["group"], "gap": "DemographicParity"}},
@@ -107,3 +107,27 @@ def test_a_challenger_past_the_fairness_bound_is_rejected(
     judged = decide(spec(max_gap=0.5), run, v2["metrics"])
     assert judged.reason in ("Better", "NotBetter"), "within the bound, the metric decides"
     assert decide(spec(), run, v2["metrics"]).reason == judged.reason, "no bound, no gate"
+
+
+def test_the_monitor_shows_the_groups_on_labelled_predictions_of_recorded_inputs(tmp_path: Path) -> None:
+    """`group` a model input this time: the serving Pods record it, and the monitoring job's per-group
+    figures on 600 labelled predictions show the bias the card showed on the holdout. `site` is no input:
+    the result says it was not recorded."""
+    (tmp_path / "data").mkdir()
+    biased(800, seed=1).to_csv(tmp_path / "data" / "part-1.csv", index=False)
+    store = WorkflowStore(tmp_path, "fair-inputs")
+    train_apart(spec(group_is_input=True), store, "v1")
+    serve_and_label(store, biased(600, seed=3))
+
+    checked = performance.check(
+        store, "v1", "f1_macro", 200, 200, sensitive_features=["group", "site"], gap="DemographicParity"
+    )
+    assert checked["status"] == "ok" and checked["labelledRows"] == 600
+    found = checked["fairness"]
+    assert found["notRecorded"] == ["site"] and "site: not a model input" in found["message"]
+    assert found["largest"]["feature"] == "group" and "features" not in found, "the tables are in the result"
+    group = json.loads((store.root / checked["result"]).read_text())["fairness"]["features"]["group"]
+    by_name = {g["group"]: g for g in group["groups"]}
+    assert by_name["a"]["count"] + by_name["b"]["count"] == 600
+    assert by_name["a"]["selectionRate"] - by_name["b"]["selectionRate"] > 0.15
+    assert found["largest"]["value"] == group["demographicParityDifference"]

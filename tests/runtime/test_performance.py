@@ -22,10 +22,9 @@ from mlworkflow.desired.lifecycle import DriftCheck, Observed, ServingState, Tra
 from mlworkflow.desired.plan import plan
 from mlworkflow.runtime import drift, performance, pipeline, predict, story
 from mlworkflow.runtime.feedback import feedback_line
-from mlworkflow.runtime.model import LoadedModel
-from mlworkflow.runtime.serve import JsonLines, SampleRecorder
+from mlworkflow.runtime.serve import JsonLines
 from mlworkflow.runtime.store import WorkflowStore
-from runtime.conftest import train_apart
+from runtime.conftest import serve_and_label, train_apart
 from support import story_traces
 
 NOW = pd.Timestamp("2026-01-01T00:00:00Z").to_pydatetime()
@@ -66,24 +65,6 @@ def store(trained: tuple[WorkflowStore, dict[str, Any]], tmp_path: Path) -> Work
     original, _ = trained
     shutil.copytree(original.root, tmp_path, dirs_exist_ok=True)
     return WorkflowStore(tmp_path, original.workflow)
-
-
-def serve_and_label(store: WorkflowStore, frame: pd.DataFrame, labelled: float = 1.0) -> list[str]:
-    """`frame` predicted by v1 and recorded as a serving Pod does (every row: a quiet Pod), then the first
-    `labelled` share of its true labels sent back as `POST /feedback` records them. Returns the ids."""
-    model = LoadedModel(store.model_dir("v1"))
-    batch = model.checker.from_records(json.loads(frame[["x1", "x2"]].to_json(orient="records")))
-    predictions = model.predict(batch).predictions.tolist()
-    ids = [f"p-{i}" for i in range(len(frame))]
-    SampleRecorder(store.samples, "pod-a", 100_000, 1e9).record("v1", batch, predictions, ids)
-    labels = frame["label"].tolist()[: int(labelled * len(frame))]
-    JsonLines(store.feedback, "pod-a", 100_000).write(
-        [
-            feedback_line(1.0e9 + i, prediction_id, label)
-            for i, (prediction_id, label) in enumerate(zip(ids, labels, strict=False))
-        ]
-    )
-    return ids
 
 
 def monitor(store: WorkflowStore, tmp_path: Path, metric: str = "f1_macro") -> dict[str, Any]:

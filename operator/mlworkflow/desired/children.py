@@ -349,7 +349,7 @@ def monitoring_cronjob_name(workflow: Workflow) -> str:
 def monitoring_args(name: str, spec: MLWorkflowSpec, version: str, store: str) -> list[str]:
     """The monitoring runtime's arguments (`mlworkflow.runtime.drift`), on a cluster and locally alike: the
     drift check, and the performance check of the promotion metric (on spec.batch.labels too, for a
-    Forecast)."""
+    Forecast; per group of the sensitive features among the recorded inputs)."""
     monitoring = spec.monitoring
     return [
         f"--store={store}",
@@ -363,6 +363,14 @@ def monitoring_args(name: str, spec: MLWorkflowSpec, version: str, store: str) -
         *(
             [f"--labels={spec.batch.labels}", f"--id-column={spec.batch.id_column}"]
             if spec.batch and spec.batch.labels and spec.batch.id_column
+            else []
+        ),
+        *(
+            [
+                f"--sensitive-features={','.join(monitoring.fairness.sensitive_features)}",
+                f"--fairness-gap={monitoring.fairness.gap}",
+            ]
+            if monitoring.fairness.sensitive_features
             else []
         ),
     ]

@@ -2,7 +2,7 @@
 
     python -m mlworkflow.runtime.drift --store DIR --workflow NAME --version v3 \
         --threshold 0.3 --min-samples 200 [--metric f1_macro --min-labelled-rows 200 \
-        [--labels 'labels/*.csv' --id-column order_id]]
+        [--labels 'labels/*.csv' --id-column order_id] [--sensitive-features sex,age_band]]
 
 With `--metric`, the summary also holds `performance`: the version's metric on labelled predictions and
 its estimate before the labels (`mlworkflow.runtime.performance`; with `--labels`, the labels of batch
@@ -329,6 +329,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-labelled-rows", type=int, default=200)
     parser.add_argument("--labels", help="label files of batch predictions (a glob under the store)")
     parser.add_argument("--id-column", help="the label files' column of prediction ids (with --labels)")
+    parser.add_argument(
+        "--sensitive-features", default="", help="comma-separated columns: per-group figures on the labels"
+    )
+    parser.add_argument(
+        "--fairness-gap", default="EqualizedOdds", choices=["EqualizedOdds", "DemographicParity"]
+    )
     parser.add_argument("--termination-log", default=os.environ.get("MLW_TERMINATION_LOG", TERMINATION_LOG))
     args = parser.parse_args(argv)
     store = WorkflowStore(args.store, args.workflow)
@@ -355,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.min_samples,
                 args.max_rows,
                 files,
+                [c for c in args.sensitive_features.split(",") if c],
+                args.fairness_gap,
             )
         except ValueError as error:  # PerformanceError, or labels the metrics cannot take
             # The drift check's result stands; the planner reports the performance check as failed.

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from mlworkflow.runtime import pipeline
-from mlworkflow.runtime.data import FeatureSchema
+from mlworkflow.runtime.data import DataError, FeatureSchema
 from mlworkflow.runtime.feedback import Labels, class_of, read_label_files, read_labels
 from mlworkflow.runtime.store import WorkflowStore
 
@@ -198,10 +199,14 @@ def check(
     min_samples: int,
     max_rows: int = 10_000,
     label_files: LabelFiles | None = None,
+    sensitive_features: Sequence[str] = (),
+    gap: str = "EqualizedOdds",
 ) -> dict[str, Any]:
     """One performance check of `version`, on the labels sent to the serving Pods and, with `label_files`,
-    those in files; returns its summary (saved in the store when anything was measured or estimated).
-    Raises PerformanceError when the version has no model card, ValueError for an unreadable label file."""
+    those in files; with `sensitive_features`, the per-group figures on the labelled predictions too
+    (`production_fairness`: whole in the saved result, the largest `gap` in the summary). Returns its
+    summary (saved in the store when anything was measured or estimated). Raises PerformanceError when the
+    version has no model card, ValueError for an unreadable label file."""
     model_dir = store.model_dir(version)
     card_path = model_dir / "card.json"
     if not card_path.exists():
@@ -226,7 +231,7 @@ def check(
         "minLabelledRows": min_labelled_rows,
         "recentRows": len(window.recent),
     }
-    model = None
+    model, groups = None, None
     if len(window.labelled) or (len(window.recent) >= min_samples and card.get("probabilities")):
         model = joblib.load(model_dir / "pipeline.joblib")
     estimator = _estimator(model, model_dir, schema, task, card) if model is not None else None
@@ -251,6 +256,14 @@ def check(
         if estimator is not None:
             on_labelled = _estimate_on(estimator, window.labelled[known], schema, classes or [])
             summary["estimatedOnLabelled"] = on_labelled.get(metric)
+        if sensitive_features:
+            labelled = window.labelled[known]
+            groups = production_fairness(
+                labelled, truth[known], predicted[known], task, classes, sensitive_features, gap
+            )
+    saved = summary | ({"fairness": groups} if groups is not None else {})
+    if groups is not None:  # the termination message is short: the per-group tables are in the result
+        summary["fairness"] = {k: v for k, v in groups.items() if k != "features"}
     if "measured" in summary or "estimated" in summary:
         now = datetime.now(UTC)
         folder = store.monitoring / now.strftime("%Y%m%dT%H%M%SZ")
@@ -258,7 +271,8 @@ def check(
         summary["checkedAt"] = now.isoformat(timespec="seconds")
         summary["seconds"] = round(time.monotonic() - started, 3)
         summary["result"] = str((folder / "performance.json").relative_to(store.root))
-        (folder / "performance.json").write_text(json.dumps(summary, indent=2, default=str))
+        saved = saved | {k: summary[k] for k in ("checkedAt", "seconds", "result")}
+        (folder / "performance.json").write_text(json.dumps(saved, indent=2, default=str))
     state_path.parent.mkdir(parents=True, exist_ok=True)
     state_path.write_text(
         json.dumps(
@@ -272,6 +286,42 @@ def check(
         )
     )
     return summary
+
+
+def production_fairness(
+    labelled: pd.DataFrame,
+    truth: pd.Series,
+    predicted: np.ndarray,
+    task: str,
+    classes: list[Any] | None,
+    sensitive_features: Sequence[str],
+    gap: str,
+) -> dict[str, Any]:
+    """The model card's per-group figures (`fairness.assess`) on labelled predictions, for the sensitive
+    features among the recorded inputs: the serving Pods and batch runs record the model's inputs only, so
+    a sensitive feature that is not one is named in `notRecorded` (with a `message` saying so). A feature
+    with too many groups is reported in `message` too (`fairness.groups`)."""
+    from mlworkflow.runtime import fairness  # fairlearn: only when asked
+
+    recorded = [c for c in sensitive_features if c in labelled.columns and c not in (PREDICTION, LABEL)]
+    missing = [c for c in sensitive_features if c not in recorded]
+    found: dict[str, Any] = {"gap": gap, "notRecorded": missing}
+    notes = []
+    if missing:
+        notes.append(
+            f"{', '.join(missing)}: not a model input, so not recorded with the predictions; the model card "
+            "has its groups on the holdout"
+        )
+    if recorded:
+        try:
+            found |= fairness.assess(
+                task, truth, predicted, fairness.groups(labelled, recorded), classes, gap
+            )
+        except DataError as error:
+            notes.append(str(error))
+    if notes:
+        found["message"] = "; ".join(notes)
+    return found
 
 
 def _truth(frame: pd.DataFrame, task: str, classes: list[Any]) -> tuple[pd.Series, np.ndarray]:
