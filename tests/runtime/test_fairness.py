@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Trigger
+from mlworkflow.api.v1alpha1 import MLWorkflowSpec, ModelSpec, Trigger
 from mlworkflow.desired.lifecycle import TrainingRun, decide
-from mlworkflow.runtime import performance
+from mlworkflow.runtime import importance, performance, pipeline
+from mlworkflow.runtime.data import FeatureSchema
 from mlworkflow.runtime.store import WorkflowStore
 from runtime.conftest import serve_and_label, train_apart
 
@@ -131,3 +132,33 @@ def test_the_monitor_shows_the_groups_on_labelled_predictions_of_recorded_inputs
     assert by_name["a"]["count"] + by_name["b"]["count"] == 600
     assert by_name["a"]["selectionRate"] - by_name["b"]["selectionRate"] > 0.15
     assert found["largest"]["value"] == group["demographicParityDifference"]
+
+
+def test_block_permutation_is_scikit_learns_without_the_preprocessing_per_shuffle() -> None:
+    """On a pipeline of ours (scaled numbers, a one-hot category): the same ranking and, up to the
+    shuffles' noise, the same drops as scikit-learn's permutation importance of the whole pipeline."""
+    rng = np.random.default_rng(0)
+    x = pd.DataFrame({f"x{i}": rng.normal(size=1300) for i in range(4)}).assign(
+        region=rng.choice(["a", "b", "c"], 1300)
+    )
+    score = x["x0"] + 2 * x["x1"] + (x["region"] == "a") + rng.normal(0, 0.5, 1300)
+    y = pd.Series(np.where(score > 0.5, "yes", "no"))
+    schema = FeatureSchema("label", ["x0", "x1", "x2", "x3"], ["region"])
+    model = pipeline.build(
+        ModelSpec(estimator="sklearn.linear_model.LogisticRegression"), schema, ("sklearn.",)
+    )
+    model.fit(x.iloc[:1000], y.iloc[:1000])
+    held_x, held_y = x.iloc[1000:].reset_index(drop=True), y.iloc[1000:].reset_index(drop=True)
+    blocks = pipeline.feature_blocks(model.named_steps["features"], schema)
+    assert blocks is not None and blocks["region"] == [4, 5, 6]
+
+    whole = importance.permutation(model, held_x, held_y, "f1_macro")
+    preprocessed = model.named_steps["features"].transform(held_x)
+    by_block = importance.permutation_of_blocks(
+        model.named_steps["estimator"], preprocessed, held_y, blocks, "f1_macro"
+    )
+    assert whole is not None and by_block is not None and by_block["rows"] == whole["rows"] == 300
+    ranked = [[f["feature"] for f in found["features"]][:3] for found in (whole, by_block)]
+    assert ranked[0] == ranked[1] == ["x1", "x0", "region"]
+    means = [{f["feature"]: f["mean"] for f in found["features"]} for found in (whole, by_block)]
+    assert all(abs(means[0][name] - means[1][name]) < 0.03 for name in means[0])
