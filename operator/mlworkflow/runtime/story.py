@@ -32,13 +32,13 @@ from __future__ import annotations
 import contextlib
 import html
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from mlworkflow.runtime.lease import write_atomically
 from mlworkflow.runtime.store import WorkflowStore
 
 MAX_CHECKS = 2000  # newest check folders drawn (a check every 15 minutes: three weeks)
@@ -343,8 +343,7 @@ def plotly_js(folder: Path) -> str:
 
     name = f"plotly-{plotly.__version__}.min.js"
     if not (folder / name).exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_atomically(folder / name, get_plotlyjs())
+        write_atomically(folder / name, get_plotlyjs())
     return name
 
 
@@ -388,12 +387,5 @@ def write_report(store: WorkflowStore, metric: str, served: str) -> Path:
     script = plotly_js(folder)
     path = folder / "story.html"
     title = f"{store.workflow}: the story so far"
-    _write_atomically(path, page(title, read(store, metric, served), script))
+    write_atomically(path, page(title, read(store, metric, served), script))  # a browser sees no half
     return path
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """A reader (a browser, a file server) never sees half a file."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}")
-    partial.write_text(text)
-    os.replace(partial, path)
