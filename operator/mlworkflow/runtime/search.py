@@ -12,10 +12,11 @@ append-only log behind a lock file: it works across processes and Pods sharing a
 documentation for `JournalFileBackend` says). Each worker takes one trial at a time from the study until the
 budget is spent: together they run exactly `--trials` trials (COMPLETE, FAIL and PRUNED all count), because
 a trial is only created under a second lock (`claim.lock`) after counting those already created. A worker
-that finds the budget spent helps the trials still running before it exits: it takes their folds from the
-last one down while each trial's own worker takes them from the first one up (each fold claimed under the
-same lock, its score written to the trial's user attributes), so that the search's last, costliest trials do
-not run one fold at a time while the other workers idle (a trial's cost varies 100-fold with its parameters).
+helps the trials other workers run before it starts a new one (with pruning: only once the budget is
+spent): it takes their folds from the last one down while each trial's own worker takes them from the
+first one up (each fold claimed under the same lock, its score written to the trial's user attributes),
+so that no trial, the search's last and costliest included, runs one fold at a time while other workers
+idle (a trial's cost varies 100-fold with its parameters).
 
 Each trial picks a candidate (`spec.automl.candidates`, or the preset of the task: `mlworkflow.api.search`)
 and its parameters, builds the training pipeline (`mlworkflow.runtime.pipeline.build`) and scores it by
@@ -253,8 +254,18 @@ class Worker:
         # Oversubscribed, HistGradientBoosting on two busy cores ran 10 times slower.
         threads = max(1, len(os.sched_getaffinity(0)) // self.options.workers)
         with threadpool_limits(threads):
-            while (trial := self._next_trial()) is not None:
-                self._run_trial(trial)
+            while True:
+                # A running trial's folds before a new trial: the workers share each trial's folds, as
+                # scikit-learn's searches share (trial, fold) fits, so the last one is never left to one
+                # worker, and each new trial is sampled knowing more finished ones. With pruning, a trial's
+                # later folds may never be needed: they are helped with only once no trial is left.
+                fold = self._helped_fold() if self.options.pruning == "none" else None
+                if fold is not None:
+                    self._help(*fold)
+                elif (trial := self._next_trial()) is not None:
+                    self._run_trial(trial)
+                else:
+                    break
             while (fold := self._helped_fold()) is not None:
                 self._help(*fold)
 
