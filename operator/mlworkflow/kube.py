@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ from mlworkflow.desired.children import (
     BATCH,
     MANAGER,
     MONITORING,
+    PROGRESS_ANNOTATION,
     RETRAIN_REQUEST_ANNOTATION,
     SEARCH,
     SERVING,
@@ -46,7 +48,6 @@ from mlworkflow.desired.lifecycle import (
 )
 from mlworkflow.desired.patterns.automl import CHAMPION_ANNOTATION, DRIFT_REPORT_ANNOTATION
 from mlworkflow.desired.patterns.forecast import PREDICT_REQUEST_ANNOTATION
-from mlworkflow.desired.patterns.online import PROGRESS_ANNOTATION
 from mlworkflow.runtime import termination
 
 APPLY = "application/apply-patch+yaml"
@@ -316,9 +317,23 @@ class Kube:
         """The batch prediction Jobs (Forecast), each with its indexes' summaries added up."""
         return [self._once_finished(job, self._batch_run) for job in self._jobs(namespace, workflow, BATCH)]
 
-    def searches(self, namespace: str, workflow: str) -> list[SearchRun]:
-        """The model search Jobs (AutoML), each with its workers' final summary."""
-        return [self._once_finished(job, self._search) for job in self._jobs(namespace, workflow, SEARCH)]
+    def searches(self, namespace: str, workflow: str, lease: str | None = None) -> list[SearchRun]:
+        """The model search Jobs (AutoML), each with its workers' final summary; those still running with the
+        progress report on the Lease `lease` (read once, only while a search runs)."""
+        runs = [self._once_finished(job, self._search) for job in self._jobs(namespace, workflow, SEARCH)]
+        if lease is None or all(run.state != "Running" for run in runs):
+            return runs
+        progress = self.progress(namespace, lease)
+        return [replace(run, progress=progress) if run.state == "Running" else run for run in runs]
+
+    def progress(self, namespace: str, name: str) -> str | None:
+        """The progress annotation of the Lease `name`, as written; None without one, or without the Lease
+        (it is created again at the next apply)."""
+        lease = self.read_lease(namespace, name)
+        if lease is None:
+            self._applied.pop(("Lease", namespace, name), None)
+            return None
+        return (lease["metadata"].get("annotations") or {}).get(PROGRESS_ANNOTATION)
 
     def _search(self, namespace: str, job: JSON) -> SearchRun:
         meta = job["metadata"]
