@@ -557,6 +557,7 @@ class Worker:
 
     def _help(self, trial_id: int, step: int, estimator: str, params: dict[str, Any]) -> None:
         """Score fold `step` of another worker's trial into that trial's user attributes."""
+        outcome: tuple[str, float | str]
         try:
             outcome = fold_attr(step, "score"), self._fold_score(self._model(estimator, params), step)
         except Exception as error:  # the trial's failure, told by its own worker (see _run_trial)
