@@ -460,10 +460,13 @@ class Worker:
         """Mean and standard deviation of the metric over the folds (appended to `scores` in fold order as
         they come); with pruning, the running mean is reported after each fold and the trial may be pruned.
 
-        With other workers, this worker takes the folds from the first up, a worker that has no trial left
-        to run takes them from the last down (`_helped_fold`), and this one waits for those at the end."""
+        With other workers, this worker takes the folds from the first up, another worker takes them from
+        the last down before it starts a trial of its own (`_helped_fold`), and this one waits for those
+        at the end."""
         model = self._model(estimator, params)
         k = len(self.rows.folds)
+        # A Trial's id is private but is the storage's key of the trial (its fresh user attributes): no
+        # public way.
         done: dict[int, float] = {}
         slowest = 0.0
         while len(scores) < k:
