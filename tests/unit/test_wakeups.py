@@ -1,0 +1,70 @@
+"""A workflow's resync waits until a child's progress wakes it, not for the whole resync interval."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from mlworkflow.controller.wakeups import Wakeups
+from mlworkflow.kube import progress, record
+
+WORKFLOW = ("ns", "iris")
+
+
+def job(*conditions: str) -> dict[str, object]:
+    return {
+        "kind": "Job",
+        "metadata": {"name": "iris-train-v1", "namespace": "ns", "managedFields": [{"big": "x" * 1000}]},
+        "spec": {
+            "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"x": "y" * 1000}]}}
+        },
+        "status": {"conditions": [{"type": c, "status": "True"} for c in conditions]},
+    }
+
+
+def test_a_wake_ends_the_wait_and_one_during_a_reconcile_is_kept() -> None:
+    async def scenario() -> tuple[float, float, float]:
+        wakeups, never = Wakeups(), asyncio.get_running_loop().create_future()
+        began = time.monotonic()
+        await wakeups.wait(WORKFLOW, 0.2, never)  # nothing wakes it: the resync interval
+        idle = time.monotonic() - began
+        asyncio.get_running_loop().call_later(0.05, wakeups.wake, WORKFLOW)
+        began = time.monotonic()
+        await wakeups.wait(WORKFLOW, 30, never)
+        woken = time.monotonic() - began
+        wakeups.wake(WORKFLOW)  # while "reconciling": the next wait returns at once
+        began = time.monotonic()
+        await wakeups.wait(WORKFLOW, 30, never)
+        return idle, woken, time.monotonic() - began
+
+    idle, woken, kept = asyncio.run(scenario())
+    assert idle >= 0.2 and woken < 5 and kept < 5
+
+
+def test_a_stopped_timer_stops_waiting() -> None:
+    async def scenario() -> float:
+        stopped = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(0.05, stopped.set_result, None)
+        began = time.monotonic()
+        await Wakeups().wait(WORKFLOW, 30, stopped)
+        return time.monotonic() - began
+
+    assert asyncio.run(scenario()) < 5
+
+
+def test_only_a_change_of_progress_or_a_deletion_counts() -> None:
+    wakeups = Wakeups()
+    shown = [
+        wakeups.shown("Job", "ns", "iris-train-v1", progress("Job", job()), deleted=False),  # first seen
+        wakeups.shown("Job", "ns", "iris-train-v1", progress("Job", job()), deleted=False),  # a Pod started
+        wakeups.shown("Job", "ns", "iris-train-v1", progress("Job", job("Complete")), deleted=False),
+        wakeups.shown("Job", "ns", "iris-train-v1", progress("Job", job("Complete")), deleted=True),
+    ]
+    assert shown == [True, False, True, True]
+
+
+def test_a_record_keeps_what_a_reconcile_reads_and_not_the_rest() -> None:
+    kept = record(job("Complete"))
+    assert "managedFields" not in kept["metadata"] and "spec" not in kept["spec"]["template"]
+    assert progress("Job", kept) == "Succeeded"
+    assert len(str(kept)) < len(str(job("Complete"))) / 5
