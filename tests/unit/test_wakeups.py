@@ -23,8 +23,11 @@ def job(*conditions: str) -> dict[str, object]:
 
 
 def test_a_wake_ends_the_wait_and_one_during_a_reconcile_is_kept() -> None:
-    async def scenario() -> tuple[float, float, float]:
+    async def scenario() -> tuple[float, float, float, float]:
         wakeups, never = Wakeups(), asyncio.get_running_loop().create_future()
+        began = time.monotonic()
+        await wakeups.wait(WORKFLOW, 30, never)  # the first time: at once (created, or a restart)
+        first = time.monotonic() - began
         began = time.monotonic()
         await wakeups.wait(WORKFLOW, 0.2, never)  # nothing wakes it: the resync interval
         idle = time.monotonic() - began
@@ -35,18 +38,20 @@ def test_a_wake_ends_the_wait_and_one_during_a_reconcile_is_kept() -> None:
         wakeups.wake(WORKFLOW)  # while "reconciling": the next wait returns at once
         began = time.monotonic()
         await wakeups.wait(WORKFLOW, 30, never)
-        return idle, woken, time.monotonic() - began
+        return first, idle, woken, time.monotonic() - began
 
-    idle, woken, kept = asyncio.run(scenario())
-    assert idle >= 0.2 and woken < 5 and kept < 5
+    first, idle, woken, kept = asyncio.run(scenario())
+    assert first < 5 and idle >= 0.2 and woken < 5 and kept < 5
 
 
 def test_a_stopped_timer_stops_waiting() -> None:
     async def scenario() -> float:
         stopped = asyncio.get_running_loop().create_future()
         asyncio.get_running_loop().call_later(0.05, stopped.set_result, None)
+        wakeups = Wakeups()
+        await wakeups.wait(WORKFLOW, 30, stopped)  # the first, at once
         began = time.monotonic()
-        await Wakeups().wait(WORKFLOW, 30, stopped)
+        await wakeups.wait(WORKFLOW, 30, stopped)
         return time.monotonic() - began
 
     assert asyncio.run(scenario()) < 5

@@ -1,6 +1,7 @@
 """kopf handlers: thin. The logic is in `reconcile` (and the pure planner); here the cluster is read and the
-status written. Reconciles are level-triggered: on every change of the spec, at resume, when a child's
-progress changed (`wakeups`), and after `resync_seconds` without any of those.
+status written. Reconciles are level-triggered and serial per workflow (one timer each): when the workflow
+appears (created, or at the operator's start), when its spec or a child's progress changed (`wakeups`), and
+after `resync_seconds` without any of those.
 
 The children a reconcile reads (Jobs, Deployments, the learner's Lease) come from kopf indexes over watches
 restricted to the operator's workflow label, not from requests per reconcile: kopf fills the indexes from a
@@ -153,25 +154,20 @@ for _kind, _resource in {**CHILDREN, "Job": JOBS, "Lease": LEASES}.items():
     _observe_child(_kind, _resource)
 
 
-@kopf.on.resume(*RESOURCE, id="reconcile")
-@kopf.on.create(*RESOURCE, id="reconcile")
 @kopf.on.update(*RESOURCE, id="reconcile")
-def reconcile_on_change(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, logger: kopf.Logger, **kwargs: Any
-) -> None:
-    _reconcile(body, patch, memo, retry, logger, _watched(kwargs))
+def wake_on_change(meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
+    """A change of the spec, labels or annotations (a retrain or predict request) reconciles at once."""
+    memo.wakeups.wake((str(meta["namespace"]), str(meta["name"])))
 
 
 @kopf.timer(*RESOURCE, id="resync", interval=WAKE_DEBOUNCE_SECONDS)
 async def reconcile_when_woken(
-    body: kopf.Body,
-    patch: kopf.Patch,
-    memo: kopf.Memo,
-    logger: kopf.Logger,
-    **kwargs: Any,
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
 ) -> None:
-    """Wait until a child of the workflow changed (`wakeups`) or `resync_seconds` passed, then reconcile
-    on the live body (kopf keeps a timer's body current). A failed reconcile is retried at its own delay."""
+    """The one reconciler of a workflow, so that two reconciles of it never race and an older status
+    never overwrites a newer one: it starts with the workflow (or the operator), then waits until the
+    workflow or a child changed (`wakeups`) or `resync_seconds` passed, and reconciles on the live body
+    (kopf keeps a timer's body current). A failed reconcile is retried at its own delay."""
     key = (str(body["metadata"]["namespace"]), str(body["metadata"]["name"]))
     retry, stopped = kwargs["retry"], kwargs["stopped"]
     if not retry:

@@ -25,9 +25,13 @@ class Wakeups:
 
     async def wait(self, workflow: Key, timeout: float, stopped: Awaitable[object]) -> None:
         """Return when `workflow` is woken, after `timeout` seconds, or when `stopped` (the timer's stop
-        flag) is done, whichever comes first; a wake that came while the workflow was being reconciled is
-        kept for the next wait."""
-        event = self._events.setdefault(workflow, asyncio.Event())
+        flag) is done, whichever comes first; at once for a workflow this process has not waited for yet
+        (just created, or the operator just started). A wake that came while the workflow was being
+        reconciled is kept for the next wait."""
+        if workflow not in self._events:
+            self._events[workflow] = asyncio.Event()
+            return
+        event = self._events[workflow]
         waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stopped)]
         try:
             await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -39,7 +43,7 @@ class Wakeups:
         event.clear()
 
     def wake(self, workflow: Key) -> None:
-        """Reconcile `workflow` now (nothing when it has no resync timer yet: its creation is reconciled)."""
+        """Reconcile `workflow` now (nothing when its timer has not started: it reconciles as it starts)."""
         event = self._events.get(workflow)
         if event is not None:
             event.set()
