@@ -49,7 +49,7 @@ from mlworkflow.desired.lifecycle import (
 )
 from mlworkflow.desired.patterns.automl import CHAMPION_ANNOTATION, DRIFT_REPORT_ANNOTATION
 from mlworkflow.desired.patterns.forecast import PREDICT_REQUEST_ANNOTATION
-from mlworkflow.desired.patterns.online import PROGRESS_ANNOTATION
+from mlworkflow.desired.patterns.online import PROGRESS_ANNOTATION, read_progress
 from mlworkflow.runtime import termination
 
 APPLY = "application/apply-patch+yaml"
@@ -515,12 +515,21 @@ def serving_state_of(deployment: JSON | None) -> ServingState:
 
 def progress(kind: str, obj: JSON) -> object:
     """What a reconcile acts on of a watched child: a Job's state (Running, Succeeded, Failed), a
-    Deployment's `ServingState`, a Lease's holder. When it changes, the workflow is reconciled at once."""
+    Deployment's `ServingState`, a learner Lease's holder and the turns of its report (start version, a
+    first snapshot, quarantines, rollbacks, unreadable) — not its counts, which the resync folds in, so a
+    learner's every snapshot is not a status write. When it changes, the workflow is reconciled at once."""
     if kind == "Job":
         return _job_state(obj)[0]
     if kind == "Deployment":
         return serving_state_of(obj)
-    return (obj.get("spec") or {}).get("holderIdentity")
+    report, problem = read_progress((obj["metadata"].get("annotations") or {}).get(PROGRESS_ANNOTATION))
+    turns = report and (
+        report.start_version,
+        bool(report.snapshot),
+        report.batches_quarantined,
+        report.rollbacks,
+    )
+    return (obj.get("spec") or {}).get("holderIdentity"), turns, problem is not None
 
 
 def _batch_trigger(value: str | None) -> Literal["Promotion", "Schedule", "Manual"]:
