@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 from mlworkflow.controller.wakeups import Wakeups
@@ -73,3 +74,25 @@ def test_a_record_keeps_what_a_reconcile_reads_and_not_the_rest() -> None:
     assert "managedFields" not in kept["metadata"] and "spec" not in kept["spec"]["template"]
     assert progress("Job", kept) == "Succeeded"
     assert len(str(kept)) < len(str(job("Complete"))) / 5
+
+
+def test_a_learner_lease_wakes_on_turns_of_its_report_not_on_counts() -> None:
+    def lease(holder: str | None, **report: object) -> dict[str, object]:
+        annotations = {"mlworkflow.io/progress": json.dumps(report)} if report else {}
+        return {"metadata": {"annotations": annotations}, "spec": {"holderIdentity": holder}}
+
+    wakeups, key = Wakeups(), ("Lease", "ns", "wine-learner")
+    seen = [
+        lease(None),
+        lease("pod-a", startVersion="v1"),
+        lease("pod-a", startVersion="v1", snapshot="v1.1", samplesSeen=256),
+        lease("pod-a", startVersion="v1", snapshot="v1.2", samplesSeen=512),  # counts only
+        lease("pod-a", startVersion="v1", snapshot="v1.3", samplesSeen=768, batchesQuarantined=1),
+    ]
+    assert [wakeups.shown(*key, progress("Lease", obj), deleted=False) for obj in seen] == [
+        True,
+        True,
+        True,
+        False,
+        True,
+    ]
