@@ -366,6 +366,11 @@ def report(n: int, floor: Ramp, run: OperatorRun) -> list[str]:
                 f"  {verb:8} {resource:40} {count:+6d}  "
                 f"(with {run.steady[(verb, resource)]}, without {run.baseline[(verb, resource)]})"
             )
+    print(f"N={n}: ramp requests per workflow by verb and resource where operator and floor differ:")
+    for key in sorted(set(run.ramp.requests) | set(floor.requests), key=lambda k: (k[1], k[0])):
+        ours, theirs = run.ramp.requests[key] / n, floor.requests[key] / n
+        if abs(ours - theirs) >= 0.2:
+            print(f"  {key[0]:8} {key[1]:40} operator {ours:6.2f}  floor {theirs:6.2f}")
     print("\n".join(rows), flush=True)  # the table comes again at the end, after the namespaces are gone
     return rows
 
