@@ -11,7 +11,7 @@ import copy
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -22,6 +22,7 @@ from mlworkflow.desired.children import (
     BATCH,
     MANAGER,
     MONITORING,
+    PROGRESS_ANNOTATION,
     RETRAIN_REQUEST_ANNOTATION,
     SEARCH,
     SERVING,
@@ -49,7 +50,7 @@ from mlworkflow.desired.lifecycle import (
 )
 from mlworkflow.desired.patterns.automl import CHAMPION_ANNOTATION, DRIFT_REPORT_ANNOTATION
 from mlworkflow.desired.patterns.forecast import PREDICT_REQUEST_ANNOTATION
-from mlworkflow.desired.patterns.online import PROGRESS_ANNOTATION, read_progress
+from mlworkflow.desired.patterns.online import read_progress
 from mlworkflow.runtime import termination
 
 APPLY = "application/apply-patch+yaml"
@@ -380,9 +381,22 @@ class Kube:
         """The batch prediction Jobs (Forecast), each with its indexes' summaries added up."""
         return [self._once_finished(job, self._batch_run) for job in self._jobs(namespace, workflow, BATCH)]
 
-    def searches(self, namespace: str, workflow: str) -> list[SearchRun]:
-        """The model search Jobs (AutoML), each with its workers' final summary."""
-        return [self._once_finished(job, self._search) for job in self._jobs(namespace, workflow, SEARCH)]
+    def searches(self, namespace: str, workflow: str, lease: str | None = None) -> list[SearchRun]:
+        """The model search Jobs (AutoML), each with its workers' final summary; those still running with the
+        progress report on the Lease `lease` (read once, only while a search runs)."""
+        runs = [self._once_finished(job, self._search) for job in self._jobs(namespace, workflow, SEARCH)]
+        if lease is None or all(run.state != "Running" for run in runs):
+            return runs
+        progress = self.progress(namespace, lease)
+        return [replace(run, progress=progress) if run.state == "Running" else run for run in runs]
+
+    def progress(self, namespace: str, name: str) -> str | None:
+        """The progress annotation of the Lease `name`, as written; None without one, or without the Lease
+        (it is created again at the next apply)."""
+        lease = self._lease(namespace, name)
+        if lease is None:
+            return None
+        return (lease["metadata"].get("annotations") or {}).get(PROGRESS_ANNOTATION)
 
     def _search(self, namespace: str, job: JSON) -> SearchRun:
         meta = job["metadata"]
@@ -460,12 +474,8 @@ class Kube:
         """The learner's Lease `name` (OnlineLearning): its holder, until when it holds it, and the progress
         the learner wrote on it; None when there is no Lease yet (it is created again at the next apply). A
         renewTime that is not a time is no renewal."""
-        if self.watched is not None:
-            lease = Watched.first(self.watched.leases, (namespace, name))
-        else:
-            lease = self.read_lease(namespace, name)
+        lease = self._lease(namespace, name)
         if lease is None:
-            self._applied.pop(("Lease", namespace, name), None)
             return None
         spec = lease.get("spec") or {}
         held_until = None
@@ -477,6 +487,17 @@ class Kube:
             pass
         annotations = lease["metadata"].get("annotations") or {}
         return LearnerState(spec.get("holderIdentity"), held_until, annotations.get(PROGRESS_ANNOTATION))
+
+    def _lease(self, namespace: str, name: str) -> JSON | None:
+        """A runtime's Lease (from the watch when there is one); when there is none, it is created again
+        at the next apply."""
+        if self.watched is not None:
+            lease = Watched.first(self.watched.leases, (namespace, name))
+        else:
+            lease = self.read_lease(namespace, name)
+        if lease is None:
+            self._applied.pop(("Lease", namespace, name), None)
+        return lease
 
     def serving_state(self, namespace: str, name: str) -> ServingState:
         """The serving Deployment `name`: the version its Pods run and whether it is rolled out."""
@@ -513,16 +534,20 @@ def serving_state_of(deployment: JSON | None) -> ServingState:
     return ServingState(version=version, ready=rolled_out)
 
 
-def progress(kind: str, obj: JSON) -> object:
+def milestone(kind: str, obj: JSON) -> object:
     """What a reconcile acts on of a watched child: a Job's state (Running, Succeeded, Failed), a
-    Deployment's `ServingState`, a learner Lease's holder and the turns of its report (start version, a
-    first snapshot, quarantines, rollbacks, unreadable) — not its counts, which the resync folds in, so a
-    learner's every snapshot is not a status write. When it changes, the workflow is reconciled at once."""
+    Deployment's `ServingState`, a search's progress report but its time (a trial started or ended, a new
+    best), a learner Lease's holder and the turns of its report (start version, a first snapshot,
+    quarantines, rollbacks, unreadable) — not its counts, which the resync folds in, so a learner's every
+    snapshot is not a status write. When it changes, the workflow is reconciled at once."""
     if kind == "Job":
         return _job_state(obj)[0]
     if kind == "Deployment":
         return serving_state_of(obj)
-    report, problem = read_progress((obj["metadata"].get("annotations") or {}).get(PROGRESS_ANNOTATION))
+    text = (obj["metadata"].get("annotations") or {}).get(PROGRESS_ANNOTATION)
+    if (obj["metadata"].get("labels") or {}).get(COMPONENT_LABEL) == SEARCH:
+        return _search_turn(text)
+    report, problem = read_progress(text)
     turns = report and (
         report.start_version,
         bool(report.snapshot),
@@ -530,6 +555,18 @@ def progress(kind: str, obj: JSON) -> object:
         report.rollbacks,
     )
     return (obj.get("spec") or {}).get("holderIdentity"), turns, problem is not None
+
+
+def _search_turn(text: str | None) -> object:
+    try:
+        report = json.loads(text or "null")
+    except ValueError:
+        return text
+    return (
+        json.dumps({k: v for k, v in report.items() if k != "reported"}, sort_keys=True)
+        if isinstance(report, dict)
+        else text
+    )
 
 
 def _batch_trigger(value: str | None) -> Literal["Promotion", "Schedule", "Manual"]:

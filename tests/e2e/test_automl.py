@@ -1,14 +1,17 @@
 """AutoML end to end: a search of two workers on one study (an Indexed Job on the process node), its winner
-trained as v1 and served, the leaderboard in status; deleting the workflow mid-search leaves nothing running.
+trained as v1 and served, the leaderboard in status; a long search shows its live progress (reported by its
+workers on their Lease) while it runs; deleting the workflow mid-search leaves nothing running.
 Real API server, real Optuna, scikit-learn and BentoML."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
+from prometheus_client import REGISTRY
 
 from kubelocal.controlplane import ControlPlane
 from mlworkflow.api import v1alpha1
@@ -83,9 +86,17 @@ def test_the_winner_of_a_parallel_search_serves(
     workers = sorted(p.metadata.annotations["batch.kubernetes.io/job-completion-index"] for p in pods)
     assert workers == ["0", "1"], "two workers, one Pod each"
     condition = next(c for c in status["conditions"] if c["type"] == "Searched")
-    assert condition["status"] == "True" and board[0]["estimator"] in condition["message"]
+    winner = board[0]["estimator"].rsplit(".", 1)[-1]
+    assert condition["status"] == "True" and f"best {winner} roc_auc" in condition["message"]
+    assert search["bestEstimator"] == board[0]["estimator"]
     events = {e.reason for e in client.CoreV1Api(api).list_namespaced_event(ns).items}
-    assert {"SearchSucceeded", "TrainingStarted", "Promoted", "RolledOut"} <= events
+    assert {"SearchStarted", "SearchSucceeded", "TrainingStarted", "Promoted", "RolledOut"} <= events
+    # The workers reported on their Lease, through the ServiceAccount the operator made for them; the last
+    # report is a worker's final one (which may have seen the other's last trial still running).
+    lease = client.CoordinationV1Api(api).read_namespaced_lease("cancer-search", ns)
+    reported = json.loads(lease.metadata.annotations["mlworkflow.io/progress"])
+    assert reported["searchId"] == "v1" and reported["trials"] == 6
+    assert sum(reported[k] for k in ("complete", "failed", "pruned", "running")) == 6
 
     # A search deleted mid-way: its workflow goes, and so does everything it started.
     create(api, ns, manifest("doomed", trials=200))
@@ -100,6 +111,33 @@ def test_the_winner_of_a_parallel_search_serves(
         120,
         "the doomed search running",
     )
+
+    # 200 trials take minutes: while its Job runs, the status shows the workers' counts as they come.
+    def searching() -> dict[str, Any] | None:
+        workflow = get(api, ns, "doomed")
+        search = workflow.get("status", {}).get("search") or {}
+        return (
+            workflow
+            if search.get("state") == "Running" and (search.get("trialsComplete") or 0) >= 2
+            else None
+        )
+
+    live = wait_for(searching, 180, "live search progress in status")
+    shown = live["status"]["search"]
+    assert shown["version"] == "v1" and shown["trials"] == 200 and shown["bestScore"] > 0.5
+    assert shown["reportedAt"] and shown["startedAt"] and shown["leaderboard"] == []
+    searched = next(c for c in live["status"]["conditions"] if c["type"] == "Searched")
+    assert (
+        searched["status"] == "Unknown"
+        and f"{shown['trialsComplete']} of 200 trials complete" in searched["message"]
+    )
+    assert live["status"]["phase"] == "Searching"
+    job = client.BatchV1Api(api).read_namespaced_job("doomed-search-v1", ns)
+    assert not [c for c in job.status.conditions or [] if c.type in ("Complete", "Failed")], "still running"
+    labels = {"namespace": ns, "workflow": "doomed"}
+    assert (
+        REGISTRY.get_sample_value("mlworkflow_search_current_trials", {**labels, "state": "complete"}) or 0
+    ) >= 2
     objects(api).delete_namespaced_custom_object(
         v1alpha1.GROUP, v1alpha1.VERSION, ns, v1alpha1.PLURAL, "doomed"
     )

@@ -1,5 +1,7 @@
-"""The learner's single writer (`mlworkflow.runtime.lease.Lease`) against the real API server, with a
-ServiceAccount token allowed only what the operator grants a learner: get and update on its own Lease."""
+"""The learner's single writer (`mlworkflow.runtime.lease.Lease`) and the search workers' progress reports
+(`mlworkflow.runtime.lease.Annotation`) against the real API server, each with a ServiceAccount token allowed
+only what the operator grants it on its own Lease: the learner get, update and patch; a search worker
+patch."""
 
 from __future__ import annotations
 
@@ -11,28 +13,34 @@ import pytest
 from kubernetes import client
 
 from kubelocal.controlplane import ControlPlane
-from mlworkflow.runtime.lease import PROGRESS_ANNOTATION, Lease, Lost
+from mlworkflow.runtime.lease import PROGRESS_ANNOTATION, Annotation, Lease, Lost
 from support import wait_for
 
 pytestmark = pytest.mark.cluster
 NAME = "wf-learner"
 
 
-def learner_token(api: client.ApiClient, namespace: str, folder: Path) -> Path:
-    """A token of ServiceAccount wf-learner, whose Role allows get, update and patch on Lease wf-learner
-    only (as the operator makes it), in a file as a Pod mounts it; the Lease itself, metadata only."""
+def learner_token(
+    api: client.ApiClient,
+    namespace: str,
+    folder: Path,
+    name: str = NAME,
+    verbs: tuple[str, ...] = ("get", "update", "patch"),
+) -> Path:
+    """A token of ServiceAccount `name`, whose Role allows `verbs` on Lease `name` only (as the operator
+    makes it), in a file as a Pod mounts it; the Lease itself, metadata only."""
     core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
-    core.create_namespaced_service_account(namespace, {"metadata": {"name": NAME}})
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": name}})
     rbac.create_namespaced_role(
         namespace,
         {
-            "metadata": {"name": NAME},
+            "metadata": {"name": name},
             "rules": [
                 {
                     "apiGroups": ["coordination.k8s.io"],
                     "resources": ["leases"],
-                    "resourceNames": [NAME],
-                    "verbs": ["get", "update", "patch"],
+                    "resourceNames": [name],
+                    "verbs": list(verbs),
                 }
             ],
         },
@@ -40,16 +48,16 @@ def learner_token(api: client.ApiClient, namespace: str, folder: Path) -> Path:
     rbac.create_namespaced_role_binding(
         namespace,
         {
-            "metadata": {"name": NAME},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME},
-            "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": namespace}],
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
         },
     )
-    client.CoordinationV1Api(api).create_namespaced_lease(namespace, {"metadata": {"name": NAME}})
+    client.CoordinationV1Api(api).create_namespaced_lease(namespace, {"metadata": {"name": name}})
     token = core.create_namespaced_service_account_token(
-        NAME, namespace, {"spec": {"expirationSeconds": 3600}}
+        name, namespace, {"spec": {"expirationSeconds": 3600}}
     )
-    path = folder / "token"
+    path = folder / f"token-{name}"
     path.write_text(token.status.token)
     return path
 
@@ -105,3 +113,27 @@ def test_one_learner_holds_the_lease_until_it_stops_renewing(
 
     second.release()
     assert coordination.read_namespaced_lease(NAME, namespace).spec.holder_identity is None
+
+
+def test_search_workers_patch_their_progress_on_their_own_lease_only(
+    control_plane: ControlPlane, api: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    token = learner_token(api, namespace, tmp_path, "wf-search", ("patch",))
+
+    def reporter(lease: str) -> Annotation:
+        return Annotation(
+            lease, namespace, server=control_plane.server, token_file=token, ca_file=control_plane.ca_file
+        )
+
+    coordination = client.CoordinationV1Api(api)
+    coordination.patch_namespaced_lease(
+        "wf-search", namespace, {"metadata": {"labels": {"mlworkflow.io/workflow": "wf"}}}
+    )
+    reporter("wf-search").report({"searchId": "v1", "complete": 1})
+    reporter("wf-search").report({"searchId": "v1", "complete": 2})  # another worker: the last write wins
+    lease = coordination.read_namespaced_lease("wf-search", namespace)
+    assert json.loads(lease.metadata.annotations[PROGRESS_ANNOTATION]) == {"searchId": "v1", "complete": 2}
+    assert lease.metadata.labels == {"mlworkflow.io/workflow": "wf"}, "a merge patch of the annotation only"
+    coordination.create_namespaced_lease(namespace, {"metadata": {"name": "other"}})
+    with pytest.raises(OSError, match="HTTP 403"):
+        reporter("other").report({"searchId": "v1"})

@@ -130,6 +130,60 @@ def test_two_worker_processes_run_exactly_the_budget_together_never_a_trial_twic
     assert winner["estimator"] == "sklearn.linear_model.LogisticRegression", "a real model beats the majority"
     last = max(messages, key=lambda m: m["trials"]["complete"])
     assert last["best"]["trial"] == winner["trial"] and last["leaderboard"][0]["rank"] == 1
+    # Without a Lease, the workers report progress in the store; the last write is either worker's final
+    # report, which may have seen the other's last trial still running.
+    progress = json.loads((tmp_path / "w" / "automl" / "s" / "progress.json").read_text())
+    assert progress["searchId"] == "s" and progress["trials"] == 10 and progress["running"] <= 1
+    assert progress["complete"] + progress["failed"] + progress["pruned"] + progress["running"] == 10
+
+
+class Reports:
+    """A progress reporter that keeps every report, or fails every write as an unreachable API server."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.reports: list[dict[str, Any]] = []
+        self.fail = fail
+
+    def report(self, progress: dict[str, Any]) -> None:
+        if self.fail:
+            raise OSError("PATCH https://127.0.0.1:1/...: connection refused")
+        self.reports.append(progress)
+
+
+def test_a_worker_reports_progress_after_each_trial_and_the_counts_add_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("mlworkflow.runtime.search.PROGRESS_EVERY", 0.0)  # every report, not one per 2 s
+    spec = spec_of(
+        {"estimator": STUB, "params": {"mode": ["ok", "raise"], "delay": [0.0, 0.001, 0.002]}}, trials=6
+    )
+    reports = Reports()
+    options = Options(search_id="s", trials=6, sampler="grid")
+    worker = Worker(spec, WorkflowStore(tmp_path, "w"), options, PREFIXES.split(","), reports)
+    worker.run()
+    write_results(worker)
+    worker.report_progress(final=True)
+    finished = [r["complete"] + r["failed"] + r["pruned"] for r in reports.reports]
+    assert finished == [0, 1, 2, 3, 4, 5, 6, 6], "one report at the start, one per trial, one at the end"
+    assert all(r["searchId"] == "s" and r["trials"] == 6 and r["running"] == 0 for r in reports.reports)
+    last = reports.reports[-1]
+    assert (last["complete"], last["failed"]) == (3, 3)
+    assert last["best"] == {"estimator": STUB, "score": leaderboard(tmp_path)["rows"][0]["cvMean"]}
+    assert reports.reports[0]["best"] is None and last["started"] <= last["reported"]
+    assert len(json.dumps(last)) < 1024, "bounded"
+
+
+def test_a_progress_report_that_fails_never_fails_a_trial(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = spec_of({"estimator": STUB, "params": {"delay": [0.0, 0.001, 0.002]}}, trials=3)
+    options = Options(search_id="s", trials=3, sampler="grid")
+    worker = Worker(spec, WorkflowStore(tmp_path, "w"), options, PREFIXES.split(","), Reports(fail=True))
+    worker.run()
+    worker.report_progress(final=True)
+    tally, _ = write_results(worker)
+    assert tally == {"complete": 3, "failed": 0, "pruned": 0, "running": 0, "total": 3}
+    assert "search: progress not reported: OSError" in capsys.readouterr().out
 
 
 def test_a_trial_that_raises_is_recorded_and_the_search_goes_on(

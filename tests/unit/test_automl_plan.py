@@ -3,6 +3,7 @@ and judged as every version is, and the status shows the search."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -162,3 +163,126 @@ def test_the_final_summary_is_the_worker_that_saw_most_trials_finished() -> None
     assert search_result([last, early], succeeded=True) == (last, "")
     failed = {"status": "error", "reason": "TooManyFailedTrials", "message": "6 trials failed"}
     assert search_result([early, failed], succeeded=False) == (failed, "6 trials failed")
+
+
+def report(search_id: str = "v1", **counts: int) -> str:
+    """A search's progress report as its workers write it (mlworkflow.runtime.search.progress)."""
+    return json.dumps(
+        {
+            "searchId": search_id,
+            "metric": "roc_auc",
+            "complete": 3,
+            "failed": 1,
+            "pruned": 0,
+            "running": 2,
+            "trials": 12,
+            **counts,
+            "best": {"estimator": "sklearn.ensemble.HistGradientBoostingClassifier", "score": 0.93217},
+            "started": "2026-01-01T00:00:00.000000Z",
+            "reported": "2026-01-01T00:00:42.500000Z",
+        }
+    )
+
+
+def test_a_running_search_shows_its_workers_latest_counts_and_best_so_far() -> None:
+    started = plan(spec(), Observed(1, "h1", MLWorkflowStatus()), NOW)
+    first = plan(spec(), Observed(1, "h1", started.status, searches=[search(state="Running")]), NOW)
+    assert "SearchStarted" in {e.reason for e in first.events}, "an Event at the start"
+    assert find(first.status.conditions, "Searched").message == "searching a model for v1"  # type: ignore[union-attr]
+
+    live = plan(
+        spec(), Observed(1, "h1", first.status, searches=[search(state="Running", progress=report())]), NOW
+    )
+    shown = live.status.search
+    assert shown is not None and shown.state == "Running"
+    assert (shown.trials_complete, shown.trials_failed, shown.trials_pruned, shown.trials_running) == (
+        3,
+        1,
+        0,
+        2,
+    )
+    assert shown.trials == 12 and shown.best_score == 0.93217 and shown.seconds == 42.5
+    assert shown.best_estimator == "sklearn.ensemble.HistGradientBoostingClassifier"
+    message = (
+        "search for v1: 3 of 12 trials complete, 1 failed, 2 running; "
+        "best HistGradientBoostingClassifier roc_auc 0.9322"
+    )
+    assert find(live.status.conditions, "Searched").message == message  # type: ignore[union-attr]
+    ready = find(live.status.conditions, "Ready")
+    assert live.status.phase == "Searching" and ready is not None and ready.message == message
+    assert "SearchStarted" not in {e.reason for e in live.events}, "one start Event"
+
+    # The Job's end: the termination messages are the final word, whatever the Lease said last.
+    done = plan(spec(), Observed(1, "h1", live.status, searches=[search(progress=report(complete=1))]), NOW)
+    final = done.status.search
+    assert final is not None and (final.trials_complete, final.trials_failed, final.trials_running) == (
+        11,
+        1,
+        None,
+    )
+    assert final.best_score == 0.99 and final.best_estimator == WINNER["estimator"]
+
+
+def test_stale_or_unreadable_progress_is_not_shown() -> None:
+    v1 = plan(spec(), Observed(1, "h1", MLWorkflowStatus(), [trained()], searches=[search()]), NOW)
+    for stale in (report("v1"), "{not json", json.dumps({"searchId": "v2", "complete": -1}), None):
+        running = plan(
+            spec(),
+            Observed(
+                1, "h1", v1.status, [trained()], searches=[search(), search("v2", "Running", progress=stale)]
+            ),
+            NOW,
+        )
+        shown = running.status.search
+        assert shown is not None and shown.version == "v2" and shown.trials_complete is None, stale
+        assert shown.best_score is None and shown.reported_at is None
+        assert find(running.status.conditions, "Searched").message == "searching a model for v2"  # type: ignore[union-attr]
+
+
+def test_the_search_workers_may_patch_their_own_lease_and_nothing_else() -> None:
+    started = plan(spec(), Observed(1, "h1", MLWorkflowStatus()), NOW)
+    wf = children.Workflow("bc", "ml", "u", spec())
+    wanted = {(m["kind"], m["metadata"]["name"]): m for m in automl.children_for(wf, started, CONTEXT).apply}
+    assert {("ServiceAccount", "bc-search"), ("Role", "bc-search"), ("RoleBinding", "bc-search")} <= set(
+        wanted
+    )
+    assert wanted[("Lease", "bc-search")]["metadata"]["labels"][children.WORKFLOW_LABEL] == "bc"
+    [rule] = wanted[("Role", "bc-search")]["rules"]
+    assert rule == {
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "resourceNames": ["bc-search"],
+        "verbs": ["patch"],
+    }
+    pod = wanted[("Job", "bc-search-v1")]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "bc-search" and pod["automountServiceAccountToken"] is True
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["MLW_LEASE"]["value"] == "bc-search"
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+
+
+def test_the_latest_searchs_gauges_follow_its_progress() -> None:
+    from prometheus_client import REGISTRY
+
+    from mlworkflow.controller import metrics
+
+    started = plan(spec(), Observed(1, "h1", MLWorkflowStatus()), NOW)
+    live = plan(
+        spec(), Observed(1, "h1", started.status, searches=[search(state="Running", progress=report())]), NOW
+    )
+    metrics.record_status("ml", "gauged", "AutoML", started.status, live.status)
+
+    def value(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {"namespace": "ml", "workflow": "gauged", **labels})
+
+    assert value("mlworkflow_search_current_trials", state="complete") == 3
+    assert value("mlworkflow_search_current_trials", state="running") == 2
+    assert value("mlworkflow_search_best_score") == 0.93217 and value("mlworkflow_search_seconds") == 42.5
+    assert value("mlworkflow_search_trials_total", state="complete") is None, "counted once it finished"
+    done = plan(spec(), Observed(1, "h1", live.status, searches=[search()]), NOW)
+    metrics.record_status("ml", "gauged", "AutoML", live.status, done.status)
+    assert value("mlworkflow_search_current_trials", state="complete") == 11
+    assert value("mlworkflow_search_current_trials", state="running") == 0
+    assert value("mlworkflow_search_trials_total", state="complete") == 11
+    metrics.forget("ml", "gauged")
+    assert value("mlworkflow_search_current_trials", state="complete") is None

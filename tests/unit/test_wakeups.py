@@ -7,7 +7,7 @@ import json
 import time
 
 from mlworkflow.controller.wakeups import Wakeups
-from mlworkflow.kube import progress, record
+from mlworkflow.kube import milestone, record
 
 WORKFLOW = ("ns", "iris")
 
@@ -61,10 +61,10 @@ def test_a_stopped_timer_stops_waiting() -> None:
 def test_only_a_change_of_progress_or_a_deletion_counts() -> None:
     wakeups = Wakeups()
     shown = [
-        wakeups.shown("Job", "ns", "iris-train-v1", progress("Job", job()), deleted=False),  # first seen
-        wakeups.shown("Job", "ns", "iris-train-v1", progress("Job", job()), deleted=False),  # a Pod started
-        wakeups.shown("Job", "ns", "iris-train-v1", progress("Job", job("Complete")), deleted=False),
-        wakeups.shown("Job", "ns", "iris-train-v1", progress("Job", job("Complete")), deleted=True),
+        wakeups.shown("Job", "ns", "iris-train-v1", milestone("Job", job()), deleted=False),  # first seen
+        wakeups.shown("Job", "ns", "iris-train-v1", milestone("Job", job()), deleted=False),  # a Pod started
+        wakeups.shown("Job", "ns", "iris-train-v1", milestone("Job", job("Complete")), deleted=False),
+        wakeups.shown("Job", "ns", "iris-train-v1", milestone("Job", job("Complete")), deleted=True),
     ]
     assert shown == [True, False, True, True]
 
@@ -72,7 +72,7 @@ def test_only_a_change_of_progress_or_a_deletion_counts() -> None:
 def test_a_record_keeps_what_a_reconcile_reads_and_not_the_rest() -> None:
     kept = record(job("Complete"))
     assert "managedFields" not in kept["metadata"] and "spec" not in kept["spec"]["template"]
-    assert progress("Job", kept) == "Succeeded"
+    assert milestone("Job", kept) == "Succeeded"
     assert len(str(kept)) < len(str(job("Complete"))) / 5
 
 
@@ -89,9 +89,29 @@ def test_a_learner_lease_wakes_on_turns_of_its_report_not_on_counts() -> None:
         lease("pod-a", startVersion="v1", snapshot="v1.2", samplesSeen=512),  # counts only
         lease("pod-a", startVersion="v1", snapshot="v1.3", samplesSeen=768, batchesQuarantined=1),
     ]
-    assert [wakeups.shown(*key, progress("Lease", obj), deleted=False) for obj in seen] == [
+    assert [wakeups.shown(*key, milestone("Lease", obj), deleted=False) for obj in seen] == [
         True,
         True,
+        True,
+        False,
+        True,
+    ]
+
+
+def test_a_search_lease_wakes_on_each_trial_not_on_each_report() -> None:
+    def lease(reported: str, complete: int) -> dict[str, object]:
+        report = {"complete": complete, "running": 2, "reported": reported}
+        return {
+            "metadata": {
+                "labels": {"app.kubernetes.io/component": "search"},
+                "annotations": {"mlworkflow.io/progress": json.dumps(report)},
+            },
+            "spec": {},
+        }
+
+    wakeups, key = Wakeups(), ("Lease", "ns", "cancer-search")
+    seen = [lease("t0", 0), lease("t1", 0), lease("t2", 1)]
+    assert [wakeups.shown(*key, milestone("Lease", obj), deleted=False) for obj in seen] == [
         True,
         False,
         True,

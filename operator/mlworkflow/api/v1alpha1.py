@@ -1074,14 +1074,29 @@ class SearchStatus(ApiModel):
     trials_complete: int | None = Field(None, ge=0, description="Trials that finished with a score.")
     trials_failed: int | None = Field(None, ge=0, description="Trials whose fit raised (see the store).")
     trials_pruned: int | None = Field(None, ge=0, description="Trials stopped early as unpromising.")
+    trials_running: int | None = Field(None, ge=0, description="Trials being fit now (while it runs).")
     trials: int | None = Field(None, ge=0, description="The trial budget (spec.automl.trials).")
     metric: str | None = Field(None, description="The metric trials are ranked by.")
+    best_estimator: str | None = Field(
+        None, max_length=256, description="The best trial's estimator: so far while it runs, then the winner."
+    )
+    best_score: float | None = Field(
+        None, description="The best trial's mean cross-validation score: so far while it runs, then final."
+    )
+    started_at: datetime | None = Field(None, description="When the search's first worker started.")
+    reported_at: datetime | None = Field(
+        None,
+        description="When a worker last reported the search's progress (the counts and best so far while "
+        "it runs); after it ended, the counts are its workers' final summary.",
+    )
     leaderboard: list[LeaderboardEntry] = Field(
         default_factory=list,
         max_length=10,
         description="The ten best trials; every trial is in <store>/<workflow>/automl/<version>/.",
     )
-    seconds: float | None = Field(None, ge=0, description="How long the search ran (its slowest worker).")
+    seconds: float | None = Field(
+        None, ge=0, description="How long the search ran (its slowest worker); so far, while it runs."
+    )
     finished_at: datetime | None = Field(None, description="When the search finished.")
     message: str = Field("", max_length=4096, description="Why it failed, for a human.")
 

@@ -25,7 +25,7 @@ from mlworkflow.controller.config import OperatorConfig
 from mlworkflow.controller.reconcile import reconcile
 from mlworkflow.controller.wakeups import Wakeups
 from mlworkflow.desired import children
-from mlworkflow.kube import WATCHED_KINDS, Kube, Watched, api_client, progress, record
+from mlworkflow.kube import WATCHED_KINDS, Kube, Watched, api_client, milestone, record
 
 RESOURCE = (v1alpha1.GROUP, v1alpha1.VERSION, v1alpha1.PLURAL)
 CONFIG = OperatorConfig.from_env()
@@ -128,7 +128,7 @@ def _observe_child(kind: str, resource: tuple[str, ...]) -> None:
         meta = obj["metadata"]
         namespace, deleted = meta.get("namespace", ""), event["type"] == "DELETED"
         shown = kind in ("Job", "Deployment", "Lease") and memo.wakeups.shown(
-            kind, namespace, meta["name"], progress(kind, obj), deleted
+            kind, namespace, meta["name"], milestone(kind, obj), deleted
         )
         if event["type"] is None:  # kopf's initial listing, before the watch starts: nothing changed
             return

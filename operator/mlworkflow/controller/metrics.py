@@ -13,7 +13,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
-from mlworkflow.api.v1alpha1 import MLWorkflowStatus
+from mlworkflow.api.v1alpha1 import MLWorkflowStatus, SearchStatus
 
 # prometheus-client adds the _total suffix to counters: this is mlworkflow_reconciles_total.
 RECONCILES = Counter("mlworkflow_reconciles", "Reconciliations of MLWorkflows, by result", ["result"])
@@ -90,11 +90,23 @@ SEARCH_TRIALS = Counter(
     "Trials of finished model searches (AutoML), by state (complete, failed, pruned)",
     ["namespace", "workflow", "state"],
 )
+# The latest search, live while it runs (its workers' progress reports), then final.
+SEARCH_CURRENT_TRIALS = Gauge(
+    "mlworkflow_search_current_trials",
+    "Trials of the latest model search, by state (complete, failed, pruned, running): so far while it runs",
+    ["namespace", "workflow", "state"],
+)
 SEARCH_BEST = Gauge(
     "mlworkflow_search_best_score",
-    "Best cross-validation score of the last finished search (its metric; errors are positive)",
+    "Best cross-validation score of the latest search, so far while it runs (its metric; errors positive)",
     ["namespace", "workflow"],
 )
+SEARCH_SECONDS = Gauge(
+    "mlworkflow_search_seconds",
+    "How long the latest search has run (as of its workers' last report), or ran once finished",
+    ["namespace", "workflow"],
+)
+SEARCH_STATES = ("complete", "failed", "pruned", "running")
 SEARCH_DURATION = Histogram(
     "mlworkflow_search_duration_seconds",
     "How long finished model searches took",
@@ -203,6 +215,8 @@ def record_status(
     if after.online is not None:
         _record_online(namespace, name, after)
     search, was = after.search, before.search
+    if search is not None:
+        _record_search_now(namespace, name, search)
     if (
         search
         and search.state != "Running"
@@ -214,10 +228,23 @@ def record_status(
             ("pruned", search.trials_pruned),
         ):
             SEARCH_TRIALS.labels(namespace, name, state).inc(count or 0)
-        if search.leaderboard and search.leaderboard[0].score is not None:
-            SEARCH_BEST.labels(namespace, name).set(search.leaderboard[0].score)
         if search.seconds is not None:
             SEARCH_DURATION.labels(namespace, name).observe(search.seconds)
+
+
+def _record_search_now(namespace: str, name: str, search: SearchStatus) -> None:
+    """The latest search as status.search shows it: counts and best so far while it runs, then final."""
+    running = search.trials_running if search.state == "Running" else 0
+    counts = (search.trials_complete, search.trials_failed, search.trials_pruned, running)
+    for state, count in zip(SEARCH_STATES, counts, strict=True):
+        SEARCH_CURRENT_TRIALS.labels(namespace, name, state).set(count or 0)
+    best = search.best_score
+    if best is None and search.leaderboard:
+        best = search.leaderboard[0].score
+    if best is not None:
+        SEARCH_BEST.labels(namespace, name).set(best)
+    if search.seconds is not None:
+        SEARCH_SECONDS.labels(namespace, name).set(search.seconds)
 
 
 def _record_batch_runs(namespace: str, name: str, before: MLWorkflowStatus, after: MLWorkflowStatus) -> None:
@@ -261,11 +288,15 @@ def forget(namespace: str, name: str) -> None:
         TRAINED_AT,
         BATCH_SUCCEEDED_AT,
         SEARCH_BEST,
+        SEARCH_SECONDS,
         *ONLINE_GAUGES,
         *PERFORMANCE_GAUGES,
     ):
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name)
+    for state in SEARCH_STATES:
+        with contextlib.suppress(KeyError):
+            SEARCH_CURRENT_TRIALS.remove(namespace, name, state)
 
 
 _serving: set[int] = set()

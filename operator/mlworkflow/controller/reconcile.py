@@ -14,7 +14,7 @@ from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Pattern
 from mlworkflow.controller.config import OperatorConfig
 from mlworkflow.desired import children
 from mlworkflow.desired.lifecycle import Event, Observed, ServingState, stall_events
-from mlworkflow.desired.patterns import PATTERNS, online
+from mlworkflow.desired.patterns import PATTERNS, automl, online
 from mlworkflow.desired.plan import plan
 from mlworkflow.desired.validation import check_spec
 from mlworkflow.kube import Kube
@@ -58,7 +58,9 @@ def reconcile(body: dict[str, Any], kube: Kube, config: OperatorConfig, now: dat
         retrain_request=annotations.get(v1alpha1.RETRAIN_ANNOTATION),
         batch_runs=kube.batch_runs(workflow.namespace, workflow.name) if pattern == Pattern.FORECAST else [],
         predict_request=annotations.get(v1alpha1.PREDICT_ANNOTATION),
-        searches=kube.searches(workflow.namespace, workflow.name) if pattern == Pattern.AUTOML else [],
+        searches=kube.searches(workflow.namespace, workflow.name, automl.search_lease_name(workflow))
+        if pattern == Pattern.AUTOML
+        else [],
         syncs=kube.tracking_syncs(workflow.namespace, workflow.name) if tracking else [],
         learner=kube.learner(workflow.namespace, online.learner_name(workflow))
         if pattern == Pattern.ONLINE_LEARNING

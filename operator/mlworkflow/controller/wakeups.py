@@ -2,7 +2,7 @@
 
 The watches of the children (controller.handlers) tell which workflow a child belongs to (its workflow
 label); the workflow's resync timer waits on an asyncio.Event per workflow, up to the resync interval. Only
-a change the planner acts on wakes it (`kube.progress`: a Job finishing, a Deployment rolled out, a Lease's
+a change the planner acts on wakes it (`kube.milestone`: a Job finishing, a Deployment rolled out, a Lease's
 new holder; a child edited or deleted by someone else), not every status update of a child. Nothing here
 is state the operator converges from: after a restart every workflow is reconciled at resume anyway.
 """
@@ -17,7 +17,7 @@ Key = tuple[str, str]  # (namespace, name)
 
 
 class Wakeups:
-    """The events the resync timers wait on, and what each watched child last showed (`kube.progress`)."""
+    """The events the resync timers wait on, and what each watched child last showed (`kube.milestone`)."""
 
     def __init__(self) -> None:
         self._events: dict[Key, asyncio.Event] = {}

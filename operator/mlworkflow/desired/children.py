@@ -35,6 +35,8 @@ TRACKING_ATTEMPT_ANNOTATION = "mlworkflow.io/tracking-attempt"
 # MLflow's credential variables: the keys of spec.tracking.mlflow.secretRef that become them.
 MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 LEARNER = "learner"
+# On a runtime's Lease (the learner's, the search's): its progress report, JSON (`mlworkflow.runtime.lease`).
+PROGRESS_ANNOTATION = "mlworkflow.io/progress"
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,50 @@ def metadata(workflow: Workflow, name: str, component: str, **extra_labels: str)
         "namespace": workflow.namespace,
         "labels": {**labels(workflow, component), **extra_labels},
         "ownerReferences": [owner_reference(workflow)],
+    }
+
+
+def lease_access(workflow: Workflow, name: str, component: str, verbs: list[str]) -> list[Manifest]:
+    """The ServiceAccount `name` of a runtime that reports on its Lease `name` (the learner, the search
+    workers), whose only right is `verbs` on that one Lease (Role and RoleBinding `name`). Its token is
+    mounted only by the Pods that say so themselves."""
+    meta = metadata(workflow, name, component)
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": meta,
+            "automountServiceAccountToken": False,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": meta,
+            "rules": [
+                {
+                    "apiGroups": ["coordination.k8s.io"],
+                    "resources": ["leases"],
+                    "resourceNames": [name],
+                    "verbs": verbs,
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": meta,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": workflow.namespace}],
+        },
+    ]
+
+
+def lease(workflow: Workflow, name: str, component: str) -> Manifest:
+    """A coordination.k8s.io/v1 Lease, metadata only: created once, then written by its runtime."""
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": metadata(workflow, name, component),
     }
 
 

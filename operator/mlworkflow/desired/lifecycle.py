@@ -54,7 +54,8 @@ class TrainingRun:
 @dataclass(frozen=True)
 class SearchRun:
     """A model search Job (AutoML) as observed: the version whose estimator it chooses, the request that
-    started it (trigger, spec, champion, lineage), how it stands, and its workers' final summary."""
+    started it (trigger, spec, champion, lineage), how it stands, its workers' final summary, and while it
+    runs their latest progress report."""
 
     version: str
     trigger: Trigger
@@ -66,6 +67,9 @@ class SearchRun:
     champion: str | None = None
     drift_report: str | None = None
     retrain_request: str | None = None
+    # While it runs: the workers' latest progress report as written (the search Lease's annotation, or
+    # progress.json locally); it may be an earlier search's (the pattern checks its searchId).
+    progress: str | None = None
 
 
 @dataclass(frozen=True)

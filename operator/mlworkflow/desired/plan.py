@@ -25,7 +25,7 @@ from mlworkflow.desired.lifecycle import (
     trained_condition,
     with_searches,
 )
-from mlworkflow.desired.patterns import PATTERNS
+from mlworkflow.desired.patterns import PATTERNS, automl
 from mlworkflow.desired.tracking import MLflowSettings, plan_sync
 
 
@@ -54,8 +54,8 @@ def plan(
     elif training.failed:
         outcome = Outcome(Progress.STALLED, "TrainingFailed", training.failed.message, phase="Failed")
     elif training.running and training.running[0].searching and not deployment.refit:
-        version = training.running[0].version
-        outcome = Outcome(Progress.PROGRESSING, "Searching", f"searching a model for {version}", "Searching")
+        what = automl.searching_message(status, training.running[0].version)
+        outcome = Outcome(Progress.PROGRESSING, "Searching", what, "Searching")
     elif training.running or training.train or deployment.refit:
         version = (
             training.running[0].version if training.running else (training.train or deployment.refit).version  # type: ignore[union-attr]

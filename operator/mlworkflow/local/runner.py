@@ -4,7 +4,9 @@ The same planner as the operator decides; the same runtimes run, as local proces
 training (`mlworkflow.runtime.train`), serving (`bentoml serve` on 127.0.0.1), drift checks
 (`mlworkflow.runtime.drift`, on the monitoring schedule), OnlineLearning's learner
 (`mlworkflow.runtime.learn`, with its lock file instead of a Lease: its progress is read from
-`<store>/<workflow>/online/progress.json`) and serving in follow mode. The status the operator would write
+`<store>/<workflow>/online/progress.json`) and serving in follow mode, and AutoML's search workers (their
+progress read from `<store>/<workflow>/automl/<version>/progress.json`, as the operator reads the search
+Lease's annotation). The status the operator would write
 is kept in `<store>/<workflow>/status.json`, with a small HTML page beside it (`index.html`).
 
 `mlworkflow retrain FILE.yaml` asks a running runner for a retraining (trigger Manual), as the
@@ -166,13 +168,17 @@ class LocalSearch:
     request: TrainRequest
     spec_hash: str
     workers: list[Process]
+    progress: Path  # the workers' progress report (the search Lease's annotation on a cluster)
 
     def observed(self) -> SearchRun:
-        """As the operator observes a search Job: running until every worker ended."""
+        """As the operator observes a search Job: running until every worker ended, with the workers' latest
+        progress report meanwhile."""
         codes = [p.poll() for p in self.workers]
         train = self.request
         if any(code is None for code in codes):
-            return SearchRun(train.version, train.trigger, self.spec_hash, "Running")
+            return SearchRun(
+                train.version, train.trigger, self.spec_hash, "Running", progress=_request(self.progress)
+            )
         succeeded = all(code == 0 for code in codes)
         result, failure = search_result([p.result() for p in self.workers], succeeded)
         return SearchRun(
@@ -383,7 +389,8 @@ class LocalRunner:
             )
             for worker in range(automl.parallelism)
         ]
-        self.searches[train.version] = LocalSearch(train, model_spec_hash(self.spec), workers)
+        progress = self.store.base / "automl" / train.version / "progress.json"
+        self.searches[train.version] = LocalSearch(train, model_spec_hash(self.spec), workers, progress)
 
     def _learn(self, start: str, now: datetime) -> None:
         """OnlineLearning: one learner from `start` (the promoted version), as the learner Deployment runs
@@ -572,27 +579,22 @@ class LocalRunner:
         )
 
     def _search_progress(self) -> str:
-        """A running search, as its study says: trials done, failed, pruned of the budget; best so far; the
-        time budget left."""
-        running = [s for s in self.searches.values() if s.observed().state == "Running"]
-        automl = self.spec.automl
-        if not running or automl is None:
+        """A running search as status.search shows it (its workers' latest report): trials finished of the
+        budget, failed, pruned; best so far; the time budget left."""
+        search, automl = self.status.search, self.spec.automl
+        if search is None or search.state != "Running" or automl is None:
             return ""
-        from mlworkflow.runtime import search  # optuna: only when a search runs
-
-        now = search.progress(self.store, running[0].request.version)
-        if now is None:
-            return f" searching {running[0].request.version}"
-        finished = now["done"] + now["failed"] + now["pruned"]
-        best = f" best={now['best']:.4f}" if now["best"] is not None else ""
-        left = (
-            f" {max(0, automl.time_budget_seconds - now['seconds']):.0f}s left"
-            if automl.time_budget_seconds
-            else ""
-        )
+        if search.reported_at is None:
+            return f" searching {search.version}"
+        finished = (search.trials_complete or 0) + (search.trials_failed or 0) + (search.trials_pruned or 0)
+        best = f" best={search.best_score:.4f}" if search.best_score is not None else ""
+        left = ""
+        if automl.time_budget_seconds and search.started_at is not None:
+            spent = (datetime.now(UTC) - search.started_at).total_seconds()
+            left = f" {max(0, automl.time_budget_seconds - spent):.0f}s left"
         return (
-            f" searching {running[0].request.version}: {finished}/{automl.trials} trials "
-            f"({now['failed']} failed, {now['pruned']} pruned){best}{left}"
+            f" searching {search.version}: {finished}/{search.trials} trials "
+            f"({search.trials_failed or 0} failed, {search.trials_pruned or 0} pruned){best}{left}"
         )
 
     def _write_status(self) -> None:

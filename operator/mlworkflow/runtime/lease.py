@@ -8,9 +8,17 @@ otherwise. Both take the same progress JSON (keys in camelCase, mirroring `Onlin
     writer.check()                   # raises Lost once this learner may no longer write
     writer.release()
 
+Runtimes that only report progress (the AutoML search workers) write the same annotation on a Lease they
+do not hold, or a JSON file without one:
+
+    reporter = Annotation(name, namespace)   # MLW_LEASE set: one JSON merge patch of the annotation
+    reporter = ProgressFile(path)            # the local runner, tests
+    reporter.report(progress)
+
 This is the one runtime module that talks to the API server, and only to its own Lease: plain HTTPS with
 urllib and the Pod's ServiceAccount token (the kubernetes package is not a runtime dependency). The
-operator creates the Lease (metadata only) and a Role allowing get and update on it alone.
+operator creates the Lease (metadata only) and a Role allowing only what the runtime needs on it alone
+(the learner: get, update, patch; a search worker: patch).
 """
 
 from __future__ import annotations
@@ -40,6 +48,10 @@ class Lost(RuntimeError):
     """This learner is no longer the single writer: it must stop writing."""
 
 
+class Reporter(Protocol):
+    def report(self, progress: dict[str, Any]) -> None: ...
+
+
 class Writer(Protocol):
     identity: str
 
@@ -63,6 +75,80 @@ def write_atomically(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_text(text)
     os.replace(temporary, path)
+
+
+def in_cluster_server() -> str:
+    """The API server's URL as a Pod sees it ($KUBERNETES_SERVICE_HOST and _PORT)."""
+    host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+
+def lease_url(server: str, namespace: str, name: str) -> str:
+    return f"{server}/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}"
+
+
+def call(
+    url: str,
+    method: str,
+    token_file: Path,
+    context: ssl.SSLContext,
+    body: dict[str, Any] | None = None,
+    content_type: str = "application/json",
+) -> dict[str, Any]:
+    """One request to the API server with the ServiceAccount token in `token_file` (read at every call:
+    projected tokens are rotated); the answer's JSON. Raises urllib.error.HTTPError, OSError."""
+    token = token_file.read_text().strip()
+    request = urllib.request.Request(
+        url,
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Accept": "application/json",
+            "Content-Type": content_type,
+        },
+    )
+    with urllib.request.urlopen(request, timeout=10, context=context) as answer:
+        result: dict[str, Any] = json.loads(answer.read())
+        return result
+
+
+class ProgressFile:
+    """Progress as a JSON file, replaced atomically at each report (where there is no Lease)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def report(self, progress: dict[str, Any]) -> None:
+        write_atomically(self.path, json.dumps(progress, indent=1, default=str))
+
+
+class Annotation:
+    """Progress as the `mlworkflow.io/progress` annotation of the Lease `name`, which this process does not
+    hold: each report is one JSON merge patch of that annotation alone, so writers that each report the
+    whole picture (every search worker reads the whole study) need no lock: the last write wins. Raises
+    OSError (the API server unreachable, HTTP errors with their status and detail)."""
+
+    def __init__(
+        self,
+        name: str,
+        namespace: str,
+        server: str | None = None,
+        token_file: Path = SERVICE_ACCOUNT / "token",
+        ca_file: Path = SERVICE_ACCOUNT / "ca.crt",
+    ) -> None:
+        self.url = lease_url(server or in_cluster_server(), namespace, name)
+        self.token_file = token_file
+        self._context = ssl.create_default_context(cafile=str(ca_file))
+
+    def report(self, progress: dict[str, Any]) -> None:
+        text = json.dumps(progress, separators=(",", ":"), default=str)
+        patch = {"metadata": {"annotations": {PROGRESS_ANNOTATION: text}}}
+        try:
+            call(self.url, "PATCH", self.token_file, self._context, patch, "application/merge-patch+json")
+        except urllib.error.HTTPError as error:
+            detail = error.read().decode(errors="replace")[:300]
+            raise OSError(f"PATCH {self.url}: HTTP {error.code}: {detail}") from None
 
 
 class LockFile:
@@ -91,7 +177,7 @@ class LockFile:
             return True
 
     def report(self, progress: dict[str, Any]) -> None:
-        write_atomically(self.progress, json.dumps(progress, indent=1, default=str))
+        ProgressFile(self.progress).report(progress)
 
     def check(self) -> None:
         if self._file is None:
@@ -125,11 +211,8 @@ class Lease:
         renew_every: float = RENEW_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if server is None:
-            host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
-            server = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
         self.name, self.namespace, self.identity = name, namespace, ident or identity()
-        self.url = f"{server}/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}"
+        self.url = lease_url(server or in_cluster_server(), namespace, name)
         self.token_file, self.duration, self.renew_every, self.clock = (
             token_file,
             duration,
@@ -265,21 +348,8 @@ class Lease:
             self._lost = why
 
     def _request(self, method: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        token = self.token_file.read_text().strip()  # re-read: projected tokens are rotated
-        request = urllib.request.Request(
-            self.url,
-            method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={
-                "Authorization": f"Bearer {token}",
-                "Accept": "application/json",
-                "Content-Type": "application/json",
-            },
-        )
         try:
-            with urllib.request.urlopen(request, timeout=10, context=self._context) as answer:
-                result: dict[str, Any] = json.loads(answer.read())
-                return result
+            return call(self.url, method, self.token_file, self._context, body)
         except urllib.error.HTTPError as error:
             detail = error.read().decode(errors="replace")[:300]
             if error.code == 409:

@@ -28,6 +28,19 @@ Outputs in `<store>/<workflow>/automl/<search-id>/`, rewritten atomically by eac
     leaderboard.csv     rank, trial, estimator, params (JSON), cvMean, cvStd, seconds, state, error
     winner.json         {estimator, params, cvMean, cvStd, trial, metric}: the refit's model spec
 
+    progress.json       how the search stands (below), when there is no Lease to report it on
+
+While it runs, each worker reports how the whole study stands — after each trial it finishes, at most every
+`PROGRESS_EVERY` seconds, and once more when it ends — as the JSON
+
+    {searchId, metric, complete, failed, pruned, running, trials (the budget), best: {estimator, score} or
+     null, started, reported (ISO 8601 UTC)}
+
+on the Lease $MLW_LEASE (its `mlworkflow.io/progress` annotation, in $POD_NAMESPACE: the operator shows it
+in status.search while the search Job runs), else in progress.json. Every worker reads the whole study, so
+any worker's report is the full picture and the last write wins. A report that cannot be written is logged
+and never fails a trial.
+
 Trials are ranked by CV mean (in the metric's own units: errors lower is better), then lower CV std, then
 lower trial number, so the winner is the same whoever computes it. The worker ends with one line of JSON
 in the termination message: the study's counts, best trial and top ten so far (the last worker's holds the
@@ -75,7 +88,7 @@ from mlworkflow.api.search import (
     search_space,
 )
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, ModelSpec
-from mlworkflow.runtime import data, holdout, pipeline, tracking
+from mlworkflow.runtime import data, holdout, lease, pipeline, tracking
 from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.termination import TERMINATION_LOG, report
 
@@ -91,6 +104,9 @@ WARM_START_TRIALS = 5
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 # The study's user attribute naming the search's MLflow run (the parent of every trial's run).
 MLFLOW_RUN_ATTR = "mlflowRunId"
+# Seconds: a worker reports progress at most this often (each report is an API write), and always at its end.
+PROGRESS_EVERY = 2.0
+MAX_ESTIMATOR_CHARS = 256
 
 
 class SearchFailed(Exception):
@@ -157,6 +173,7 @@ class Worker:
         store: WorkflowStore,
         options: Options,
         allowed_prefixes: Sequence[str] = DEFAULT_ALLOWED_PREFIXES,
+        reporter: lease.Reporter | None = None,
     ) -> None:
         self.spec, self.store, self.options, self.prefixes = spec, store, options, allowed_prefixes
         self.task = spec.model.task if spec.model else "classification"
@@ -184,6 +201,8 @@ class Worker:
         self.mlflow = tracking.Settings.from_env()
         # Where this worker's trials went: {tracked, runId (the search's run)} or {tracked: false, reason}.
         self.tracking: dict[str, Any] | None = None
+        self.reporter = reporter or lease.ProgressFile(self.folder / "progress.json")
+        self._reported_at = -math.inf  # time.monotonic() of this worker's last report
 
     def _sampler(self) -> optuna.samplers.BaseSampler:
         # Each worker its own seed, so that two workers of one search never draw the same sequence; the
@@ -226,6 +245,7 @@ class Worker:
             self._recover()
             self._enqueue_once()
             self._open_search_run()
+        self.report_progress()
         # The workers of one machine share its cores: each takes its share for the native thread pools
         # (OpenMP of HistGradientBoosting, BLAS), as joblib's loky does for scikit-learn's n_jobs.
         # Oversubscribed, HistGradientBoosting on two busy cores ran 10 times slower.
@@ -358,6 +378,22 @@ class Worker:
         trial.set_user_attr("folds", scores)
         self.study.tell(trial, value, state=state)
         self._log_trial(trial.number)
+        self.report_progress()
+
+    def report_progress(self, final: bool = False) -> None:
+        """Report how the study stands (see the module's docstring), unless this worker did less than
+        `PROGRESS_EVERY` seconds ago and this is not its `final` report. Never raises: progress is for
+        display, and a trial or a search must not fail for it."""
+        now = time.monotonic()
+        if not final and now - self._reported_at < PROGRESS_EVERY:
+            return
+        self._reported_at = now
+        try:
+            self.reporter.report(progress(self, self.study.get_trials(deepcopy=False)))
+        # Whatever goes wrong (the API server unreachable, refused, a full volume) is logged, and the search
+        # goes on.
+        except Exception as error:
+            print(f"search: progress not reported: {type(error).__name__}: {error}", flush=True)
 
     def _suggest(self, trial: optuna.Trial) -> tuple[int, dict[str, Any]]:
         """The candidate's index and its parameters' values for this trial."""
@@ -582,35 +618,40 @@ def _round(value: Any) -> Any:
     return float(f"{value:.6g}") if isinstance(value, float) and math.isfinite(value) else value
 
 
-def progress(store: WorkflowStore, search_id: str) -> dict[str, Any] | None:
-    """How a search stands, read from its study (for a live display): `{"done", "failed", "pruned",
-    "running", "best", "seconds"}` (best: the best score so far or None; seconds since the first trial
-    started), or None before its study exists."""
-    journal = store.base / "automl" / search_id / "journal.log"
-    if not journal.exists():
-        return None
-    try:
-        study = optuna.load_study(
-            study_name=search_id, storage=JournalStorage(JournalFileBackend(str(journal)))
-        )
-    except KeyError:  # the journal exists, the study is not in it yet
-        return None
-    trials = study.get_trials(deepcopy=False)
-    states = [t.state for t in trials]
-    values = [
-        float(t.value) for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None
-    ]
-    best = (max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min)(values, default=None)
-    started = [t.datetime_start for t in trials if t.datetime_start is not None]
+def progress(worker: Worker, trials: Sequence[FrozenTrial]) -> dict[str, Any]:
+    """How the search stands, as the workers report it (see the module's docstring): its counts, the best
+    trial so far (ranked as the leaderboard is), and when it started (the first worker's clock)."""
+    tally = counts(trials, worker.budget)
+    rows = leaderboard_rows(trials, worker.maximize)
+    best = rows[0] if rows and rows[0]["rank"] == 1 else None
+    started = worker.study.user_attrs.get("startedAt")
     return {
-        "done": states.count(optuna.trial.TrialState.COMPLETE),
-        "failed": states.count(optuna.trial.TrialState.FAIL),
-        "pruned": states.count(optuna.trial.TrialState.PRUNED),
-        "running": states.count(optuna.trial.TrialState.RUNNING),
-        "best": best,
-        # Optuna stamps trials with naive local times.
-        "seconds": (datetime.datetime.now() - min(started)).total_seconds() if started else 0.0,
+        "searchId": worker.options.search_id,
+        "metric": worker.metric,
+        **{k: tally[k] for k in ("complete", "failed", "pruned", "running")},
+        "trials": worker.budget,
+        "best": {"estimator": str(best["estimator"])[:MAX_ESTIMATOR_CHARS], "score": best["cvMean"]}
+        if best
+        else None,
+        "started": _iso(float(started)) if started is not None else None,
+        "reported": _iso(time.time()),
     }
+
+
+def _iso(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def reporter_from_env(folder: Path) -> lease.Reporter:
+    """The Lease $MLW_LEASE's annotation (in $POD_NAMESPACE) when it names one, else `folder`/progress.json;
+    the file too when the Pod has no API access (its token or the API server's address missing)."""
+    name = os.environ.get("MLW_LEASE")
+    if name:
+        try:
+            return lease.Annotation(name, os.environ.get("POD_NAMESPACE") or "default")
+        except (OSError, KeyError) as error:
+            print(f"search: no progress on Lease {name} ({error}); in progress.json instead", flush=True)
+    return lease.ProgressFile(folder / "progress.json")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -653,9 +694,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--worker {options.worker} is not one of the {options.workers} workers")
     error: dict[str, Any] = {"status": "error", "searchId": options.search_id, "worker": options.worker}
     try:
-        worker = Worker(
-            spec, WorkflowStore(args.store, args.workflow), options, prefixes or DEFAULT_ALLOWED_PREFIXES
-        )
+        store = WorkflowStore(args.store, args.workflow)
+        reporter = reporter_from_env(store.base / "automl" / options.search_id)
+        worker = Worker(spec, store, options, prefixes or DEFAULT_ALLOWED_PREFIXES, reporter)
     except data.DataError as failure:
         report({**error, "reason": "DataInvalid", "message": str(failure)}, args.termination_log)
         return exitcodes.INVALID_INPUT
@@ -668,6 +709,7 @@ def main(argv: list[str] | None = None) -> int:
     except SearchFailed as failure:
         failed = failure
     tally, rows = write_results(worker)
+    worker.report_progress(final=True)
     result = summary(worker, tally, rows, time.monotonic() - started)
     if failed is None and not tally["complete"] and not tally["running"]:
         failed = SearchFailed(

@@ -11,6 +11,8 @@
                              `progress.json` and `lock` (the learner's report and lock without a Lease),
                              `quarantine/<batch>.parquet` and `.json` (refused mini-batches, with the reason)
 <root>/<workflow>/stream/    OnlineLearning: the applied examples, `<YYYY-MM-DD-HH>/part-<snapshot>.parquet`
+<root>/<workflow>/automl/<version>/   AutoML: the search's study (`journal.log`), leaderboard, `winner.json`,
+                             and `progress.json` (the workers' progress report without a Lease)
 """
 
 from __future__ import annotations

@@ -30,7 +30,6 @@ from mlworkflow.desired.lifecycle import Deployment, Event, LearnerState, Observ
 from mlworkflow.desired.patterns import webservice
 
 LEARNING = "Learning"
-PROGRESS_ANNOTATION = "mlworkflow.io/progress"
 METRICS_PORT = 9090
 KAFKA_CONFIG_DIR = "/etc/mlworkflow/kafka"
 FOLLOW_ENV = {"MLW_FOLLOW_LATEST": "1"}
@@ -114,7 +113,9 @@ def read_progress(text: str | None) -> tuple[OnlineStatus | None, str | None]:
         return OnlineStatus.model_validate(known), None
     except (ValueError, TypeError, ValidationError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        return None, f"the learner's {PROGRESS_ANNOTATION} annotation cannot be read ({reason})"[:1024]
+        return None, f"the learner's {children.PROGRESS_ANNOTATION} annotation cannot be read ({reason})"[
+            :1024
+        ]
 
 
 def quarantine_events(before: OnlineStatus | None, after: OnlineStatus) -> list[Event]:
@@ -192,47 +193,15 @@ def learner_name(workflow: Workflow) -> str:
 
 
 def learner_access(workflow: Workflow) -> list[Manifest]:
-    """A ServiceAccount whose only right is to get and update the learner's own Lease."""
-    name = learner_name(workflow)
-    meta = children.metadata(workflow, name, children.LEARNER)
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": meta,
-            # Only the learner's Pod mounts the token (it says so itself).
-            "automountServiceAccountToken": False,
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": meta,
-            "rules": [
-                {
-                    "apiGroups": ["coordination.k8s.io"],
-                    "resources": ["leases"],
-                    "resourceNames": [name],
-                    "verbs": ["get", "update", "patch"],
-                }
-            ],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": meta,
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": workflow.namespace}],
-        },
-    ]
+    """A ServiceAccount whose only right is to get, update and patch the learner's own Lease."""
+    return children.lease_access(
+        workflow, learner_name(workflow), children.LEARNER, ["get", "update", "patch"]
+    )
 
 
 def learner_lease(workflow: Workflow) -> Manifest:
     """The single-writer Lease, metadata only: the learner holds it and writes its progress on it."""
-    return {
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "metadata": children.metadata(workflow, learner_name(workflow), children.LEARNER),
-    }
+    return children.lease(workflow, learner_name(workflow), children.LEARNER)
 
 
 def learner_deployment(workflow: Workflow, start: str, context: RuntimeContext) -> Manifest:
