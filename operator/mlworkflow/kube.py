@@ -50,7 +50,6 @@ from mlworkflow.desired.lifecycle import (
 )
 from mlworkflow.desired.patterns.automl import CHAMPION_ANNOTATION, DRIFT_REPORT_ANNOTATION
 from mlworkflow.desired.patterns.forecast import PREDICT_REQUEST_ANNOTATION
-from mlworkflow.desired.patterns.online import read_progress
 from mlworkflow.runtime import termination
 
 APPLY = "application/apply-patch+yaml"
@@ -536,37 +535,21 @@ def serving_state_of(deployment: JSON | None) -> ServingState:
 
 def milestone(kind: str, obj: JSON) -> object:
     """What a reconcile acts on of a watched child: a Job's state (Running, Succeeded, Failed), a
-    Deployment's `ServingState`, a search's progress report but its time (a trial started or ended, a new
-    best), a learner Lease's holder and the turns of its report (start version, a first snapshot,
-    quarantines, rollbacks, unreadable) — not its counts, which the resync folds in, so a learner's every
-    snapshot is not a status write. When it changes, the workflow is reconciled at once."""
+    Deployment's `ServingState`, a runtime Lease's holder and progress report but the report's time (the
+    learner's counts, a search's trials). When it changes, the workflow is reconciled at once: an idle
+    learner (nothing to learn, only renewing its Lease) wakes nothing."""
     if kind == "Job":
         return _job_state(obj)[0]
     if kind == "Deployment":
         return serving_state_of(obj)
     text = (obj["metadata"].get("annotations") or {}).get(PROGRESS_ANNOTATION)
-    if (obj["metadata"].get("labels") or {}).get(COMPONENT_LABEL) == SEARCH:
-        return _search_turn(text)
-    report, problem = read_progress(text)
-    turns = report and (
-        report.start_version,
-        bool(report.snapshot),
-        report.batches_quarantined,
-        report.rollbacks,
-    )
-    return (obj.get("spec") or {}).get("holderIdentity"), turns, problem is not None
-
-
-def _search_turn(text: str | None) -> object:
     try:
         report = json.loads(text or "null")
     except ValueError:
-        return text
-    return (
-        json.dumps({k: v for k, v in report.items() if k != "reported"}, sort_keys=True)
-        if isinstance(report, dict)
-        else text
-    )
+        report = text
+    if isinstance(report, dict):
+        report = json.dumps({k: v for k, v in report.items() if k != "reported"}, sort_keys=True)
+    return (obj.get("spec") or {}).get("holderIdentity"), report
 
 
 def _batch_trigger(value: str | None) -> Literal["Promotion", "Schedule", "Manual"]:

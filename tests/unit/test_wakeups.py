@@ -76,7 +76,7 @@ def test_a_record_keeps_what_a_reconcile_reads_and_not_the_rest() -> None:
     assert len(str(kept)) < len(str(job("Complete"))) / 5
 
 
-def test_a_learner_lease_wakes_on_turns_of_its_report_not_on_counts() -> None:
+def test_a_learner_lease_wakes_on_its_holder_and_its_counts_not_on_renewals() -> None:
     def lease(holder: str | None, **report: object) -> dict[str, object]:
         annotations = {"mlworkflow.io/progress": json.dumps(report)} if report else {}
         return {"metadata": {"annotations": annotations}, "spec": {"holderIdentity": holder}}
@@ -84,16 +84,16 @@ def test_a_learner_lease_wakes_on_turns_of_its_report_not_on_counts() -> None:
     wakeups, key = Wakeups(), ("Lease", "ns", "wine-learner")
     seen = [
         lease(None),
-        lease("pod-a", startVersion="v1"),
-        lease("pod-a", startVersion="v1", snapshot="v1.1", samplesSeen=256),
-        lease("pod-a", startVersion="v1", snapshot="v1.2", samplesSeen=512),  # counts only
-        lease("pod-a", startVersion="v1", snapshot="v1.3", samplesSeen=768, batchesQuarantined=1),
+        lease("pod-a", startVersion="v1", reported="t0"),
+        lease("pod-a", startVersion="v1", reported="t1"),  # renewed, nothing learned
+        lease("pod-a", startVersion="v1", snapshot="v1.1", samplesSeen=256, reported="t2"),
+        lease("pod-b", startVersion="v1", snapshot="v1.1", samplesSeen=256, reported="t3"),
     ]
     assert [wakeups.shown(*key, milestone("Lease", obj), deleted=False) for obj in seen] == [
         True,
         True,
-        True,
         False,
+        True,
         True,
     ]
 
