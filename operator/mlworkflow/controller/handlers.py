@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import os
 from datetime import UTC, datetime
 from typing import Any
@@ -48,9 +47,6 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         prefix=v1alpha1.GROUP, key="last-handled-configuration"
     )
     settings.persistence.finalizer = f"{v1alpha1.GROUP}/finalizer"
-    # kopf posts its own log lines as Events from INFO up ("Timer 'resync' succeeded." at every reconcile):
-    # a write each. Its warnings and errors still go; what happened to a workflow is in our own Events.
-    settings.posting.level = logging.WARNING
     # The API server sends only the operator's children: unlabelled Jobs, Deployments, ... never reach it.
     for resource in (JOBS, LEASES, *CHILDREN.values()):
         settings.watching.label_selectors[resource] = children.WORKFLOW_LABEL
