@@ -3,7 +3,7 @@ status written. Reconciles are level-triggered and serial per workflow (one time
 appears (created, or at the operator's start), when its spec or a child's progress changed (`wakeups`), and
 after `resync_seconds` without any of those.
 
-The children a reconcile reads (Jobs, Deployments, the learner's Lease) come from kopf indexes over watches
+The children a reconcile reads (Jobs, Deployments, the runtimes' Leases) come from kopf indexes over watches
 restricted to the operator's workflow label, not from requests per reconcile: kopf fills the indexes from a
 full listing before any handler runs, so a restarted operator starts from what is in the cluster."""
 
@@ -155,8 +155,9 @@ for _kind, _resource in {**CHILDREN, "Job": JOBS, "Lease": LEASES}.items():
 
 
 @kopf.on.update(*RESOURCE, id="reconcile")
-def wake_on_change(meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
-    """A change of the spec, labels or annotations (a retrain or predict request) reconciles at once."""
+async def wake_on_change(meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
+    """A change of the spec, labels or annotations (a retrain or predict request) reconciles at once. Async,
+    as every handler that wakes: an asyncio.Event is set from the event loop's thread only."""
     memo.wakeups.wake((str(meta["namespace"]), str(meta["name"])))
 
 
