@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv checkov mlflow-server demo test unit lint crds cluster control-plane kafka kafka-broker image bench-serving bench-drift bench-batch bench-automl bench-online bench-operator-scale clean
+.PHONY: venv checkov mlflow-server demo test unit lint crds cluster control-plane kafka kafka-broker image bench-serving bench-drift bench-batch bench-automl bench-online bench-importance bench-operator-scale clean
 
 venv: $(STAMP)
 
@@ -85,6 +85,10 @@ kafka-broker: venv kafka
 ## Serving benchmark (needs Debian's wrk); prints a table against a plain scikit-learn endpoint.
 bench-serving: venv
 	$(BIN)/python bench/serving/run.py
+
+## Permutation importance of an online snapshot: by feature block against scikit-learn's whole pipeline.
+bench-importance: venv
+	PYTHONPATH=operator $(BIN)/python bench/importance/run.py
 
 ## Drift-check benchmark: our check against a per-column KS floor, 10k to 1M rows.
 bench-drift: venv

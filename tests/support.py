@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -73,3 +75,12 @@ def reader_account(api: Any, namespace: str) -> None:
     )
     core.create_namespaced_config_map(namespace, {"metadata": {"name": "visible"}, "data": {"k": "v"}})
     core.create_namespaced_secret(namespace, {"metadata": {"name": "hidden"}, "stringData": {"k": "v"}})
+
+
+def story_traces(page: str) -> dict[str, dict[str, Any]]:
+    """The story figure's traces in a page (`mlworkflow.runtime.story`), by name; fails if the page loads a
+    script from a network or has no figure."""
+    assert not re.search(r"<script[^>]+src=[\"']?(https?:)?//", page), "the page loads nothing from a network"
+    found = re.search(r'<script type="application/json" id="story-figure">(.*?)</script>', page, re.S)
+    assert found, "the figure's JSON is in the page"
+    return {trace["name"]: trace for trace in json.loads(found[1])["data"]}

@@ -13,7 +13,7 @@ from kubernetes import client
 
 from kubelocal.controlplane import ControlPlane
 from mlworkflow.api import v1alpha1
-from support import wait_for
+from support import story_traces, wait_for
 from workflows import CHECKS_BY_HAND, claim_folder, create_claim, get, regime, run_drift_check
 
 pytestmark = pytest.mark.cluster
@@ -39,12 +39,16 @@ def manifest() -> dict[str, Any]:
                 "output": "predictions",
                 "parallelism": 2,
                 "passthroughColumns": ["row_id"],
+                # The truth of a run's rows comes later, in files keyed by the row id.
+                "idColumn": "row_id",
+                "labels": "outcomes/*.parquet",
             },
             "monitoring": {
                 "schedule": CHECKS_BY_HAND,
                 "driftThreshold": 0.5,
                 "minSamples": 100,
                 "cooldown": "1s",
+                "performance": {"onDecay": "Alert"},  # drift is this test's trigger
             },
             "promotion": {"minHoldoutRows": 50},
             "storage": {"pvc": {"claimName": "store"}},
@@ -112,12 +116,16 @@ def test_forecast_predicts_in_an_indexed_job_and_retrains_on_drifted_inputs(
     assert table[1:4] == ["Forecast", "Predicted", "v1"]
 
     # The world changes: this week's rows are of the new regime, and labelled rows of it join the data.
-    incoming(store, regime(300, shifted=True, seed=3), "tuesday")
+    tuesday = regime(300, shifted=True, seed=3)
+    incoming(store, tuesday, "tuesday")
     regime(1600, shifted=True, seed=4).to_csv(store / "data" / "part-2.csv", index=False)
     control_plane.kubectl("annotate", f"mlw/{NAME}", "-n", ns, f"{v1alpha1.PREDICT_ANNOTATION}=tuesday")
     wait_for(
         lambda: len(runs(api, ns)) == 2 and runs(api, ns)[0]["state"] == "Succeeded", 240, "Tuesday's run"
     )
+    (store / "outcomes").mkdir()
+    outcomes = pd.DataFrame({"row_id": [f"tuesday-{i}" for i in range(300)], "label": tuesday["label"]})
+    outcomes.to_parquet(store / "outcomes" / "tuesday.parquet", index=False)
     run_drift_check(api, ns, NAME, 1)  # its inputs, sampled by the run, against v1's training data
 
     retrained = wait_for(
@@ -127,6 +135,15 @@ def test_forecast_predicts_in_an_indexed_job_and_retrains_on_drifted_inputs(
     )
     workflow = get(api, ns, NAME)
     assert workflow["status"]["drift"]["drifted"] is True
+    # Tuesday's outcomes joined to its predictions on row_id: v1 measured on them, as served ones are.
+    performance = workflow["status"]["performance"]
+    assert performance["version"] == "v1" and performance["labelledRows"] == 300, performance
+    assert performance["measured"] is not None and performance["unknownLabels"] == 0
+    # The check drew the story so far into the store: v1, the drifted check and its threshold, the measure.
+    drawn = story_traces((store / NAME / "reports" / "story.html").read_text())
+    assert drawn["promoted version"]["text"] == ["v1"] and set(drawn["drift threshold"]["y"]) == {0.5}
+    assert drawn["drift share"]["y"] == [workflow["status"]["drift"]["share"]]
+    assert drawn["measured"]["y"] == [performance["measured"]]
     assert workflow["status"]["history"][0]["trigger"] == "Drift"
     assert workflow["status"]["history"][0]["outcome"] == "Promoted"
     assert [(r["version"], r["trigger"]) for r in retrained] == [

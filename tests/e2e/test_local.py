@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from kubelocal.net import free_port
-from support import REPO, wait_for
+from support import REPO, story_traces, wait_for
 
 MLWORKFLOW = str(Path(sys.executable).parent / "mlworkflow")
 
@@ -47,6 +47,15 @@ def test_the_demo_closes_the_loop(tmp_path: Path) -> None:
     assert "drift report" in page and "card.md" in page
     champion_f1 = status["history"][0]["championMetrics"]["f1_macro"]
     assert f"<td>{champion_f1:.4f} (v1)</td>" in page, "the page shows the champion's score on the same rows"
+    drawn = story_traces(page)  # the story, drawn from the status's history and the store's checks
+    versions = {
+        v: (outcome, y)
+        for outcome in ("promoted", "rejected")
+        for v, y in zip(drawn[f"{outcome} version"]["text"], drawn[f"{outcome} version"]["y"], strict=True)
+    }
+    assert versions["v2"] == (outcome["decision"].lower(), status["history"][0]["metrics"]["f1_macro"])
+    assert versions["v1"][0] == "promoted" and drawn["champion on the same rows"]["y"] == [champion_f1]
+    assert set(drawn["drift threshold"]["y"]) == {0.5} and max(drawn["drift share"]["y"]) >= 0.5
     assert "The loop closed" in done.stdout and "index.html" in done.stdout
 
 

@@ -158,6 +158,16 @@ INVALID: dict[str, tuple[str, Callable[[dict[str, Any]], None], str]] = {
         _set("spec.monitoring.fairness", {"sensitiveFeatures": ["sex"], "gap": "Parity"}),
         "spec.monitoring.fairness.gap",
     ),
+    "batch-labels-without-id-column": (
+        FORECAST,
+        _set("spec.batch.labels", "labels/*.csv"),
+        "spec.batch.labels are joined to the predictions on spec.batch.idColumn",
+    ),
+    "batch-labels-outside-the-store": (
+        FORECAST,
+        _set("spec.batch", {"input": "in/*.csv", "output": "out", "idColumn": "id", "labels": "../l.csv"}),
+        "spec.batch.labels must stay inside the artifact store",
+    ),
     "estimator-not-an-import-path": (
         WEB,
         _set("spec.model.estimator", "os; rm -rf /"),

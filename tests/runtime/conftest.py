@@ -16,6 +16,9 @@ import pandas as pd
 import pytest
 
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec
+from mlworkflow.runtime.feedback import feedback_line
+from mlworkflow.runtime.model import LoadedModel
+from mlworkflow.runtime.serve import JsonLines, SampleRecorder
 from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.train import TrainedModel, train
 from serving import Served, serve
@@ -171,3 +174,25 @@ def linear_server(
     """The linear classifier, served by onnxruntime."""
     with serve(bentoml_home("linear:v1"), "linear:v1", tmp_path_factory.mktemp("linear")) as served:
         yield served
+
+
+def serve_and_label(
+    store: WorkflowStore, frame: pd.DataFrame, labelled: float = 1.0, target: str = "label"
+) -> list[str]:
+    """`frame` predicted by v1 and recorded as a serving Pod does (every row: a quiet Pod), then the first
+    `labelled` share of its true labels (`target`) sent back as `POST /feedback` records them. Returns the
+    ids."""
+    model = LoadedModel(store.model_dir("v1"))
+    inputs = frame[model.schema.features]
+    batch = model.checker.from_records(json.loads(inputs.to_json(orient="records")))
+    predictions = model.predict(batch).predictions.tolist()
+    ids = [f"p-{i}" for i in range(len(frame))]
+    SampleRecorder(store.samples, "pod-a", 100_000, 1e9).record("v1", batch, predictions, ids)
+    labels = frame[target].tolist()[: int(labelled * len(frame))]
+    JsonLines(store.feedback, "pod-a", 100_000).write(
+        [
+            feedback_line(1.0e9 + i, prediction_id, label)
+            for i, (prediction_id, label) in enumerate(zip(ids, labels, strict=False))
+        ]
+    )
+    return ids

@@ -6,16 +6,19 @@ the permutation importance."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Trigger
+from mlworkflow.api.v1alpha1 import MLWorkflowSpec, ModelSpec, Trigger
 from mlworkflow.desired.lifecycle import TrainingRun, decide
+from mlworkflow.runtime import importance, performance, pipeline
+from mlworkflow.runtime.data import FeatureSchema
 from mlworkflow.runtime.store import WorkflowStore
-from runtime.conftest import train_apart
+from runtime.conftest import serve_and_label, train_apart
 
 
 def biased(rows: int, seed: int) -> pd.DataFrame:
@@ -27,15 +30,13 @@ def biased(rows: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame({"x1": x1, "x2": x2, "noise": noise, "group": group, "label": label})
 
 
-def spec(max_gap: float | None = None) -> MLWorkflowSpec:
+def spec(max_gap: float | None = None, group_is_input: bool = False) -> MLWorkflowSpec:
+    # `group` is not a model input unless asked.
+    features = {"numeric": ["x1", "x2", "noise"], "categorical": ["group"] if group_is_input else []}
     return MLWorkflowSpec.model_validate(
         {
             "pattern": "WebService",
-            "data": {
-                "source": "data/part-*.csv",
-                "target": "label",
-                "features": {"numeric": ["x1", "x2", "noise"]},  # `group` is not a model input
-            },
+            "data": {"source": "data/part-*.csv", "target": "label", "features": features},
             "model": {"estimator": "sklearn.linear_model.LogisticRegression"},
             "training": {"crossValidation": 0},
             "monitoring": {"fairness": {"sensitiveFeatures": ["group"], "gap": "DemographicParity"}},
@@ -107,3 +108,57 @@ def test_a_challenger_past_the_fairness_bound_is_rejected(
     judged = decide(spec(max_gap=0.5), run, v2["metrics"])
     assert judged.reason in ("Better", "NotBetter"), "within the bound, the metric decides"
     assert decide(spec(), run, v2["metrics"]).reason == judged.reason, "no bound, no gate"
+
+
+def test_the_monitor_shows_the_groups_on_labelled_predictions_of_recorded_inputs(tmp_path: Path) -> None:
+    """`group` a model input this time: the serving Pods record it, and the monitoring job's per-group
+    figures on 600 labelled predictions show the bias the card showed on the holdout. `site` is no input:
+    the result says it was not recorded."""
+    (tmp_path / "data").mkdir()
+    biased(800, seed=1).to_csv(tmp_path / "data" / "part-1.csv", index=False)
+    store = WorkflowStore(tmp_path, "fair-inputs")
+    train_apart(spec(group_is_input=True), store, "v1")
+    serve_and_label(store, biased(600, seed=3))
+
+    checked = performance.check(
+        store, "v1", "f1_macro", 200, 200, sensitive_features=["group", "site"], gap="DemographicParity"
+    )
+    assert checked["status"] == "ok" and checked["labelledRows"] == 600
+    found = checked["fairness"]
+    assert found["notRecorded"] == ["site"] and "site: not a model input" in found["message"]
+    assert found["largest"]["feature"] == "group" and "features" not in found, "the tables are in the result"
+    group = json.loads((store.root / checked["result"]).read_text())["fairness"]["features"]["group"]
+    by_name = {g["group"]: g for g in group["groups"]}
+    assert by_name["a"]["count"] + by_name["b"]["count"] == 600
+    assert by_name["a"]["selectionRate"] - by_name["b"]["selectionRate"] > 0.15
+    assert found["largest"]["value"] == group["demographicParityDifference"]
+
+
+def test_block_permutation_is_scikit_learns_without_the_preprocessing_per_shuffle() -> None:
+    """On a pipeline of ours (scaled numbers, a one-hot category): the same ranking and, up to the
+    shuffles' noise, the same drops as scikit-learn's permutation importance of the whole pipeline."""
+    rng = np.random.default_rng(0)
+    x = pd.DataFrame({f"x{i}": rng.normal(size=1300) for i in range(4)}).assign(
+        region=rng.choice(["a", "b", "c"], 1300)
+    )
+    score = x["x0"] + 2 * x["x1"] + (x["region"] == "a") + rng.normal(0, 0.5, 1300)
+    y = pd.Series(np.where(score > 0.5, "yes", "no"))
+    schema = FeatureSchema("label", ["x0", "x1", "x2", "x3"], ["region"])
+    model = pipeline.build(
+        ModelSpec(estimator="sklearn.linear_model.LogisticRegression"), schema, ("sklearn.",)
+    )
+    model.fit(x.iloc[:1000], y.iloc[:1000])
+    held_x, held_y = x.iloc[1000:].reset_index(drop=True), y.iloc[1000:].reset_index(drop=True)
+    blocks = pipeline.feature_blocks(model.named_steps["features"], schema)
+    assert blocks is not None and blocks["region"] == [4, 5, 6]
+
+    whole = importance.permutation(model, held_x, held_y, "f1_macro")
+    preprocessed = model.named_steps["features"].transform(held_x)
+    by_block = importance.permutation_of_blocks(
+        model.named_steps["estimator"], preprocessed, held_y, blocks, "f1_macro"
+    )
+    assert whole is not None and by_block is not None and by_block["rows"] == whole["rows"] == 300
+    ranked = [[f["feature"] for f in found["features"]][:3] for found in (whole, by_block)]
+    assert ranked[0] == ranked[1] == ["x1", "x0", "region"]
+    means = [{f["feature"]: f["mean"] for f in found["features"]} for found in (whole, by_block)]
+    assert all(abs(means[0][name] - means[1][name]) < 0.03 for name in means[0])

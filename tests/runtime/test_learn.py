@@ -38,7 +38,7 @@ from learning import (
     warm_up,
 )
 from mlworkflow.api import exitcodes
-from mlworkflow.api.v1alpha1 import Guardrails
+from mlworkflow.api.v1alpha1 import Guardrails, MLWorkflowSpec
 from mlworkflow.runtime import learn
 from mlworkflow.runtime.data import FeatureSchema
 from mlworkflow.runtime.guardrails import Guard, scores
@@ -159,6 +159,43 @@ def test_learns_from_files_and_quarantines_poisoned_batches(tmp_path: Path) -> N
         assert stop(learner) == 0, log_of(store)
     assert len(archived(store)) == clean + BATCH
     assert progress(store)["batchesQuarantined"] == len(EXPECTED)
+
+
+def test_snapshots_carry_importance_and_fairness_on_the_canary(tmp_path: Path) -> None:
+    """The first snapshot's card has the permutation importance and the per-group figures of `region` on
+    the 300 canary rows; the snapshots within INSIGHT_SECONDS of it carry those (named as its), so the
+    learner pays for them once a minute at most."""
+    frame = online_frame(WARM_ROWS + 2 * BATCH)
+    frame["region"] = np.where(frame["f00"] > 0, "north", "south")  # an input here, grouped too
+    spec = online_spec(
+        {"path": "incoming/*.csv", "pollIntervalSeconds": 1},
+        batchSize=BATCH,
+        maxWaitSeconds=0.2,
+        snapshots={"everySamples": BATCH},
+    ).model_dump(by_alias=True)
+    spec["monitoring"]["fairness"] = {"sensitiveFeatures": ["region"]}
+    declared = MLWorkflowSpec.model_validate(spec)
+    store = warm_up(tmp_path, "insights", frame.iloc[:WARM_ROWS], declared)
+    (tmp_path / "incoming").mkdir()
+    frame.iloc[WARM_ROWS:].to_csv(tmp_path / "incoming" / "part-000.csv", index=False)
+    learner = start_learner(store, declared)
+    try:
+        wait_for(
+            lambda: published(store).get("online", {}).get("samplesSeen") == 2 * BATCH,
+            60,
+            "the stream learned",
+        )
+    finally:
+        assert stop(learner) == 0, log_of(store)
+
+    first, *later = snapshots(store)
+    ranked = first["importance"]
+    assert ranked["version"] == first["version"] == "v1.0" and ranked["rows"] == WARM_ROWS // 2
+    assert {f["feature"] for f in ranked["features"]} == {*FEATURES, "region"}
+    groups = {g["group"]: g["count"] for g in first["fairness"]["features"]["region"]["groups"]}
+    assert set(groups) == {"north", "south"} and sum(groups.values()) == WARM_ROWS // 2
+    assert later and all(card["importance"] == ranked for card in later), "carried, not computed again"
+    assert "learn: importance and fairness of v1.0 on 300 canary rows in" in log_of(store)
 
 
 def test_refuses_an_estimator_without_partial_fit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,6 +6,7 @@ estimate (CBPE) against the truth."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,14 +17,15 @@ import pytest
 
 from mlworkflow.api.conditions import find
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Trigger
+from mlworkflow.desired.children import monitoring_args
 from mlworkflow.desired.lifecycle import DriftCheck, Observed, ServingState, TrainingRun
 from mlworkflow.desired.plan import plan
-from mlworkflow.runtime import drift, performance, pipeline
+from mlworkflow.runtime import drift, performance, pipeline, predict, story
 from mlworkflow.runtime.feedback import feedback_line
-from mlworkflow.runtime.model import LoadedModel
-from mlworkflow.runtime.serve import JsonLines, SampleRecorder
+from mlworkflow.runtime.serve import JsonLines
 from mlworkflow.runtime.store import WorkflowStore
-from runtime.conftest import train_apart
+from runtime.conftest import serve_and_label, train_apart
+from support import story_traces
 
 NOW = pd.Timestamp("2026-01-01T00:00:00Z").to_pydatetime()
 
@@ -63,24 +65,6 @@ def store(trained: tuple[WorkflowStore, dict[str, Any]], tmp_path: Path) -> Work
     original, _ = trained
     shutil.copytree(original.root, tmp_path, dirs_exist_ok=True)
     return WorkflowStore(tmp_path, original.workflow)
-
-
-def serve_and_label(store: WorkflowStore, frame: pd.DataFrame, labelled: float = 1.0) -> list[str]:
-    """`frame` predicted by v1 and recorded as a serving Pod does (every row: a quiet Pod), then the first
-    `labelled` share of its true labels sent back as `POST /feedback` records them. Returns the ids."""
-    model = LoadedModel(store.model_dir("v1"))
-    batch = model.checker.from_records(json.loads(frame[["x1", "x2"]].to_json(orient="records")))
-    predictions = model.predict(batch).predictions.tolist()
-    ids = [f"p-{i}" for i in range(len(frame))]
-    SampleRecorder(store.samples, "pod-a", 100_000, 1e9).record("v1", batch, predictions, ids)
-    labels = frame["label"].tolist()[: int(labelled * len(frame))]
-    JsonLines(store.feedback, "pod-a", 100_000).write(
-        [
-            feedback_line(1.0e9 + i, prediction_id, label)
-            for i, (prediction_id, label) in enumerate(zip(ids, labels, strict=False))
-        ]
-    )
-    return ids
 
 
 def monitor(store: WorkflowStore, tmp_path: Path, metric: str = "f1_macro") -> dict[str, Any]:
@@ -141,6 +125,55 @@ def test_a_changed_label_relationship_is_measured_retrained_on_and_promoted(
     assert after.status.model.version == "v2" and record.drift_report == request.drift_report  # type: ignore[union-attr]
     # Judged on rows neither saw: v1's held-out rows of the old world and the new world's unseen rows.
     assert record.metrics["f1_macro"] > record.champion_metrics["f1_macro"] + 0.1
+
+    # The story the next check draws, from the store alone: both versions served (v1 is v2's champion),
+    # the drift check under its threshold, the decay measured while the estimate saw nothing.
+    page = story.write_report(store, "f1_macro", "v2")
+    text = page.read_text()
+    drawn = story_traces(text)
+    script = re.search(r'<script src="([^"]+)"', text)
+    assert script and (page.parent / script[1]).stat().st_size > 1_000_000, "plotly.js beside the page"
+    promoted = drawn["promoted version"]
+    assert promoted["text"] == ["v1", "v2"] and promoted["y"] == [
+        v1["metrics"]["f1_macro"],
+        v2["metrics"]["f1_macro"],
+    ]
+    assert drawn["rejected version"]["y"] == [] and set(drawn["drift threshold"]["y"]) == {0.5}
+    assert drawn["champion on the same rows"]["y"] == [record.champion_metrics["f1_macro"]]
+    assert drawn["drift share"]["y"] == [summary["share"]]
+    assert drawn["measured"]["y"] == [measured["measured"]] and drawn["estimated (CBPE)"]["y"] == [
+        measured["estimated"]
+    ]
+
+
+def test_batch_predictions_are_measured_on_a_labels_file_joined_on_the_id_column(
+    store: WorkflowStore, tmp_path: Path
+) -> None:
+    """A Forecast run predicts orders of the new world; their labels come later in a file keyed by the
+    order number (integers in both files): the monitoring job, with the arguments the operator gives it,
+    measures the decay as it does for served predictions."""
+    orders = world(400, flipped=True, seed=7).assign(order=np.arange(1000, 1400))
+    (store.root / "orders").mkdir()
+    orders[["order", "x1", "x2"]].to_csv(store.root / "orders" / "2026-01-02.csv", index=False)
+    batch = {"input": "orders/*.csv", "output": "predictions", "idColumn": "order", "labels": "labels/*.csv"}
+    spec = MLWorkflowSpec.model_validate(
+        {**SPEC.model_dump(by_alias=True), "pattern": "Forecast", "batch": batch}
+    )
+    assert spec.batch is not None
+    predict.execute(predict.Run(store, spec.batch, "v1", "run-1", 0, 1), 10_000)
+    (store.root / "labels").mkdir()
+    orders[["order", "label"]].to_csv(store.root / "labels" / "2026-01-03.csv", index=False)
+
+    message = tmp_path / "termination"
+    argv = [*monitoring_args(store.workflow, spec, "v1", str(store.root)), f"--termination-log={message}"]
+    assert "--id-column=order" in argv and drift.main(argv) == 0
+    measured = json.loads(message.read_text())["performance"]
+    assert measured["status"] == "ok", measured
+    assert measured["labelledRows"] == 400 and measured["unknownLabels"] == 0
+    assert measured["measured"] < 0.6 < 0.85 < measured["baseline"]
+    published = pd.read_parquet(next((store.root / "predictions" / "run-1").glob("part-*.parquet")))
+    # Copied as written (a CSV column is text); the prediction ids are the same text as the label file's.
+    assert published["order"].tolist() == orders["order"].astype(str).tolist()
 
 
 def test_the_estimate_is_close_to_the_measured_accuracy(store: WorkflowStore, tmp_path: Path) -> None:

@@ -63,9 +63,11 @@ def cron_field(description: str, default: str | None = None) -> Any:
     return Field(default, description=description, max_length=100, json_schema_extra=extra)
 
 
-def store_path_field(field: str, description: str) -> Any:
-    """A path relative to the artifact store: a manifest must not reach outside it."""
+def store_path_field(field: str, description: str, optional: bool = False) -> Any:
+    """A path relative to the artifact store: a manifest must not reach outside it. `optional`: None by
+    default."""
     return Field(
+        *((None,) if optional else ()),
         description=description,
         min_length=1,
         max_length=1024,
@@ -294,6 +296,16 @@ class ServingSpec(ApiModel):
 
 
 class BatchSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            rule(
+                "!has(self.labels) || has(self.idColumn)",
+                "spec.batch.labels are joined to the predictions on spec.batch.idColumn: set it",
+                ".labels",
+            )
+        )
+    )
+
     input: str = store_path_field(
         "spec.batch.input", "Rows to predict: a CSV or Parquet file or glob relative to the artifact store."
     )
@@ -310,6 +322,21 @@ class BatchSpec(ApiModel):
         ),
         max_length=100,
         json_schema_extra={"x-kubernetes-list-type": "set", "default": []},
+    )
+    id_column: ColumnName | None = Field(
+        None,
+        description=(
+            "The input column that names each row (an order id; unique across runs): copied to every "
+            "prediction row, and the id the monitor knows the row's prediction by, so that labels join to it."
+        ),
+    )
+    labels: str | None = store_path_field(
+        "spec.batch.labels",
+        "Ground truth of predicted rows that comes later: CSV or Parquet files (a glob relative to the "
+        "artifact store) with spec.batch.idColumn and spec.data.target. The monitoring job joins the files "
+        "written since its last look to the runs' recorded predictions and measures the promotion metric "
+        "on them, as for labels sent to a served model.",
+        optional=True,
     )
     max_reject_fraction: float = Field(
         0.01,
@@ -329,6 +356,10 @@ class BatchSpec(ApiModel):
             "files (or Parquet row groups); a failed share is retried on its own."
         ),
     )
+
+    def copied_columns(self) -> list[str]:
+        """The input columns copied to every prediction row: the id column, then the passthrough ones."""
+        return list(dict.fromkeys([*([self.id_column] if self.id_column else []), *self.passthrough_columns]))
 
 
 class PerformanceSpec(ApiModel):

@@ -394,7 +394,8 @@ def monitoring_cronjob_name(workflow: Workflow) -> str:
 
 def monitoring_args(name: str, spec: MLWorkflowSpec, version: str, store: str) -> list[str]:
     """The monitoring runtime's arguments (`mlworkflow.runtime.drift`), on a cluster and locally alike: the
-    drift check, and the performance check of the promotion metric."""
+    drift check, and the performance check of the promotion metric (on spec.batch.labels too, for a
+    Forecast; per group of the sensitive features among the recorded inputs)."""
     monitoring = spec.monitoring
     return [
         f"--store={store}",
@@ -405,6 +406,19 @@ def monitoring_args(name: str, spec: MLWorkflowSpec, version: str, store: str) -
         "--html",
         f"--metric={promotion_metric(spec)}",
         f"--min-labelled-rows={monitoring.performance.min_labelled_rows}",
+        *(
+            [f"--labels={spec.batch.labels}", f"--id-column={spec.batch.id_column}"]
+            if spec.batch and spec.batch.labels and spec.batch.id_column
+            else []
+        ),
+        *(
+            [
+                f"--sensitive-features={','.join(monitoring.fairness.sensitive_features)}",
+                f"--fairness-gap={monitoring.fairness.gap}",
+            ]
+            if monitoring.fairness.sensitive_features
+            else []
+        ),
     ]
 
 

@@ -6,8 +6,8 @@ training (`mlworkflow.runtime.train`), serving (`bentoml serve` on 127.0.0.1), d
 (`mlworkflow.runtime.learn`, with its lock file instead of a Lease: its progress is read from
 `<store>/<workflow>/online/progress.json`) and serving in follow mode, and AutoML's search workers (their
 progress read from `<store>/<workflow>/automl/<version>/progress.json`, as the operator reads the search
-Lease's annotation). The status the operator would write
-is kept in `<store>/<workflow>/status.json`, with a small HTML page beside it (`index.html`).
+Lease's annotation). The status the operator would write is kept in `<store>/<workflow>/status.json`, with
+a small HTML page beside it (`index.html`: the story drawn by `mlworkflow.runtime.story`, and tables).
 
 `mlworkflow retrain FILE.yaml` asks a running runner for a retraining (trigger Manual), as the
 `mlworkflow.io/retrain` annotation asks the operator: it writes a new value to `<store>/<workflow>/retrain`,
@@ -60,7 +60,7 @@ from mlworkflow.desired.lifecycle import (
 )
 from mlworkflow.desired.plan import plan
 from mlworkflow.desired.validation import check_spec
-from mlworkflow.runtime import termination
+from mlworkflow.runtime import story, termination
 from mlworkflow.runtime.store import WorkflowStore
 
 BIN = Path(sys.executable).parent
@@ -234,6 +234,7 @@ class LocalRunner:
         self.started_at = datetime.now(UTC)
         self.last_drift_check = self.last_batch_schedule = self.started_at
         self._last_line = ""
+        self._story: tuple[story.Story, str] | None = None  # the last story drawn, and its HTML
         self._drift_requested = False
         self.stop_signal: signal.Signals | None = None
 
@@ -602,8 +603,19 @@ class LocalRunner:
         _write_atomically(self.store.base / "status.json", json.dumps(status, indent=2))
         _write_atomically(
             self.store.base / "index.html",
-            status_page(self.name, self.status, self.store, promotion_metric(self.spec)),
+            status_page(self.name, self.status, self.store, promotion_metric(self.spec), self._story_html()),
         )
+
+    def _story_html(self) -> str:
+        """The story figure for the status page, drawn again only when the story changed (a drawing costs
+        ~70 ms; a tick runs every second); plotly.js is written once beside the page."""
+        served = self.status.model.version if self.status.model else None
+        outcomes = {r.version: (r.outcome, r.reason or "") for r in self.status.history}
+        now = story.read(self.store, promotion_metric(self.spec), served, outcomes)
+        if self._story is None or self._story[0] != now:
+            script = story.plotly_js(self.store.base)
+            self._story = now, f'<p>{story.EXPLAINED}</p><script src="{script}"></script>\n{story.embed(now)}'
+        return self._story[1]
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -613,9 +625,12 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
-def status_page(name: str, status: MLWorkflowStatus, store: WorkflowStore, metric: str) -> str:
-    """The workflow at a glance: versions with their cards and metrics, decisions (both models' `metric` on
-    the rows that decided), drift reports."""
+def status_page(
+    name: str, status: MLWorkflowStatus, store: WorkflowStore, metric: str, story_html: str = ""
+) -> str:
+    """The workflow at a glance: its story drawn (`story_html`, from `mlworkflow.runtime.story`), versions
+    with their cards and metrics, decisions (both models' `metric` on the rows that decided), drift
+    reports."""
     rows = []
     for record in status.history:
         card = store.model_dir(record.version) / "card.md"
@@ -654,6 +669,7 @@ td,th{{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left}}</style>
 <p>Serving <b>{status.model.version if status.model else "nothing yet"}</b>
 ({status.model.backend if status.model else ""}) at {status.endpoint or "-"}; retrains: {status.retrains};
 last drift check: {checked}.</p>
+{f"<h2>The story so far</h2>{story_html}" if story_html else ""}
 <h2>Model versions</h2>
 <p>Each retraining is judged against the champion on held-out rows that neither model was trained on.</p>
 <table><tr><th>version</th><th>trigger</th><th>decision</th><th>{metric}</th><th>champion's {metric}</th>

@@ -1,10 +1,13 @@
 """Check served inputs for data drift, and the served model's performance (the monitoring CronJob's program).
 
     python -m mlworkflow.runtime.drift --store DIR --workflow NAME --version v3 \
-        --threshold 0.3 --min-samples 200 [--metric f1_macro --min-labelled-rows 200]
+        --threshold 0.3 --min-samples 200 [--metric f1_macro --min-labelled-rows 200 \
+        [--labels 'labels/*.csv' --id-column order_id] [--sensitive-features sex,age_band]]
 
 With `--metric`, the summary also holds `performance`: the version's metric on labelled predictions and
-its estimate before the labels (`mlworkflow.runtime.performance`), whatever the drift check found.
+its estimate before the labels (`mlworkflow.runtime.performance`; with `--labels`, the labels of batch
+predictions come from files too), whatever the drift check found; and the workflow's story so far is
+drawn to `<store>/<workflow>/reports/story.html` (`mlworkflow.runtime.story`).
 
 The current window is what the serving Pods recorded since the last check; the reference is the training
 sample stored with the served version. Evidently's DataDriftPreset compares them column by column with the
@@ -38,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from mlworkflow.api import exitcodes
-from mlworkflow.runtime import performance, tracking
+from mlworkflow.runtime import performance, story, tracking
 from mlworkflow.runtime.data import FeatureSchema
 from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.termination import TERMINATION_LOG, report
@@ -324,6 +327,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--html", action="store_true", help="also render Evidently's HTML report")
     parser.add_argument("--metric", help="also measure (and estimate) this metric on labelled predictions")
     parser.add_argument("--min-labelled-rows", type=int, default=200)
+    parser.add_argument("--labels", help="label files of batch predictions (a glob under the store)")
+    parser.add_argument("--id-column", help="the label files' column of prediction ids (with --labels)")
+    parser.add_argument(
+        "--sensitive-features", default="", help="comma-separated columns: per-group figures on the labels"
+    )
+    parser.add_argument(
+        "--fairness-gap", default="EqualizedOdds", choices=["EqualizedOdds", "DemographicParity"]
+    )
     parser.add_argument("--termination-log", default=os.environ.get("MLW_TERMINATION_LOG", TERMINATION_LOG))
     args = parser.parse_args(argv)
     store = WorkflowStore(args.store, args.workflow)
@@ -341,12 +352,27 @@ def main(argv: list[str] | None = None) -> int:
         summary["tracking"] = {k: v for k, v in logged.items() if k in ("tracked", "reason")}
     if args.metric:
         try:
+            files = performance.LabelFiles(args.labels, args.id_column) if args.labels else None
             summary["performance"] = performance.check(
-                store, args.version, args.metric, args.min_labelled_rows, args.min_samples, args.max_rows
+                store,
+                args.version,
+                args.metric,
+                args.min_labelled_rows,
+                args.min_samples,
+                args.max_rows,
+                files,
+                [c for c in args.sensitive_features.split(",") if c],
+                args.fairness_gap,
             )
         except ValueError as error:  # PerformanceError, or labels the metrics cannot take
             # The drift check's result stands; the planner reports the performance check as failed.
             summary["performance"] = {"status": "error", "message": f"{type(error).__name__}: {error}"}
+        try:
+            summary["story"] = str(
+                story.write_report(store, args.metric, args.version).relative_to(store.root)
+            )
+        except OSError as error:  # a page for people: the checks' results stand without it
+            summary["story"] = f"not written: {error}"
     # Only the summary goes into the termination message (4 KiB at most); the full result is in the store.
     report(summary, args.termination_log)
     return code

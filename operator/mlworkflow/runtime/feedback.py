@@ -12,6 +12,10 @@ finite number (regression). The serving Pod appends each one as a JSON line `{"t
 them to the recorded predictions by id (`mlworkflow.runtime.performance`). A label for an id that matches no
 recorded prediction (one the sample did not keep, one aged out of it, or one never served) is not an error:
 the monitor counts and reports it.
+
+Batch predictions (Forecast) get theirs from files: a batch run records each sampled row's
+`spec.batch.idColumn` value as its prediction id (`prediction_id`), and `spec.batch.labels` (CSV or Parquet
+files with that column and the target) are read back by `read_label_files`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from mlworkflow.runtime.features import RequestError
 
@@ -131,3 +137,44 @@ def read_labels(folder: Path, since: float = 0.0) -> Labels:
                         stamped[prediction_id] = (ts, row["label"])
                     newest = max(newest, ts)
     return Labels({k: label for k, (_, label) in stamped.items()}, newest)
+
+
+def prediction_id(value: Any) -> str | None:
+    """A batch row's id column value as its prediction id (None when it has none): the same text whether a
+    file typed it as a string, an integer, or a float of an integer (a CSV column with a gap: 17.0 is 17)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value)
+    return text if 1 <= len(text) <= MAX_ID_LENGTH else None
+
+
+def read_label_files(root: Path, pattern: str, id_column: str, target: str, since: float = 0.0) -> Labels:
+    """The labels in the CSV or Parquet files matching `pattern` under `root` that were written after
+    `since` (their modification time, seconds since the epoch, is each row's time; of several for one id,
+    the newest file's wins), and the newest such time. A row without an id or a label is skipped.
+    Raises ValueError naming the file when one lacks either column or is not CSV or Parquet."""
+    stamped: list[tuple[float, Path]] = []
+    for path in root.glob(pattern):
+        with contextlib.suppress(OSError):
+            if path.is_file() and (written := path.stat().st_mtime) > since:
+                stamped.append((written, path))
+    by_id: dict[str, Any] = {}
+    for _, path in sorted(stamped):
+        if path.suffix == ".parquet":
+            frame = pd.read_parquet(path, columns=[id_column, target])
+        elif path.suffix == ".csv" or path.name.endswith(".csv.gz"):
+            frame = pd.read_csv(path, usecols=lambda c: c in (id_column, target))
+        else:
+            raise ValueError(f"spec.batch.labels: {path.name} is neither CSV nor Parquet")
+        absent = [c for c in (id_column, target) if c not in frame.columns]
+        if absent:
+            raise ValueError(f"spec.batch.labels: {path.name} has no column {absent[0]!r}")
+        frame = frame.dropna()
+        # tolist(): Python values, so that class_of sees an int as a JSON number (numpy's int64 is no int).
+        for value, label in zip(frame[id_column].tolist(), frame[target].tolist(), strict=True):
+            key = prediction_id(value)
+            if key is not None:
+                by_id[key] = label
+    return Labels(by_id, max([since, *(written for written, _ in stamped)]))

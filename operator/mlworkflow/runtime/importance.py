@@ -11,13 +11,17 @@ shuffling one leaves the other to carry the signal, so both can look unimportant
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.inspection import permutation_importance
+from sklearn.metrics import get_scorer
 
+from mlworkflow.api.v1alpha1 import REGRESSION_METRICS
 from mlworkflow.runtime import holdout, pipeline
+from mlworkflow.runtime.guardrails import scores
 
 ROWS = 1000  # held-out rows scored per shuffle
 REPEATS = 5  # shuffles per feature
@@ -48,19 +52,60 @@ def permutation(model: Any, x: pd.DataFrame, y: pd.Series, metric: str) -> dict[
         )
     except ValueError:
         return None
-    order = np.argsort(-result.importances_mean, kind="stable")
-    ranked = [
-        {
-            "feature": str(x.columns[i]),
-            "mean": float(result.importances_mean[i]),
-            "std": float(result.importances_std[i]),
-        }
-        for i in order
-    ]
+    return _ranked(metric, len(rows), list(map(str, x.columns)), result.importances, started)
+
+
+def permutation_of_blocks(
+    estimator: Any, x: np.ndarray, y: pd.Series, blocks: dict[str, list[int]], metric: str
+) -> dict[str, Any] | None:
+    """As `permutation`, for a pipeline whose preprocessing works column by column (`pipeline.build`'s:
+    impute, scale, one-hot), given its `estimator`, its held-out rows already preprocessed `x` and each
+    input feature's output columns `blocks` (`pipeline.feature_blocks`): shuffling a feature's rows before
+    the preprocessing is shuffling the rows of its columns together after it, so the preprocessing runs
+    once instead of once per shuffle, and the scores come from the predictions in numpy (`_score`): ~20x
+    cheaper for 41 features (the online learner's snapshots). Same rows, repeats, metric and result as
+    `permutation`."""
+    if len(x) < 2:
+        return None
+    started = time.monotonic()
+    chosen = np.sort(np.random.default_rng(holdout.SEED).permutation(len(x))[:ROWS])
+    rows, truth = x[chosen], y.iloc[chosen]
+    repeats = REPEATS if len(blocks) <= MANY_FEATURES else 1
+    score = _score(estimator, truth, metric)
+    rng = np.random.default_rng(holdout.SEED)
+    drops = np.empty((len(blocks), repeats))
+    try:
+        baseline = score(rows)
+        for i, columns in enumerate(blocks.values()):
+            for repeat in range(repeats):
+                shuffled = rows.copy()
+                shuffled[:, columns] = rows[rng.permutation(len(rows))][:, columns]
+                drops[i, repeat] = baseline - score(shuffled)
+    except ValueError:
+        return None
+    return _ranked(metric, len(rows), list(blocks), drops, started)
+
+
+def _score(estimator: Any, truth: pd.Series, metric: str) -> Callable[[np.ndarray], float]:
+    """`metric` of `estimator`'s predictions of rows against `truth`, higher is better (errors negated, as
+    scikit-learn's scorers give them): from the predictions in numpy (`guardrails.scores`, scikit-learn's
+    values at a tenth of its scorers' cost), ROC AUC by scikit-learn's scorer."""
+    if metric == "roc_auc":
+        scorer = get_scorer(pipeline.scorer(metric, truth.nunique()))
+        return lambda rows: float(scorer(estimator, rows, truth))
+    regression, sign = metric in REGRESSION_METRICS, -1.0 if metric in pipeline.LOWER_IS_BETTER else 1.0
+    y = np.asarray(truth.tolist()) if not regression else truth.to_numpy(dtype=np.float64)
+    return lambda rows: sign * scores(y, estimator.predict(rows), regression)[metric]
+
+
+def _ranked(metric: str, rows: int, features: list[str], drops: np.ndarray, started: float) -> dict[str, Any]:
+    """The result of a permutation importance: `drops` holds a row of the metric's drops per feature."""
+    means, stds = drops.mean(axis=1), drops.std(axis=1)
+    order = np.argsort(-means, kind="stable")
     return {
         "metric": metric,
-        "rows": len(rows),
-        "repeats": repeats,
+        "rows": rows,
+        "repeats": drops.shape[1],
         "seconds": round(time.monotonic() - started, 3),
-        "features": ranked,
+        "features": [{"feature": features[i], "mean": float(means[i]), "std": float(stds[i])} for i in order],
     }

@@ -55,7 +55,7 @@ from sklearn.pipeline import Pipeline
 from mlworkflow.api import exitcodes
 from mlworkflow.api.estimators import check_incremental
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, OnlineSpec, promotion_metric
-from mlworkflow.runtime import data, guardrails, holdout, lease, sources
+from mlworkflow.runtime import data, fairness, guardrails, holdout, importance, lease, pipeline, sources
 from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.termination import TERMINATION_LOG, report
 
@@ -68,6 +68,9 @@ MESSAGE_CHARS = 300
 REPORT_SECONDS = 1.0
 LAG_SECONDS = 2.0
 PRUNE_SECONDS = 60.0
+# A snapshot's permutation importance and fairness on the canary, at most this often: they cost ~features
+# x 5 predictions of the canary on the snapshot writer's thread, whose CPU the learning thread shares.
+INSIGHT_SECONDS = 60.0
 
 
 class StartError(Exception):
@@ -276,6 +279,10 @@ class Learner:
         self.guard = guardrails.Guard(
             self.schema, self.task, allowed, self.reference, self.online.guardrails, online.get("classShares")
         )
+        # The canary's rows before the preprocessing, their truth and groups (`_insights`), set by _canary.
+        self.canary_rows: tuple[pd.DataFrame, pd.Series, pd.DataFrame | None] | None = None
+        self._insights_of: tuple[dict[str, Any] | None, dict[str, Any] | None] | None = None
+        self._insights_at = 0.0
         self.canary = self._canary()
         if self.canary is not None:
             self.score: float | None = self.canary.score(self.estimator)
@@ -418,7 +425,53 @@ class Learner:
         truth = np.asarray(y.tolist()) if self.task == "classification" else y.to_numpy()
         metric = promotion_metric(self.spec)
         transformed = self.features.transform(frame)
+        self.canary_rows = frame, pd.Series(truth), self._canary_groups(snapshot.frame.loc[unseen.index])
         return guardrails.Canary(transformed, truth, metric, self.online.guardrails.max_metric_drop)
+
+    def _canary_groups(self, rows: pd.DataFrame) -> pd.DataFrame | None:
+        """The canary rows' groups of spec.monitoring.fairness.sensitiveFeatures (from the data: model
+        inputs or not); None when none are declared or they cannot be grouped (said in the log)."""
+        declared = self.spec.monitoring.fairness.sensitive_features
+        if not declared:
+            return None
+        try:
+            return fairness.groups(rows, declared).reset_index(drop=True)
+        except data.DataError as error:
+            print(f"learn: no fairness figures for the snapshots: {error}", flush=True)
+            return None
+
+    def _insights(self, model: Pipeline, version: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The snapshot's permutation importance and fairness figures on the canary holdout (as a trained
+        version's card has them on its holdout), each naming the `version` it was computed for: computed
+        at most every INSIGHT_SECONDS, a snapshot in between carries the last ones. (None, None) without a
+        canary. On the snapshot writer's thread."""
+        if self.canary_rows is None:
+            return None, None
+        if self._insights_of is not None and time.monotonic() - self._insights_at < INSIGHT_SECONDS:
+            return self._insights_of
+        started = time.monotonic()
+        frame, truth, groups = self.canary_rows
+        metric, blocks = promotion_metric(self.spec), pipeline.feature_blocks(self.features, self.schema)
+        if blocks is not None and self.canary is not None:  # the canary is preprocessed already
+            estimator = model.named_steps["estimator"]
+            ranked = importance.permutation_of_blocks(estimator, self.canary.x, truth, blocks, metric)
+        else:
+            ranked = importance.permutation(model, frame, truth, metric)
+        fair = None
+        if groups is not None:
+            gap = self.spec.monitoring.fairness.gap
+            fair = fairness.assess(self.task, truth, model.predict(frame), groups, self.model_classes, gap)
+        self._insights_at = time.monotonic()
+        self._insights_of = (
+            {**ranked, "version": version} if ranked else None,
+            {**fair, "version": version, "rows": len(frame)} if fair else None,
+        )
+        print(
+            f"learn: importance and fairness of {version} on {len(frame)} canary rows in "
+            f"{self._insights_at - started:.3f} s",
+            flush=True,
+        )
+        return self._insights_of
 
     # -- the loop --------------------------------------------------------------------------------------
 
@@ -552,6 +605,7 @@ class Learner:
         model = Pipeline([("features", self.features), ("estimator", snapshot.estimator)])
         # The holdout metrics of a version, on the canary transformed once (the preprocessing is frozen).
         metrics = self.canary.metrics(snapshot.estimator) if self.canary else {}
+        ranked, fair = self._insights(model, version)
         online = {
             **snapshot.progress,
             "startVersion": self.start,
@@ -573,6 +627,9 @@ class Learner:
             "pipeline": self.start_card["pipeline"],  # the same steps and parameters (a repr costs 60 ms)
             "crossValidation": {},
             "metrics": metrics,
+            # On the canary, not the start version's (which the start card has); maybe of an earlier snapshot.
+            "importance": ranked,
+            "fairness": fair,
             "champion": None,
             "lineage": {
                 **(self.start_card.get("lineage") or {}),

@@ -1,7 +1,8 @@
 """The served model's performance on labelled predictions, and its estimate before the labels come: the
 monitoring job's second check, beside the drift check (`mlworkflow.runtime.drift` runs both).
 
-Measured: the labels recorded since the last check (`POST /feedback`, `mlworkflow.runtime.feedback`) are
+Measured: the labels recorded since the last check (`POST /feedback`, `mlworkflow.runtime.feedback`; for
+batch predictions, the label files of `spec.batch.labels` written since, on `spec.batch.idColumn`) are
 joined by prediction id to the predictions the serving Pods recorded (the bounded sample, with ids), of the
 monitored version (or its OnlineLearning snapshots). On them the task's metrics are computed by the code
 that scored the version's holdout at training (`pipeline.metrics`): the recorded predictions, and the
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 from mlworkflow.runtime import pipeline
-from mlworkflow.runtime.data import FeatureSchema
-from mlworkflow.runtime.feedback import class_of, read_labels
+from mlworkflow.runtime.data import DataError, FeatureSchema
+from mlworkflow.runtime.feedback import Labels, class_of, read_label_files, read_labels
 from mlworkflow.runtime.store import WorkflowStore
 
 HOLDOUT_FILE = "holdout.parquet"  # a sample of the version's held-out rows (features and target), for CBPE
@@ -101,16 +103,23 @@ class Window:
 PREDICTION, LABEL = "_prediction", "_label"
 
 
+@dataclass(frozen=True)
+class LabelFiles:
+    """Labels of batch predictions in files (`spec.batch.labels`), joined on `spec.batch.idColumn`."""
+
+    pattern: str
+    id_column: str
+
+
 def read_window(
     store: WorkflowStore,
     version: str,
-    labels_since: float,
+    labels: Labels,
     predictions_since: float,
     max_rows: int,
-) -> tuple[Window, float]:
-    """The labelled predictions (labels recorded after `labels_since`) and the recent ones (recorded after
-    `predictions_since`, a seeded reservoir of at most `max_rows`); and the newest label's time."""
-    labels = read_labels(store.feedback, labels_since)
+) -> Window:
+    """The predictions that `labels` label, and the recent ones (recorded after `predictions_since`, a
+    seeded reservoir of at most `max_rows`)."""
     lineage = version.partition(".")[0]
     rng = random.Random(SEED)
     labelled: list[dict[str, Any]] = []
@@ -149,7 +158,7 @@ def read_window(
                         recent[slot] = entry
                     seen_recent += 1
                     newest = max(newest, ts)
-    window = Window(
+    return Window(
         pd.DataFrame.from_records(labelled),
         pd.DataFrame.from_records(recent),
         len(labels.by_id),
@@ -157,7 +166,19 @@ def read_window(
         other,
         newest,
     )
-    return window, labels.newest
+
+
+def read_all_labels(
+    store: WorkflowStore, since: float, target: str, files: LabelFiles | None = None
+) -> Labels:
+    """The labels recorded after `since` by `POST /feedback` and, with `files`, in the label files written
+    since (a file's label wins over a recorded one for the same id). Raises ValueError for a label file
+    that cannot be read (`feedback.read_label_files`)."""
+    labels = read_labels(store.feedback, since)
+    if files is None:
+        return labels
+    written = read_label_files(store.root, files.pattern, files.id_column, target, since)
+    return Labels({**labels.by_id, **written.by_id}, max(labels.newest, written.newest))
 
 
 def _typed(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
@@ -177,9 +198,15 @@ def check(
     min_labelled_rows: int,
     min_samples: int,
     max_rows: int = 10_000,
+    label_files: LabelFiles | None = None,
+    sensitive_features: Sequence[str] = (),
+    gap: str = "EqualizedOdds",
 ) -> dict[str, Any]:
-    """One performance check of `version`; returns its summary (saved in the store when anything was
-    measured or estimated). Raises PerformanceError when the version has no model card."""
+    """One performance check of `version`, on the labels sent to the serving Pods and, with `label_files`,
+    those in files; with `sensitive_features`, the per-group figures on the labelled predictions too
+    (`production_fairness`: whole in the saved result, the largest `gap` in the summary). Returns its
+    summary (saved in the store when anything was measured or estimated). Raises PerformanceError when the
+    version has no model card, ValueError for an unreadable label file."""
     model_dir = store.model_dir(version)
     card_path = model_dir / "card.json"
     if not card_path.exists():
@@ -190,13 +217,8 @@ def check(
     state_path = store.monitoring / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     started = time.monotonic()
-    window, labels_until = read_window(
-        store,
-        version,
-        float(state.get("labelsUntil", 0.0)),
-        float(state.get("predictionsUntil", 0.0)),
-        max_rows,
-    )
+    labels = read_all_labels(store, float(state.get("labelsUntil", 0.0)), schema.target, label_files)
+    window = read_window(store, version, labels, float(state.get("predictionsUntil", 0.0)), max_rows)
     baseline = (card.get("metrics") or {}).get(metric)
     summary: dict[str, Any] = {
         "version": version,
@@ -209,7 +231,7 @@ def check(
         "minLabelledRows": min_labelled_rows,
         "recentRows": len(window.recent),
     }
-    model = None
+    model, groups = None, None
     if len(window.labelled) or (len(window.recent) >= min_samples and card.get("probabilities")):
         model = joblib.load(model_dir / "pipeline.joblib")
     estimator = _estimator(model, model_dir, schema, task, card) if model is not None else None
@@ -234,6 +256,14 @@ def check(
         if estimator is not None:
             on_labelled = _estimate_on(estimator, window.labelled[known], schema, classes or [])
             summary["estimatedOnLabelled"] = on_labelled.get(metric)
+        if sensitive_features:
+            labelled = window.labelled[known]
+            groups = production_fairness(
+                labelled, truth[known], predicted[known], task, classes, sensitive_features, gap
+            )
+    saved = summary | ({"fairness": groups} if groups is not None else {})
+    if groups is not None:  # the termination message is short: the per-group tables are in the result
+        summary["fairness"] = {k: v for k, v in groups.items() if k != "features"}
     if "measured" in summary or "estimated" in summary:
         now = datetime.now(UTC)
         folder = store.monitoring / now.strftime("%Y%m%dT%H%M%SZ")
@@ -241,13 +271,14 @@ def check(
         summary["checkedAt"] = now.isoformat(timespec="seconds")
         summary["seconds"] = round(time.monotonic() - started, 3)
         summary["result"] = str((folder / "performance.json").relative_to(store.root))
-        (folder / "performance.json").write_text(json.dumps(summary, indent=2, default=str))
+        saved = saved | {k: summary[k] for k in ("checkedAt", "seconds", "result")}
+        (folder / "performance.json").write_text(json.dumps(saved, indent=2, default=str))
     state_path.parent.mkdir(parents=True, exist_ok=True)
     state_path.write_text(
         json.dumps(
             {
                 # The labels window grows until it has enough; the estimate's window moves at each estimate.
-                "labelsUntil": labels_until if summary["status"] == "ok" else state.get("labelsUntil", 0.0),
+                "labelsUntil": labels.newest if summary["status"] == "ok" else state.get("labelsUntil", 0.0),
                 "predictionsUntil": window.newest_prediction
                 if "estimated" in summary
                 else state.get("predictionsUntil", 0.0),
@@ -255,6 +286,42 @@ def check(
         )
     )
     return summary
+
+
+def production_fairness(
+    labelled: pd.DataFrame,
+    truth: pd.Series,
+    predicted: np.ndarray,
+    task: str,
+    classes: list[Any] | None,
+    sensitive_features: Sequence[str],
+    gap: str,
+) -> dict[str, Any]:
+    """The model card's per-group figures (`fairness.assess`) on labelled predictions, for the sensitive
+    features among the recorded inputs: the serving Pods and batch runs record the model's inputs only, so
+    a sensitive feature that is not one is named in `notRecorded` (with a `message` saying so). A feature
+    with too many groups is reported in `message` too (`fairness.groups`)."""
+    from mlworkflow.runtime import fairness  # fairlearn: only when asked
+
+    recorded = [c for c in sensitive_features if c in labelled.columns and c not in (PREDICTION, LABEL)]
+    missing = [c for c in sensitive_features if c not in recorded]
+    found: dict[str, Any] = {"gap": gap, "notRecorded": missing}
+    notes = []
+    if missing:
+        notes.append(
+            f"{', '.join(missing)}: not a model input, so not recorded with the predictions; the model card "
+            "has its groups on the holdout"
+        )
+    if recorded:
+        try:
+            found |= fairness.assess(
+                task, truth, predicted, fairness.groups(labelled, recorded), classes, gap
+            )
+        except DataError as error:
+            notes.append(str(error))
+    if notes:
+        found["message"] = "; ".join(notes)
+    return found
 
 
 def _truth(frame: pd.DataFrame, task: str, classes: list[Any]) -> tuple[pd.Series, np.ndarray]:

@@ -67,6 +67,28 @@ def build(model: ModelSpec, schema: FeatureSchema, allowed_prefixes: Sequence[st
     )
 
 
+def feature_blocks(features: ColumnTransformer, schema: FeatureSchema) -> dict[str, list[int]] | None:
+    """Each input feature's output columns of a fitted preprocessing step of `build` (in the schema's
+    order): a numeric feature's one column, a categorical feature's one-hot block. None when they do not
+    map so (a category not one-hot encoded, an imputer that dropped a column without values)."""
+    blocks: dict[str, list[int]] = {}
+    indices = getattr(features, "output_indices_", {})
+    for name, transformer, columns in features.transformers_:
+        if name not in ("numeric", "categorical"):
+            continue
+        sizes = [len(c) for c in transformer.categories_] if name == "categorical" else [1] * len(columns)
+        where = indices.get(name)
+        if where is None or sum(sizes) != where.stop - where.start:
+            return None
+        start = where.start
+        for column, size in zip(columns, sizes, strict=True):
+            blocks[column] = list(range(start, start + size))
+            start += size
+    if set(blocks) != set(schema.features):
+        return None
+    return {column: blocks[column] for column in schema.features}
+
+
 def scores(task: str, pipeline: Pipeline, x: pd.DataFrame, y: pd.Series) -> dict[str, float]:
     """Holdout metrics of `pipeline` on rows `x` with labels `y` (`metrics`)."""
     predicted = pipeline.predict(x)

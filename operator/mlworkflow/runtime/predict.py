@@ -14,7 +14,7 @@ job's output:
 
     <store>/<output>/<run-id>/_temporary/<index>/    an index's parts while it works, and `_index.json`
                                                       (its manifest, written last) once it is done
-    <store>/<output>/<run-id>/part-<index>-<k>.parquet  passthrough columns, `prediction`,
+    <store>/<output>/<run-id>/part-<index>-<k>.parquet  the id and passthrough columns, `prediction`,
                                                       `proba_<class>` (a classifier's), `model_version`
     <store>/<output>/<run-id>/rejects-<index>.parquet   `file`, `row` (from 0 among the file's data rows),
                                                       `reason` (naming the feature), when rows failed
@@ -25,7 +25,8 @@ job's output:
 A retried index replaces only its own temporary folder; a run id that is already published (`_SUCCESS`)
 exits 0 at once without writing. One Pod per index at a time is assumed (an Indexed Job with
 `podReplacementPolicy: Failed`). Each index also writes a uniform sample of the rows it predicted to
-`<store>/<workflow>/samples/batch-<run-id>-<index>.jsonl`, in the serving Pods' format, for the drift check.
+`<store>/<workflow>/samples/batch-<run-id>-<index>.jsonl`, in the serving Pods' format, for the drift check
+(and, with `spec.batch.idColumn`, with each row's id as its prediction id: what `spec.batch.labels` join on).
 The run ends with one line of JSON in the termination message; exit code 2 (`INVALID_INPUT`) when more than
 `spec.batch.maxRejectFraction` of the index's rows were rejected, no file matches the input, or the model
 version does not exist: a retry would fail the same way.
@@ -57,6 +58,7 @@ from mlworkflow.api.exitcodes import INVALID_INPUT
 from mlworkflow.api.v1alpha1 import BatchSpec, MLWorkflowSpec
 from mlworkflow.runtime import tracking
 from mlworkflow.runtime.features import FeatureBatch, RequestError
+from mlworkflow.runtime.feedback import prediction_id
 from mlworkflow.runtime.model import LoadedModel, sample_line
 from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.termination import TERMINATION_LOG, report
@@ -361,8 +363,10 @@ class Sample:
     rows: FeatureBatch | None = None
     times: np.ndarray = field(default_factory=lambda: np.empty(0))  # when each row was offered, epoch s
     predictions: np.ndarray = field(default_factory=lambda: np.empty(0))
+    ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))  # spec.batch.idColumn's
 
-    def offer(self, batch: FeatureBatch, predictions: np.ndarray) -> None:
+    def offer(self, batch: FeatureBatch, predictions: np.ndarray, ids: np.ndarray | None = None) -> None:
+        """Offers `batch`'s rows, predicted `predictions`, named `ids` (prediction ids, or None)."""
         if self.size <= 0 or not batch.rows:
             return
         keys = self.rng.random(batch.rows)
@@ -376,22 +380,26 @@ class Sample:
         all_keys = np.concatenate([self.keys, keys[chosen]])
         kept = np.argsort(all_keys, kind="stable")[: self.size]
         times = np.full(len(chosen), time.time())
+        new_ids = ids[chosen] if ids is not None else np.full(len(chosen), None, dtype=object)
         if self.rows is None:  # the predictions' dtype is the model's: start from it
-            every, every_predictions = new, predictions[chosen]
+            every, every_predictions, every_id = new, predictions[chosen], new_ids
         else:
             every = _joined([self.rows, new])
             every_predictions = np.concatenate([self.predictions, predictions[chosen]])
+            every_id = np.concatenate([self.ids, new_ids])
             times = np.concatenate([self.times, times])
         self.keys, self.rows = all_keys[kept], _rows(every, kept)
-        self.times, self.predictions = times[kept], every_predictions[kept]
+        self.times, self.predictions, self.ids = times[kept], every_predictions[kept], every_id[kept]
 
     def lines(self, version: str) -> list[str]:
         if self.rows is None:
             return []
         features = self.rows.records(range(self.rows.rows))
         return [
-            sample_line(ts, version, f, p)
-            for ts, f, p in zip(self.times.tolist(), features, self.predictions.tolist(), strict=True)
+            sample_line(ts, version, f, p, i)
+            for ts, f, p, i in zip(
+                self.times.tolist(), features, self.predictions.tolist(), self.ids.tolist(), strict=True
+            )
         ]
 
 
@@ -467,8 +475,8 @@ def predict_share(
 ) -> Outcome:
     """Checks, predicts and writes every chunk of `shares`."""
     features = model.schema.features
-    passthrough = list(batch.passthrough_columns)
-    wanted = list(dict.fromkeys([*features, *batch.passthrough_columns]))
+    passthrough = batch.copied_columns()
+    wanted = list(dict.fromkeys([*features, *passthrough]))
     classes = model.classes if model.probabilities else None
     version = pa.scalar(model.version)
     for chunk in ahead(chunk for part in shares for chunk in read(root, part, wanted)):
@@ -498,8 +506,13 @@ def predict_share(
             for position, reason in predicted.refused.items():
                 rejected[int(kept[position])] = f"{chunk.path} row {first + int(kept[position])}: {reason}"
                 answered[position] = False
-            sample.offer(_rows(checked.batch, np.flatnonzero(answered)), predicted.predictions)
             out = chunk.table.select(passthrough).take(pa.array(kept[answered]))
+            ids = (
+                np.array([prediction_id(v) for v in out[batch.id_column].to_pylist()], dtype=object)
+                if batch.id_column
+                else None
+            )
+            sample.offer(_rows(checked.batch, np.flatnonzero(answered)), predicted.predictions, ids)
             out = out.append_column("prediction", pa.array(predicted.predictions))
             if classes is not None and predicted.probabilities is not None:
                 for position, name in enumerate(classes):

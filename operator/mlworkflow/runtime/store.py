@@ -5,6 +5,7 @@
 <root>/<workflow>/samples/   inputs and predictions (with their ids) recorded by the serving Pods
 <root>/<workflow>/feedback/  labels of served predictions (`POST /feedback`), recorded by the serving Pods
 <root>/<workflow>/drift/     the monitoring job's results (drift and performance) and its state
+<root>/<workflow>/reports/   pages for people: `story.html` (the monitoring job's, `mlworkflow.runtime.story`)
 <root>/<workflow>/retrain    the local runner's retrain request (`mlworkflow retrain`)
 <root>/<workflow>/predict    the local runner's predict request (`mlworkflow predict`, Forecast)
 <root>/<workflow>/online/    OnlineLearning: `latest` (the newest published snapshot's version),
@@ -46,6 +47,10 @@ class WorkflowStore:
     def monitoring(self) -> Path:
         """The monitoring job's results (a folder per check) and the state of its windows."""
         return self.base / "drift"
+
+    @property
+    def reports(self) -> Path:
+        return self.base / "reports"
 
     @property
     def retrain_request(self) -> Path:
