@@ -44,10 +44,9 @@ from sklearn.model_selection import RandomizedSearchCV
 
 from mlworkflow.api.search import PRESETS, Choice, FloatRange, IntRange, candidates_for
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, ModelSpec
-from mlworkflow.runtime import data, holdout, pipeline
-from mlworkflow.runtime.search import training_rows
+from mlworkflow.runtime import holdout, pipeline
+from mlworkflow.runtime.search import DEFAULT_FOLDS, training_rows
 from mlworkflow.runtime.store import WorkflowStore
-from mlworkflow.runtime.train import SEED
 
 REPO = Path(__file__).resolve().parents[2]
 FLAML_METRIC = {"f1_macro": "macro_f1", "r2": "r2"}
@@ -123,22 +122,9 @@ def _fixed(params: Any) -> dict[str, Any]:
 def split(
     spec: MLWorkflowSpec, store: WorkflowStore
 ) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame, pd.Series]:
-    """Training and holdout rows, exactly as the training runtime chooses them."""
-    rows = training_rows(spec, store)
-    snapshot = data.load(spec.data.source, store.root)
-    schema = data.resolve_schema(snapshot.frame, spec.data)
-    assert spec.model is not None
-    frame = data.check(snapshot.frame, schema, spec.model.task, spec.training.cross_validation)
-    hashes = holdout.row_hashes(frame[[*schema.features, schema.target]])
-    task = spec.model.task
-    chosen = holdout.choose(
-        hashes,
-        spec.training.holdout,
-        SEED,
-        stratify=frame[schema.target] if task == "classification" else None,
-    )
-    held = frame.iloc[chosen.holdout]
-    return rows.x, rows.y, held[schema.features], held[schema.target]
+    """Training and holdout rows, exactly as the training runtime chooses them (`holdout.prepare`)."""
+    rows = holdout.prepare(spec, store, None, spec.training.cross_validation or DEFAULT_FOLDS)
+    return rows.x_train, rows.y_train, rows.x_holdout, rows.y_holdout
 
 
 def ours(spec: MLWorkflowSpec, root: Path, warm: Path) -> tuple[float, dict[str, Any]]:

@@ -276,6 +276,7 @@ class OperatorRun:
     baseline: Counter[tuple[str, str]]
     window: float
     peak_mib: float
+    events: int  # Event objects that appeared in the operator's namespace during the steady window
 
 
 def operator_run(api: Api, n: int, resync: float, windows: int, timeout: float, log: Path) -> OperatorRun:
@@ -305,7 +306,9 @@ def operator_run(api: Api, n: int, resync: float, windows: int, timeout: float, 
         ramp = measure_ramp(api, create, lambda: api.ready_workflows(namespace) >= n, timeout)
         time.sleep(2 * resync)  # the last reconciles of the ramp settle
         window = windows * resync
+        events_before = len(api.call(api.core.list_namespaced_event, namespace)["items"])
         steady = _window(api, window)
+        events = len(api.call(api.core.list_namespaced_event, namespace)["items"]) - events_before
         peak = _peak_mib(operator.pid)
     finally:
         operator.send_signal(signal.SIGTERM)
@@ -316,7 +319,7 @@ def operator_run(api: Api, n: int, resync: float, windows: int, timeout: float, 
             operator.wait()
     time.sleep(2)
     baseline = _window(api, window)
-    return OperatorRun(ramp, steady, baseline, window, peak)
+    return OperatorRun(ramp, steady, baseline, window, peak, events)
 
 
 def _window(api: Api, seconds: float) -> Counter[tuple[str, str]]:
@@ -358,7 +361,8 @@ def report(n: int, floor: Ramp, run: OperatorRun) -> list[str]:
     ]
     print(
         f"\nN={n}: steady window {run.window:.0f}s with the operator: {_total(run.steady)} requests; "
-        f"without: {_total(run.baseline)}. By verb and resource (with - without):"
+        f"without: {_total(run.baseline)}; Event objects new in the operator's namespace: {run.events} "
+        "(the only Events it posts). By verb and resource (with - without):"
     )
     for (verb, resource), count in sorted(operator_only.items(), key=lambda kv: -abs(kv[1])):
         if count:
@@ -366,6 +370,11 @@ def report(n: int, floor: Ramp, run: OperatorRun) -> list[str]:
                 f"  {verb:8} {resource:40} {count:+6d}  "
                 f"(with {run.steady[(verb, resource)]}, without {run.baseline[(verb, resource)]})"
             )
+    print(f"N={n}: ramp requests per workflow by verb and resource where operator and floor differ:")
+    for key in sorted(set(run.ramp.requests) | set(floor.requests), key=lambda k: (k[1], k[0])):
+        ours, theirs = run.ramp.requests[key] / n, floor.requests[key] / n
+        if abs(ours - theirs) >= 0.2:
+            print(f"  {key[0]:8} {key[1]:40} operator {ours:6.2f}  floor {theirs:6.2f}")
     print("\n".join(rows), flush=True)  # the table comes again at the end, after the namespaces are gone
     return rows
 

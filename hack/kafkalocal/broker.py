@@ -41,9 +41,13 @@ def fetch_jars() -> Path:
     return Path(result.stdout.strip().splitlines()[-1])
 
 
-def _cluster_id() -> str:
-    """A fresh KRaft cluster id: a UUID in unpadded base64url, as `kafka-storage random-uuid` prints."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+def cluster_id() -> str:
+    """A fresh KRaft cluster id: a UUID in unpadded base64url, as `kafka-storage random-uuid` prints, and
+    like Kafka's `Uuid.randomUuid` never starting with '-' (one in 64 would: `format -t -x...` then reads
+    the id as an option and fails with an empty cluster id)."""
+    while (found := base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()).startswith("-"):
+        pass
+    return found
 
 
 class KafkaBroker:
@@ -164,7 +168,7 @@ class KafkaBroker:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.properties_path.write_text("".join(f"{k}={v}\n" for k, v in self.properties.items()))
         argv = self._java("kafka.tools.StorageTool")
-        argv += ["format", "-t", _cluster_id(), "-c", str(self.properties_path)]
+        argv += ["format", "-t", cluster_id(), "-c", str(self.properties_path)]
         with open(self.log_path, "ab") as log:
             try:
                 result = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, timeout=FORMAT_TIMEOUT)

@@ -1,15 +1,17 @@
 """The one place that talks to the Kubernetes API: server-side apply of children, and reading their state.
 
 Objects are exchanged as plain JSON dicts (`_preload_content=False`): the generated client's models
-validate responses strictly and add nothing the planner needs.
+validate responses strictly and add nothing the planner needs. In the operator, the Jobs, Deployments and
+Leases a reconcile reads come from its watches (`Watched`), not from a request per reconcile.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -85,6 +87,53 @@ def _json(response: Any) -> JSON:
     return dict(json.loads(response.data))
 
 
+COMPONENT_LABEL = "app.kubernetes.io/component"
+_RECORDED_METADATA = (
+    "name",
+    "namespace",
+    "uid",
+    "labels",
+    "annotations",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+)
+
+
+def record(obj: Mapping[str, Any]) -> JSON:
+    """What the operator reads of a watched Job, Deployment or Lease: its metadata but managedFields, its
+    status, and of its spec the replicas and the Pod template's labels (a Job's, a Deployment's) or the
+    holder's fields (a Lease's whole spec). A few hundred bytes where a Job's body is kilobytes."""
+    meta = obj["metadata"]
+    spec = obj.get("spec") or {}
+    kept: JSON = {"metadata": {key: meta[key] for key in _RECORDED_METADATA if key in meta}}
+    if "status" in obj:
+        kept["status"] = obj["status"]
+    if "template" in spec:  # a Deployment's or a Job's: only what `serving_state` reads
+        template_labels = ((spec["template"].get("metadata") or {}).get("labels")) or {}
+        kept["spec"] = {key: spec[key] for key in ("replicas",) if key in spec}
+        kept["spec"]["template"] = {"metadata": {"labels": template_labels}}
+    else:  # a Lease's: the holder's fields only
+        kept["spec"] = spec
+    return copy.deepcopy(kept)
+
+
+@dataclass(frozen=True)
+class Watched:
+    """The children as the operator's watches last saw them, as `record`s: kopf indexes, each mapping a key
+    to the records of every object under it. kopf fills them from a full listing before any reconcile runs
+    and keeps them from the watch, so they converge from the cluster after a restart. Jobs are keyed by
+    (namespace, the workflow label), Deployments and Leases by (namespace, name)."""
+
+    jobs: Mapping[tuple[str, str], Iterable[JSON]]
+    deployments: Mapping[tuple[str, str], Iterable[JSON]]
+    leases: Mapping[tuple[str, str], Iterable[JSON]]
+
+    @staticmethod
+    def first(index: Mapping[tuple[str, str], Iterable[JSON]], key: tuple[str, str]) -> JSON | None:
+        return next(iter(index.get(key, ())), None)
+
+
 class Kube:
     def __init__(self, api: client.ApiClient) -> None:
         self.core = client.CoreV1Api(api)
@@ -100,6 +149,9 @@ class Kube:
         self._gone: set[tuple[str, str, str]] = set()
         # A finished Job's result never changes: it is read from its Pods once (Job uid -> run).
         self._finished: dict[str, Any] = {}
+        # Set by the operator: Jobs, Deployments and Leases are then read from its watches. Without (tests,
+        # one-off reads), each is listed or read from the API.
+        self.watched: Watched | None = None
 
     def _patchers(self) -> dict[str, Callable[..., Any]]:
         return {
@@ -172,18 +224,21 @@ class Kube:
         self._applied[key] = ("", None)
         return True
 
-    def observed(self, kind: str, obj: JSON, deleted: bool) -> None:
-        """A watch saw a child change: unless it is still what was applied last, apply it again next time."""
+    def observed(self, kind: str, obj: JSON, deleted: bool) -> bool:
+        """A watch saw a child change: unless it is still what was applied last, apply it again next time.
+        Returns whether it must be applied again (edited or deleted by someone else)."""
         meta = obj.get("metadata") or {}
         key = (kind, meta.get("namespace", ""), meta.get("name", ""))
         if not deleted:
             self._gone.discard(key)  # it is back (made by someone else): delete it again if unwanted
         if key not in self._applied:
-            return
+            return False
         digest, generation = self._applied[key]
         current = ((meta.get("annotations") or {}).get(APPLIED_HASH_ANNOTATION), meta.get("generation"))
         if deleted or current != (digest, generation):
             del self._applied[key]
+            return True
+        return False
 
     def post_event(self, manifest: Manifest) -> bool:
         """Create an Event (see `desired.children.event`); False when it was already posted."""
@@ -239,11 +294,19 @@ class Kube:
     def _jobs(self, namespace: str, workflow: str, component: str) -> list[JSON]:
         """The workflow's Jobs of one component (training, batch, search, monitoring), but those being
         deleted."""
-        selector = f"{WORKFLOW_LABEL}={workflow},app.kubernetes.io/component={component}"
-        jobs = _json(
-            self.batch.list_namespaced_job(namespace, label_selector=selector, _preload_content=False)
-        )
-        return [job for job in jobs["items"] if not job["metadata"].get("deletionTimestamp")]
+        if self.watched is not None:
+            jobs = [
+                job
+                for job in self.watched.jobs.get((namespace, workflow), ())
+                if job["metadata"]["labels"].get(COMPONENT_LABEL) == component
+            ]
+        else:
+            selector = f"{WORKFLOW_LABEL}={workflow},{COMPONENT_LABEL}={component}"
+            listed = self.batch.list_namespaced_job(
+                namespace, label_selector=selector, _preload_content=False
+            )
+            jobs = _json(listed)["items"]
+        return [job for job in jobs if not job["metadata"].get("deletionTimestamp")]
 
     def _pods(self, namespace: str, job: str) -> list[JSON]:
         return list(
@@ -298,7 +361,7 @@ class Kube:
         """The MLflow sync Jobs, each with its summary once it ended."""
         syncs = []
         for job in self._jobs(namespace, workflow, TRACKING):
-            run = self._run(namespace, job)
+            run = self._once_finished(job, self._run)
             annotations = job["metadata"].get("annotations") or {}
             syncs.append(
                 TrackingSync(
@@ -329,9 +392,8 @@ class Kube:
     def progress(self, namespace: str, name: str) -> str | None:
         """The progress annotation of the Lease `name`, as written; None without one, or without the Lease
         (it is created again at the next apply)."""
-        lease = self.read_lease(namespace, name)
+        lease = self._lease(namespace, name)
         if lease is None:
-            self._applied.pop(("Lease", namespace, name), None)
             return None
         return (lease["metadata"].get("annotations") or {}).get(PROGRESS_ANNOTATION)
 
@@ -411,9 +473,8 @@ class Kube:
         """The learner's Lease `name` (OnlineLearning): its holder, until when it holds it, and the progress
         the learner wrote on it; None when there is no Lease yet (it is created again at the next apply). A
         renewTime that is not a time is no renewal."""
-        lease = self.read_lease(namespace, name)
+        lease = self._lease(namespace, name)
         if lease is None:
-            self._applied.pop(("Lease", namespace, name), None)
             return None
         spec = lease.get("spec") or {}
         held_until = None
@@ -426,25 +487,69 @@ class Kube:
         annotations = lease["metadata"].get("annotations") or {}
         return LearnerState(spec.get("holderIdentity"), held_until, annotations.get(PROGRESS_ANNOTATION))
 
+    def _lease(self, namespace: str, name: str) -> JSON | None:
+        """A runtime's Lease (from the watch when there is one); when there is none, it is created again
+        at the next apply."""
+        if self.watched is not None:
+            lease = Watched.first(self.watched.leases, (namespace, name))
+        else:
+            lease = self.read_lease(namespace, name)
+        if lease is None:
+            self._applied.pop(("Lease", namespace, name), None)
+        return lease
+
     def serving_state(self, namespace: str, name: str) -> ServingState:
+        """The serving Deployment `name`: the version its Pods run and whether it is rolled out."""
+        deployment = (
+            Watched.first(self.watched.deployments, (namespace, name))
+            if self.watched is not None
+            else self._read_deployment(namespace, name)
+        )
+        return serving_state_of(deployment)
+
+    def _read_deployment(self, namespace: str, name: str) -> JSON | None:
         try:
-            deployment = _json(self.apps.read_namespaced_deployment(name, namespace, _preload_content=False))
+            return _json(self.apps.read_namespaced_deployment(name, namespace, _preload_content=False))
         except client.ApiException as error:
             if error.status == 404:
-                return ServingState()
+                return None
             raise
-        if deployment["metadata"]["labels"].get("app.kubernetes.io/component") != SERVING:
-            return ServingState()
-        spec, status = deployment["spec"], deployment.get("status") or {}
-        wanted = spec.get("replicas", 1)
-        rolled_out = (
-            status.get("observedGeneration", 0) >= deployment["metadata"]["generation"]
-            and status.get("updatedReplicas", 0) == wanted
-            and status.get("availableReplicas", 0) == wanted
-            and status.get("replicas", 0) == wanted
-        )
-        version = spec["template"]["metadata"]["labels"].get(VERSION_LABEL)
-        return ServingState(version=version, ready=rolled_out)
+
+
+def serving_state_of(deployment: JSON | None) -> ServingState:
+    """A serving Deployment's (a dict, or None when there is none): the version its Pods run and whether it
+    is rolled out."""
+    if deployment is None or deployment["metadata"]["labels"].get(COMPONENT_LABEL) != SERVING:
+        return ServingState()
+    spec, status = deployment["spec"], deployment.get("status") or {}
+    wanted = spec.get("replicas", 1)
+    rolled_out = (
+        status.get("observedGeneration", 0) >= deployment["metadata"]["generation"]
+        and status.get("updatedReplicas", 0) == wanted
+        and status.get("availableReplicas", 0) == wanted
+        and status.get("replicas", 0) == wanted
+    )
+    version = spec["template"]["metadata"]["labels"].get(VERSION_LABEL)
+    return ServingState(version=version, ready=rolled_out)
+
+
+def milestone(kind: str, obj: JSON) -> object:
+    """What a reconcile acts on of a watched child: a Job's state (Running, Succeeded, Failed), a
+    Deployment's `ServingState`, a runtime Lease's holder and progress report but the report's time (the
+    learner's counts, a search's trials). When it changes, the workflow is reconciled at once: an idle
+    learner (nothing to learn, only renewing its Lease) wakes nothing."""
+    if kind == "Job":
+        return _job_state(obj)[0]
+    if kind == "Deployment":
+        return serving_state_of(obj)
+    text = (obj["metadata"].get("annotations") or {}).get(PROGRESS_ANNOTATION)
+    try:
+        report = json.loads(text or "null")
+    except ValueError:
+        report = text
+    if isinstance(report, dict):
+        report = json.dumps({k: v for k, v in report.items() if k != "reported"}, sort_keys=True)
+    return (obj.get("spec") or {}).get("holderIdentity"), report
 
 
 def _batch_trigger(value: str | None) -> Literal["Promotion", "Schedule", "Manual"]:

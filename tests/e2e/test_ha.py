@@ -51,7 +51,14 @@ def test_one_of_two_operators_acts_and_the_other_takes_over_in_the_middle_of_a_t
     try:
         for identity in ("operator-a", "operator-b"):
             log, port = tmp_path / f"{identity}.log", free_port()
-            env = {**os.environ, "KUBECONFIG": str(operator_kubeconfig), "POD_NAME": identity}
+            # The production resync (60 s), not the session's 1 s: the Job finishing and the Deployment
+            # rolling out must wake the new leader, as they do in a cluster.
+            env = {
+                **os.environ,
+                "KUBECONFIG": str(operator_kubeconfig),
+                "POD_NAME": identity,
+                "MLW_RESYNC_SECONDS": "60",
+            }
             with log.open("wb") as out:
                 process = subprocess.Popen(
                     [*command, "--health-port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,16 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from mlworkflow.api.exitcodes import INVALID_INPUT
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec
 from mlworkflow.runtime import holdout
-from mlworkflow.runtime.search import Options, Worker, main, rank, summary, training_rows, write_results
+from mlworkflow.runtime.search import (
+    Options,
+    Worker,
+    fold_attr,
+    main,
+    rank,
+    summary,
+    training_rows,
+    write_results,
+)
 from mlworkflow.runtime.store import WorkflowStore
 from runtime.conftest import churn_frame, train_apart
 from support import REPO
@@ -184,6 +194,33 @@ def test_a_progress_report_that_fails_never_fails_a_trial(
     tally, _ = write_results(worker)
     assert tally == {"complete": 3, "failed": 0, "pruned": 0, "running": 0, "total": 3}
     assert "search: progress not reported: OSError" in capsys.readouterr().out
+
+
+def test_a_worker_with_no_trial_left_scores_the_last_folds_of_a_running_trial(tmp_path: Path) -> None:
+    spec = spec_of({"estimator": STUB, "params": {"delay": [0.5]}}, trials=1)
+    store, prefixes = WorkflowStore(tmp_path, "w"), tuple(PREFIXES.split(","))
+    owner, helper = (
+        Worker(spec, store, Options(search_id="s", worker=i, workers=2, trials=1), prefixes) for i in (0, 1)
+    )
+    running = threading.Thread(target=owner.run)
+    running.start()
+    deadline = time.monotonic() + 30
+    while not any("params" in t.user_attrs for t in helper.study.get_trials(deepcopy=False)):
+        assert time.monotonic() < deadline, "the owner's trial never got its parameters"
+        time.sleep(0.01)
+    helper.run()  # the budget is spent: it helps, then returns when no fold is left to take
+    running.join(timeout=30)
+    (trial,) = helper.study.get_trials()
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    claims = [trial.user_attrs[fold_attr(step, "claim")]["worker"] for step in range(3)]
+    assert claims[0] == 0 and claims[2] == 1, (
+        "the owner from the first fold up, the helper from the last down"
+    )
+    assert fold_attr(2, "score") in trial.user_attrs
+    # The same folds, in order, as one worker scores them (the delay changes no prediction).
+    alone = owner._model(STUB, {"delay": 0.0})
+    assert trial.user_attrs["folds"] == [owner._fold_score(alone, step) for step in range(3)]
+    assert trial.value == np.mean(trial.user_attrs["folds"])
 
 
 def test_a_trial_that_raises_is_recorded_and_the_search_goes_on(

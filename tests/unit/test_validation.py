@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +95,31 @@ def test_a_search_space_the_schema_let_through_but_the_search_cannot_use_is_refu
     refusal = check_spec(MLWorkflowSpec.model_validate(document))
     assert refusal is not None and refusal.reason == "InvalidSearchSpace"
     assert refusal.message.startswith("spec.automl.candidates[0].params.max_depth")
+
+
+def test_the_operator_checks_estimators_without_loading_scikit_learn() -> None:
+    """The operator's process never imports scikit-learn (with numpy, scipy and pandas ~220 MiB): a process
+    without it gets the same refusals from a short-lived subprocess (`estimators.facts`)."""
+    code = """
+import sys
+from pathlib import Path
+import yaml
+from mlworkflow.api.v1alpha1 import MLWorkflowSpec
+from mlworkflow.desired.validation import check_spec
+import mlworkflow.controller.handlers  # the operator's whole import graph
+document = yaml.safe_load(Path(sys.argv[1]).read_text())["spec"]
+good = MLWorkflowSpec.model_validate(document)
+document["model"].update(estimator="sklearn.linear_model.LinearRegression", params={})
+wrong = check_spec(MLWorkflowSpec.model_validate(document))
+document["model"].update(estimator="sklearn.ensemble.RandomForestClassifer")
+missing = check_spec(MLWorkflowSpec.model_validate(document))
+print(check_spec(good), wrong.reason, missing.reason, "sklearn" in sys.modules)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(EXAMPLES / "webservice-iris.yaml")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+        check=True,
+    )
+    assert done.stdout.split() == ["None", "EstimatorTaskMismatch", "EstimatorNotFound", "False"]

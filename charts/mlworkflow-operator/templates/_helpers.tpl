@@ -89,24 +89,26 @@ or one given with `helm template --kube-version`; only helm's offline placeholde
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
-# Training Jobs: created (server-side apply) and watched for their results.
+# Training, search, batch and sync Jobs: created (server-side apply) and watched (only those with the
+# workflow label) for their progress: a reconcile reads them from the watch, not with a request.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["list", "patch", "create"]
+  verbs: ["list", "watch", "patch", "create"]
 # The drift-check CronJob and Forecast's batch CronJob (deleted when spec.batch.schedule is removed); their
-# Jobs are listed with the training Jobs above. Watched, as the serving children below: one edited or
+# Jobs are watched with the training Jobs above. Watched, as the serving children below: one edited or
 # deleted is applied again, one unchanged is not rewritten at every resync.
 - apiGroups: ["batch"]
   resources: ["cronjobs"]
   verbs: ["list", "watch", "patch", "create", "delete"]
-# A Job's result is its Pods' termination messages; the operator only reads Pods.
+# A Job's result is its Pods' termination messages, listed once when the Job has finished.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
-# Serving: the BentoML Deployment and its Service, applied server-side.
+# Serving: the BentoML Deployment and its Service, applied server-side; the Deployment's rollout is read
+# from the watch.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "patch", "create"]
+  verbs: ["list", "watch", "patch", "create"]
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["list", "watch", "patch", "create"]
@@ -122,12 +124,12 @@ or one given with `helm template --kube-version`; only helm's offline placeholde
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
   verbs: ["list", "watch", "patch", "create"]
-# OnlineLearning: the learner's single-writer Lease, applied (metadata only) and read for the progress the
-# learner writes on it. RBAC lets a Role grant only verbs its writer holds: the learner's Role grants get,
-# update and patch, hence update here.
+# OnlineLearning: the learner's single-writer Lease, created (metadata only) and watched for the holder and
+# the progress the learner writes on it. RBAC lets a Role grant only verbs its writer holds: the learner's
+# Role grants get, update and patch, hence update here.
 - apiGroups: ["coordination.k8s.io"]
   resources: ["leases"]
-  verbs: ["get", "patch", "create", "update"]
+  verbs: ["get", "list", "watch", "patch", "create", "update"]
 {{- end }}
 
 {{/*

@@ -12,8 +12,10 @@ from mlworkflow.desired.children import RuntimeContext
 @dataclass(frozen=True)
 class OperatorConfig:
     runtime: RuntimeContext = field(default_factory=RuntimeContext)
-    # How often every workflow is reconciled even when nothing about it changed (children progress).
-    resync_seconds: float = 10.0
+    # How long a workflow goes unreconciled when nothing about it changed: its spec and its children's
+    # progress wake it at once (controller.wakeups), so this only bounds time-driven decisions (a
+    # schedule coming due, a learner's Lease expiring).
+    resync_seconds: float = 60.0
 
     @property
     def allowed_estimator_prefixes(self) -> tuple[str, ...]:
@@ -32,5 +34,5 @@ class OperatorConfig:
                 allowed_estimator_prefixes=tuple(p.strip() for p in prefixes.split(",") if p.strip())
                 or DEFAULT_ALLOWED_PREFIXES,
             ),
-            resync_seconds=float(os.environ.get("MLW_RESYNC_SECONDS", "10")),
+            resync_seconds=float(os.environ.get("MLW_RESYNC_SECONDS", "60")),
         )

@@ -1,8 +1,16 @@
 """kopf handlers: thin. The logic is in `reconcile` (and the pure planner); here the cluster is read and the
-status written. Reconciles are level-triggered: on every change of the spec, at resume, and periodically."""
+status written. Reconciles are level-triggered and serial per workflow (one timer each): when the workflow
+appears (created, or at the operator's start), when its spec or a child's progress changed (`wakeups`), and
+after `resync_seconds` without any of those.
+
+The children a reconcile reads (Jobs, Deployments, the runtimes' Leases) come from kopf indexes over watches
+restricted to the operator's workflow label, not from requests per reconcile: kopf fills the indexes from a
+full listing before any handler runs, so a restarted operator starts from what is in the cluster."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 from datetime import UTC, datetime
 from typing import Any
@@ -15,13 +23,20 @@ from mlworkflow.api.v1alpha1 import MLWorkflowStatus
 from mlworkflow.controller import metrics
 from mlworkflow.controller.config import OperatorConfig
 from mlworkflow.controller.reconcile import reconcile
+from mlworkflow.controller.wakeups import Wakeups
 from mlworkflow.desired import children
-from mlworkflow.kube import WATCHED_KINDS, Kube, api_client
+from mlworkflow.kube import WATCHED_KINDS, Kube, Watched, api_client, milestone, record
 
 RESOURCE = (v1alpha1.GROUP, v1alpha1.VERSION, v1alpha1.PLURAL)
 CONFIG = OperatorConfig.from_env()
 MAX_RETRY_SECONDS = 60
 INSTANCE = os.environ.get("HOSTNAME", "mlworkflow-operator")  # the Pod's name: which replica told
+# After a reconcile, the least time before the next one of the same workflow: a burst of child changes
+# (a Job's Pod and the Job finishing, a Deployment's rollout steps) makes one reconcile, not several.
+WAKE_DEBOUNCE_SECONDS = 1.0
+JOBS = ("batch", "v1", "jobs")
+LEASES = ("coordination.k8s.io", "v1", "leases")
+DEPLOYMENTS = ("apps", "v1", "deployments")
 
 
 @kopf.on.startup()
@@ -32,21 +47,51 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         prefix=v1alpha1.GROUP, key="last-handled-configuration"
     )
     settings.persistence.finalizer = f"{v1alpha1.GROUP}/finalizer"
+    # The API server sends only the operator's children: unlabelled Jobs, Deployments, ... never reach it.
+    for resource in (JOBS, LEASES, *CHILDREN.values()):
+        settings.watching.label_selectors[resource] = children.WORKFLOW_LABEL
     memo.kube = Kube(api_client())
+    memo.wakeups = Wakeups()
+    memo.execution = settings.execution  # its executor runs the sync handlers, and the woken reconciles
     port = int(os.environ.get("MLW_METRICS_PORT", "0"))
     if port:
         metrics.serve(port)
 
 
 @kopf.on.event(*RESOURCE, id="forget")
-def forget_deleted_workflow(event: kopf.RawEvent, meta: kopf.Meta, **_: Any) -> None:
+def forget_deleted_workflow(event: kopf.RawEvent, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
     # A raw event, not an on.delete handler: nothing (no finalizer) ever holds a deletion for the operator;
     # the children go by their ownerReferences.
     if event["type"] == "DELETED":
         metrics.forget(str(meta["namespace"]), str(meta["name"]))
+        memo.wakeups.forget((str(meta["namespace"]), str(meta["name"])))
 
 
-def _reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, logger: kopf.Logger) -> None:
+# The indexes a reconcile reads its children from (`kube.Watched`); kopf passes each as the keyword
+# argument named by its id. Async: they run in kopf's event loop, no thread per watch event.
+@kopf.index(*JOBS, labels={children.WORKFLOW_LABEL: kopf.PRESENT}, id="jobs_by_workflow")
+async def index_jobs(body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any) -> Any:
+    return {(namespace, labels[children.WORKFLOW_LABEL]): record(body)}
+
+
+@kopf.index(*DEPLOYMENTS, labels={children.WORKFLOW_LABEL: kopf.PRESENT}, id="deployments_by_name")
+async def index_deployments(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
+    return {(namespace, name): record(body)}
+
+
+@kopf.index(*LEASES, labels={children.WORKFLOW_LABEL: kopf.PRESENT}, id="leases_by_name")
+async def index_leases(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> Any:
+    return {(namespace, name): record(body)}
+
+
+def _watched(kwargs: dict[str, Any]) -> Watched:
+    return Watched(kwargs["jobs_by_workflow"], kwargs["deployments_by_name"], kwargs["leases_by_name"])
+
+
+def _reconcile(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, logger: kopf.Logger, watched: Watched
+) -> None:
+    memo.kube.watched = watched  # the same kopf indexes at every call
     with metrics.RECONCILE_DURATION.time():
         try:
             result = reconcile(dict(body), memo.kube, CONFIG, datetime.now(UTC))
@@ -77,19 +122,26 @@ def _reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, 
     # Nothing is returned: kopf would store a return value under status.
 
 
-def _observe_child(kind: str) -> None:
-    def observe(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-        if event["type"] is not None:  # None: kopf's initial listing, before the watch starts
-            memo.kube.observed(kind, dict(event["object"]), deleted=event["type"] == "DELETED")
+def _observe_child(kind: str, resource: tuple[str, ...]) -> None:
+    async def observe(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        obj: dict[str, Any] = dict(event["object"])
+        meta = obj["metadata"]
+        namespace, deleted = meta.get("namespace", ""), event["type"] == "DELETED"
+        shown = kind in ("Job", "Deployment", "Lease") and memo.wakeups.shown(
+            kind, namespace, meta["name"], milestone(kind, obj), deleted
+        )
+        if event["type"] is None:  # kopf's initial listing, before the watch starts: nothing changed
+            return
+        reapply = kind in WATCHED_KINDS and memo.kube.observed(kind, obj, deleted)
+        if shown or reapply:
+            memo.wakeups.wake((namespace, (meta.get("labels") or {})[children.WORKFLOW_LABEL]))
 
-    kopf.on.event(*CHILDREN[kind], labels={children.WORKFLOW_LABEL: kopf.PRESENT}, id=f"observe-{kind}")(
-        observe
-    )
+    kopf.on.event(*resource, labels={children.WORKFLOW_LABEL: kopf.PRESENT}, id=f"observe-{kind}")(observe)
 
 
 # The children whose changes matter between two reconciles: an edited or deleted one is applied again.
-CHILDREN = {
-    "Deployment": ("apps", "v1", "deployments"),
+CHILDREN: dict[str, tuple[str, str] | tuple[str, str, str]] = {
+    "Deployment": DEPLOYMENTS,
     "Service": ("v1", "services"),
     "CronJob": ("batch", "v1", "cronjobs"),
     "HorizontalPodAutoscaler": ("autoscaling", "v2", "horizontalpodautoscalers"),
@@ -98,24 +150,33 @@ CHILDREN = {
     "RoleBinding": ("rbac.authorization.k8s.io", "v1", "rolebindings"),
 }
 assert set(CHILDREN) == set(WATCHED_KINDS)
-for _kind in CHILDREN:
-    _observe_child(_kind)
+for _kind, _resource in {**CHILDREN, "Job": JOBS, "Lease": LEASES}.items():
+    _observe_child(_kind, _resource)
 
 
-@kopf.on.resume(*RESOURCE, id="reconcile")
-@kopf.on.create(*RESOURCE, id="reconcile")
 @kopf.on.update(*RESOURCE, id="reconcile")
-def reconcile_on_change(
-    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, logger: kopf.Logger, **_: Any
-) -> None:
-    _reconcile(body, patch, memo, retry, logger)
+async def wake_on_change(meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
+    """A change of the spec, labels or annotations (a retrain or predict request) reconciles at once. Async,
+    as every handler that wakes: an asyncio.Event is set from the event loop's thread only."""
+    memo.wakeups.wake((str(meta["namespace"]), str(meta["name"])))
 
 
-@kopf.timer(*RESOURCE, id="resync", interval=CONFIG.resync_seconds)
-def reconcile_periodically(
+@kopf.timer(*RESOURCE, id="resync", interval=WAKE_DEBOUNCE_SECONDS)
+async def reconcile_when_woken(
     body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
 ) -> None:
-    _reconcile(body, patch, memo, kwargs["retry"], logger)
+    """The one reconciler of a workflow, so that two reconciles of it never race and an older status
+    never overwrites a newer one: it starts with the workflow (or the operator), then waits until the
+    workflow or a child changed (`wakeups`) or `resync_seconds` passed, and reconciles on the live body
+    (kopf keeps a timer's body current). A failed reconcile is retried at its own delay."""
+    key = (str(body["metadata"]["namespace"]), str(body["metadata"]["name"]))
+    retry, stopped = kwargs["retry"], kwargs["stopped"]
+    if not retry:
+        await memo.wakeups.wait(key, CONFIG.resync_seconds, stopped.wait())
+    if stopped:
+        return
+    reconcile_now = functools.partial(_reconcile, body, patch, memo, retry, logger, _watched(kwargs))
+    await asyncio.get_running_loop().run_in_executor(memo.execution.executor, reconcile_now)
 
 
 def _release_deletion() -> None:

@@ -11,7 +11,12 @@ Any number of workers share one Optuna study, stored in the artifact store as Op
 append-only log behind a lock file: it works across processes and Pods sharing a volume, as Optuna's
 documentation for `JournalFileBackend` says). Each worker takes one trial at a time from the study until the
 budget is spent: together they run exactly `--trials` trials (COMPLETE, FAIL and PRUNED all count), because
-a trial is only created under a second lock (`claim.lock`) after counting those already created.
+a trial is only created under a second lock (`claim.lock`) after counting those already created. A worker
+helps the trials other workers run before it starts a new one (with pruning: only once the budget is
+spent): it takes their folds from the last one down while each trial's own worker takes them from the
+first one up (each fold claimed under the same lock, its score written to the trial's user attributes),
+so that no trial, the search's last and costliest included, runs one fold at a time while other workers
+idle (a trial's cost varies 100-fold with its parameters).
 
 Each trial picks a candidate (`spec.automl.candidates`, or the preset of the task: `mlworkflow.api.search`)
 and its parameters, builds the training pipeline (`mlworkflow.runtime.pipeline.build`) and scores it by
@@ -62,7 +67,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -70,6 +75,7 @@ from typing import Any, Literal
 import numpy as np
 import optuna
 import pandas as pd
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 from sklearn.base import clone
@@ -108,6 +114,20 @@ MLFLOW_RUN_ATTR = "mlflowRunId"
 # Seconds: a worker reports progress at most this often (each report is an API write), and always at its end.
 PROGRESS_EVERY = 2.0
 MAX_ESTIMATOR_CHARS = 256
+# A trial's worker waits this long, or 3 times its own slowest fold of the trial if longer, for a fold that
+# a helper claimed before it scores that fold itself (the helper may have ended).
+HELPER_PATIENCE_SECONDS = 60.0
+HELPER_POLL_SECONDS = 0.05
+
+
+def fold_attr(step: int, what: Literal["claim", "score", "error"]) -> str:
+    """The trial's user attribute of fold `step`: `claim` {worker, at (epoch seconds)}, set by the worker
+    that takes the fold; `score` (the metric's value) or `error` (the fit's), set when it is done."""
+    return f"fold{step}.{what}"
+
+
+class FoldFailed(Exception):
+    """A fold that a helper ran raised: its message is the helper's error, as the trial's would be."""
 
 
 class SearchFailed(Exception):
@@ -211,7 +231,10 @@ class Worker:
         seed = self._seed(self.options.worker)
         # A grid search's trials are all enqueued points: its sampler never draws.
         if self.options.sampler == "tpe":
-            return optuna.samplers.TPESampler(seed=seed)
+            # constant_liar: the other workers' running trials count as bad ones while they run, so that
+            # two workers do not sample next to each other (Optuna's advice for distributed TPE; without
+            # it, both workers ran the same costly 480-tree forest in turn on the benchmark).
+            return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
         return optuna.samplers.RandomSampler(seed=seed)
 
     def _seed(self, worker: int) -> int:
@@ -252,8 +275,20 @@ class Worker:
         # Oversubscribed, HistGradientBoosting on two busy cores ran 10 times slower.
         threads = max(1, len(os.sched_getaffinity(0)) // self.options.workers)
         with threadpool_limits(threads):
-            while (trial := self._next_trial()) is not None:
-                self._run_trial(trial)
+            while True:
+                # A running trial's folds before a new trial: the workers share each trial's folds, as
+                # scikit-learn's searches share (trial, fold) fits, so the last one is never left to one
+                # worker, and each new trial is sampled knowing more finished ones. With pruning, a trial's
+                # later folds may never be needed: they are helped with only once no trial is left.
+                fold = self._helped_fold() if self.options.pruning == "none" else None
+                if fold is not None:
+                    self._help(*fold)
+                elif (trial := self._next_trial()) is not None:
+                    self._run_trial(trial)
+                else:
+                    break
+            while (fold := self._helped_fold()) is not None:
+                self._help(*fold)
 
     def _recover(self) -> None:
         """Fail this worker's trials left RUNNING: its previous Pod ended during them (one Pod per index at
@@ -362,7 +397,7 @@ class Worker:
         # Whatever a trial raises (scikit-learn raises ValueError, TypeError, LinAlgError, ... for bad
         # parameter combinations) is that trial's failure, not the search's.
         except Exception as error:
-            trial.set_user_attr("error", f"{type(error).__name__}: {error}"[:MAX_ERROR_CHARS])
+            trial.set_user_attr("error", _error(error))
             self._finish(trial, started, scores, TrialState.FAIL)
         else:
             trial.set_user_attr("cvStd", std)
@@ -424,22 +459,123 @@ class Worker:
     def _cross_validate(
         self, trial: optuna.Trial, estimator: str, params: dict[str, Any], scores: list[float]
     ) -> tuple[float, float]:
-        """Mean and standard deviation of the metric over the folds (appended to `scores` as they come);
-        with pruning, the running mean is reported after each fold and the trial may be pruned."""
-        spec = ModelSpec(estimator=estimator, params=params, task=self.task, preprocessing=self.preprocessing)
-        model = pipeline.build(spec, self.rows.schema, self.prefixes)
-        x, y = self.rows.x, self.rows.y
-        sign = 1.0 if self.maximize else -1.0  # scikit-learn's error scorers are negated
-        for step, (fit, validate) in enumerate(self.rows.folds):
-            fitted = clone(model).fit(x.iloc[fit], y.iloc[fit])
-            scores.append(sign * float(self.scorer(fitted, x.iloc[validate], y.iloc[validate])))
-            if self.options.pruning != "none":
-                trial.report(float(np.mean(scores)), step)
-                if trial.should_prune():
-                    raise optuna.TrialPruned()
+        """Mean and standard deviation of the metric over the folds (appended to `scores` in fold order as
+        they come); with pruning, the running mean is reported after each fold and the trial may be pruned.
+
+        With other workers, this worker takes the folds from the first up, another worker takes them from
+        the last down before it starts a trial of its own (`_helped_fold`), and this one waits for those
+        at the end."""
+        model = self._model(estimator, params)
+        k = len(self.rows.folds)
+        # A Trial's id is private but is the storage's key of the trial (its fresh user attributes): no
+        # public way.
+        done: dict[int, float] = {}
+        slowest = 0.0
+        while len(scores) < k:
+            step = self._own_fold(trial._trial_id, done)
+            if step is None:
+                done.update(self._helpers_folds(trial._trial_id, done, slowest, model))
+            else:
+                started = time.monotonic()
+                done[step] = self._fold_score(model, step)
+                slowest = max(slowest, time.monotonic() - started)
+            while len(scores) in done:
+                scores.append(done[len(scores)])
+                if self.options.pruning != "none":
+                    trial.report(float(np.mean(scores)), len(scores) - 1)
+                    if trial.should_prune():
+                        raise optuna.TrialPruned()
         if not all(math.isfinite(s) for s in scores):
             raise ValueError(f"the {self.metric} of a fold is not a number: {scores}")
         return float(np.mean(scores)), float(np.std(scores))
+
+    def _model(self, estimator: str, params: dict[str, Any]) -> Any:
+        spec = ModelSpec(estimator=estimator, params=params, task=self.task, preprocessing=self.preprocessing)
+        return pipeline.build(spec, self.rows.schema, self.prefixes)
+
+    def _fold_score(self, model: Any, step: int) -> float:
+        """The metric of `model` fitted on fold `step`'s fitting rows, on its validation rows."""
+        fit, validate = self.rows.folds[step]
+        x, y = self.rows.x, self.rows.y
+        fitted = clone(model).fit(x.iloc[fit], y.iloc[fit])
+        sign = 1.0 if self.maximize else -1.0  # scikit-learn's error scorers are negated
+        return sign * float(self.scorer(fitted, x.iloc[validate], y.iloc[validate]))
+
+    def _claim(self, trial_id: int, step: int) -> None:
+        self.storage.set_trial_user_attr(
+            trial_id, fold_attr(step, "claim"), {"worker": self.options.worker, "at": time.time()}
+        )
+
+    def _own_fold(self, trial_id: int, done: dict[int, float]) -> int | None:
+        """The first fold of this worker's trial that nobody took yet, now claimed; None when all are."""
+        k = len(self.rows.folds)
+        if self.options.workers == 1:
+            return next((step for step in range(k) if step not in done), None)
+        with self._claiming():
+            attrs = self.storage.get_trial(trial_id).user_attrs
+            step = next((s for s in range(k) if fold_attr(s, "claim") not in attrs), None)
+            if step is not None:
+                self._claim(trial_id, step)
+            return step
+
+    def _helpers_folds(
+        self, trial_id: int, done: dict[int, float], slowest: float, model: Any
+    ) -> dict[int, float]:
+        """Scores of folds that helpers took, waited for until at least one is there (FoldFailed with a
+        helper's error). A fold still unscored `patience` seconds after its claim is scored here."""
+        patience = max(HELPER_PATIENCE_SECONDS, 3 * slowest)
+        while True:
+            attrs = self.storage.get_trial(trial_id).user_attrs
+            waiting = [step for step in range(len(self.rows.folds)) if step not in done]
+            for step in waiting:
+                if fold_attr(step, "error") in attrs:
+                    raise FoldFailed(attrs[fold_attr(step, "error")])
+            scored = {
+                s: float(attrs[fold_attr(s, "score")]) for s in waiting if fold_attr(s, "score") in attrs
+            }
+            if scored:
+                return scored
+            for step in waiting:
+                if time.time() - float(attrs[fold_attr(step, "claim")]["at"]) > patience:
+                    return {step: self._fold_score(model, step)}
+            time.sleep(HELPER_POLL_SECONDS)
+
+    def _helped_fold(self) -> tuple[int, int, str, dict[str, Any]] | None:
+        """A fold of a trial that another worker runs, now claimed by this one (the last fold nobody took,
+        of the trial with most such folds): (trial id, fold, estimator, params); None when there is none."""
+        if self.options.workers == 1:
+            return None
+        k = len(self.rows.folds)
+        with self._claiming():
+            chosen: tuple[FrozenTrial, list[int]] | None = None
+            for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                attrs = trial.user_attrs
+                free = [s for s in range(k) if fold_attr(s, "claim") not in attrs]
+                if "params" in attrs and free and (chosen is None or len(free) > len(chosen[1])):
+                    chosen = (trial, free)
+            if chosen is None:
+                return None
+            trial, free = chosen
+            # A FrozenTrial's id is private but is the storage's key of the trial: no public way.
+            self._claim(trial._trial_id, free[-1])
+            return trial._trial_id, free[-1], trial.user_attrs["estimator"], trial.user_attrs["params"]
+
+    def _help(self, trial_id: int, step: int, estimator: str, params: dict[str, Any]) -> None:
+        """Score fold `step` of another worker's trial into that trial's user attributes."""
+        outcome: tuple[str, float | str]
+        try:
+            outcome = fold_attr(step, "score"), self._fold_score(self._model(estimator, params), step)
+        except Exception as error:  # the trial's failure, told by its own worker (see _run_trial)
+            outcome = fold_attr(step, "error"), _error(error)
+        # Its worker may have finished it meanwhile (pruned, failed, or scored this fold itself).
+        with suppress(UpdateFinishedTrialError):
+            self.storage.set_trial_user_attr(trial_id, *outcome)
+
+
+def _error(error: Exception) -> str:
+    """A trial's error as recorded: a helper's as it wrote it, else the exception's type and message."""
+    text = str(error) if isinstance(error, FoldFailed) else f"{type(error).__name__}: {error}"
+    return text[:MAX_ERROR_CHARS]
 
 
 def optuna_params(index: int, candidate: CandidateSpace, params: dict[str, Any]) -> dict[str, Any]:
