@@ -249,8 +249,50 @@ def test_a_drift_check_and_a_batch_run_are_runs_of_the_experiment(
     assert checked.info.run_name == "drift-20260301T120000Z"
     assert checked.data.metrics["share"] == 0.5 and checked.data.tags["mlworkflow.drifted"] == "true"
     assert checked.data.tags["mlworkflow.driftReport"] == drift["report"]
-    down = tracking.Settings(f"http://127.0.0.1:{free_port()}", "x", "x", NAMESPACE)
-    assert tracking.log_batch_run(down, store, batch)["tracked"] is False
+
+    # The server is down: the check and an index of a batch run are kept in the store (a sync that
+    # cannot reach the server either keeps them), and the next sync logs them, once each, as they would
+    # have been logged then.
+    down = tracking.Settings(
+        f"http://127.0.0.1:{free_port()}", settings.experiment, settings.registered_model, NAMESPACE
+    )
+    later = {
+        **drift,
+        "result": "monitored/drift/20260301T121500Z/result.json",
+        "share": 0.25,
+        "drifted": False,
+    }
+    before = int(time.time() * 1000)
+    assert tracking.log_drift_check(down, store, "v1", later)["tracked"] is False
+    assert tracking.log_batch_run(down, store, {**batch, "index": 1, "indexes": 2})["tracked"] is False
+    kept = int(time.time() * 1000)
+    with pytest.raises(tracking.NotTracked):
+        tracking.sync(down, store, {})
+    assert len(list(tracking.untracked_dir(store).glob("*.json"))) == 2
+    synced = tracking.sync(settings, store, {})
+    assert synced["untracked"] == ["drift-20260301T121500Z", "monitored-predict-1-1"], synced
+    assert tracking.sync(settings, store, {})["untracked"] == []
+    assert list(tracking.untracked_dir(store).iterdir()) == []
+    runs = client.search_runs([checked.info.experiment_id], "tags.`mlworkflow.kind` = 'drift-check'")
+    late = [r for r in runs if r.info.run_name == "drift-20260301T121500Z"]
+    assert len(late) == 1 and len(runs) == 3, [r.info.run_name for r in runs]
+    (late_check,) = late
+    assert late_check.data.params == checked.data.params
+    assert late_check.data.metrics == {**checked.data.metrics, "share": 0.25}
+    mine = {k: v for k, v in late_check.data.tags.items() if k.startswith("mlworkflow.")}
+    assert mine == {
+        **{k: v for k, v in checked.data.tags.items() if k.startswith("mlworkflow.")},
+        "mlworkflow.drifted": "false",
+        "mlworkflow.driftResult": later["result"],
+    }
+    # When it happened, not when the sync logged it.
+    assert before <= late_check.info.start_time == late_check.info.end_time <= kept
+    (late_batch,) = client.search_runs(
+        [checked.info.experiment_id], "attributes.run_name = 'monitored-predict-1-1'"
+    )
+    assert late_batch.data.params == {"index": "1", "indexes": "2"}
+    assert late_batch.data.metrics == {"rowsIn": 10.0, "predicted": 9.0}
+    assert late_batch.data.tags["mlworkflow.batchRun"] == "monitored-predict-1"
 
 
 def test_search_trials_are_child_runs_of_the_search_run(
