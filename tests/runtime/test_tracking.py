@@ -17,6 +17,7 @@ import pytest
 
 from learning import WARM_ROWS, log_of, online_frame, online_spec, progress, published, start_learner, stop
 from mlflow_server import MLflowServer, free_port, relay
+from mlworkflow.api import exitcodes
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Trigger
 from mlworkflow.desired import tracking as planned
 from mlworkflow.desired.lifecycle import Event, TrainingRun, record_finished_runs
@@ -322,7 +323,9 @@ def test_search_trials_are_child_runs_of_the_search_run(
     )
     monkeypatch.setenv("MLW_SPEC", spec.model_dump_json(by_alias=True))
 
-    def worker(index: int, trials: int, env: dict[str, str], search_id: str = "s1") -> dict[str, Any]:
+    def worker(
+        index: int, trials: int, env: dict[str, str], search_id: str = "s1", exit_code: int = 0
+    ) -> dict[str, Any]:
         with monkeypatch.context() as scoped:
             for key, value in env.items():
                 scoped.setenv(key, value)
@@ -339,7 +342,7 @@ def test_search_trials_are_child_runs_of_the_search_run(
                 ]
             )
             summary = dict(json.loads(termination.read_text()))
-            assert code == 0, summary
+            assert code == exit_code, summary
             return summary
 
     # Two workers of one search (one after the other here): the first makes the search's run, the second
@@ -409,6 +412,36 @@ def test_search_trials_are_child_runs_of_the_search_run(
         )
         assert len(trials) == (4 if version == "s1" else 2)
     assert client.get_run(searched.info.run_id).data.params["sampler"] == "random"
+
+    # A search whose every trial fails (a parameter the estimator refuses), with the server down: its
+    # version fails, and the sync after that logs the search, its trials and why it failed, once.
+    failing = spec.model_dump(by_alias=True)
+    failing["automl"]["candidates"] = [
+        {"estimator": "sklearn.linear_model.LogisticRegression", "params": {"C": [-1.0]}}
+    ]
+    monkeypatch.setenv("MLW_SPEC", json.dumps(failing))
+    failed = worker(0, 2, env_for(f"http://127.0.0.1:{free_port()}", "tuned"), "s3", exitcodes.INVALID_INPUT)
+    assert failed["reason"] == "NoTrialSucceeded", failed
+    run = TrainingRun("s3", Trigger.MANUAL, "0123456789abcdef", "Failed", failed, "", datetime.now(UTC))
+    record_finished_runs(refit, status, [run], [])
+    settings = tracking.Settings(tracking_server.uri, f"{NAMESPACE}/tuned", f"{NAMESPACE}.tuned", NAMESPACE)
+    assert tracking.sync(settings, store, planned.decisions(status))["searches"] == ["s3"]
+    assert tracking.sync(settings, store, planned.decisions(status))["searches"] == []
+    (searched,) = client.search_runs(
+        [searched.info.experiment_id],
+        "tags.`mlworkflow.kind` = 'search' and tags.`mlworkflow.searchId` = 's3'",
+    )
+    assert searched.info.status == "FAILED"
+    assert (searched.data.tags["mlworkflow.outcome"], searched.data.tags["mlworkflow.reason"]) == (
+        "Failed",
+        "NoTrialSucceeded",
+    )
+    assert searched.data.tags["mlworkflow.message"].startswith("none of the 2 trials finished")
+    trials = client.search_runs(
+        [searched.info.experiment_id], f"tags.mlflow.parentRunId = '{searched.info.run_id}'"
+    )
+    assert sorted(t.data.tags["mlworkflow.state"] for t in trials) == ["FAIL", "FAIL"]
+    assert all("C" in t.data.tags["mlworkflow.error"] for t in trials), [t.data.tags for t in trials]
 
 
 def test_snapshots_wait_while_the_server_is_down_and_are_sent_when_it_is_back(

@@ -71,7 +71,7 @@ def decisions(status: MLWorkflowStatus, untracked: list[str] | None = None) -> d
     failed versions' reason and message (they saved no model: nothing to register; a failed AutoML search
     is logged with them); and `untracked`, the drift checks and batch runs seen to have not been logged
     (the runtime keeps them in the store; naming them here makes a sync log them)."""
-    wanted = {
+    wanted: dict[str, Any] = {
         "served": status.model.version if status.model else None,
         "versions": [
             {
