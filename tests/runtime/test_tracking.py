@@ -296,6 +296,17 @@ def test_a_drift_check_and_a_batch_run_are_runs_of_the_experiment(
     assert late_batch.data.tags["mlworkflow.batchRun"] == "monitored-predict-1"
 
 
+def test_only_the_newest_untracked_runs_are_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tracking, "UNTRACKED_KEEP", 3)
+    store = WorkflowStore(tmp_path, "down")
+    down = tracking.Settings(f"http://127.0.0.1:{free_port()}", "x", "x", NAMESPACE)
+    batch = {"runId": "down-predict-1", "indexes": 5, "version": "v1", "rowsIn": 1}
+    for index in range(5):
+        assert tracking.log_batch_run(down, store, {**batch, "index": index})["tracked"] is False
+    kept = [json.loads(p.read_text())["name"] for p in sorted(tracking.untracked_dir(store).glob("*.json"))]
+    assert kept == ["down-predict-1-2", "down-predict-1-3", "down-predict-1-4"]
+
+
 def test_search_trials_are_child_runs_of_the_search_run(
     tracking_server: MLflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

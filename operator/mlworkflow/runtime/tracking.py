@@ -569,7 +569,7 @@ def log_batch_run(settings: Settings, store: WorkflowStore, summary: dict[str, A
 
 def untracked_dir(store: WorkflowStore) -> Path:
     """The runs (drift checks, batch runs) MLflow did not take when they happened, one file each
-    (`<ms since the epoch>-<random>.json`: {name, tags, metrics, params, startTime}) until logged."""
+    (`<ns since the epoch>-<random>.json`: {name, tags, metrics, params, startTime}) until logged."""
     return store.base / "tracking" / "untracked"
 
 
@@ -603,10 +603,16 @@ def _keep_untracked(
 ) -> None:
     """Keep a run MLflow did not take, with when it happened; only the newest `UNTRACKED_KEEP` are kept (a
     server down for days must not fill the store)."""
-    started = int(time.time() * 1000)
-    record = {"name": name, "tags": tags, "metrics": metrics_, "params": params_, "startTime": started}
+    now = time.time_ns()
+    record = {
+        "name": name,
+        "tags": tags,
+        "metrics": metrics_,
+        "params": params_,
+        "startTime": now // 1_000_000,
+    }
     folder = untracked_dir(store)
-    _write_json(folder / f"{started:013d}-{uuid.uuid4().hex[:8]}.json", record)
+    _write_json(folder / f"{now:020d}-{uuid.uuid4().hex[:8]}.json", record)
     kept = sorted(folder.glob("*.json"))
     for old in kept[:-UNTRACKED_KEEP]:
         old.unlink(missing_ok=True)
