@@ -625,20 +625,23 @@ def log_untracked(settings: Settings, store: WorkflowStore) -> list[str]:
     start time; returns their names. Several processes may do it at once (a sync, a drift check, a batch
     run's indexes): each run is claimed by renaming its file, which one of them wins, and removed once
     logged. A claim older than `CLAIM_SECONDS` (its process ended) is taken over; a run MLflow has already
-    (its process ended between logging and removing) is not logged again. Raises what MLflow raises; the
-    run it was logging stays kept."""
+    (its process ended between logging and removing) is not logged again; one MLflow refuses as a bad
+    request is dropped. Raises what else MLflow raises; the run it was logging stays kept."""
+    from mlflow.exceptions import MlflowException
+
     folder = untracked_dir(store)
     if not folder.is_dir():
         return []
     owner = f"{socket.gethostname()}-{os.getpid()}"
     logged: list[str] = []
     for path in sorted(folder.iterdir()):
-        stale = path.suffix == ".claim" and time.time() - path.stat().st_mtime > CLAIM_SECONDS
-        if path.suffix != ".json" and not stale:
-            continue
-        stem = path.name.split(".")[0]
-        claimed = folder / f"{stem}.{owner}.claim"
         try:
+            if path.suffix == ".claim" and time.time() - path.stat().st_mtime <= CLAIM_SECONDS:
+                continue
+            if path.suffix not in (".json", ".claim"):
+                continue
+            stem = path.name.split(".")[0]
+            claimed = folder / f"{stem}.{owner}.claim"
             os.rename(path, claimed)
         except FileNotFoundError:
             continue  # another process took it
@@ -649,11 +652,18 @@ def log_untracked(settings: Settings, store: WorkflowStore) -> list[str]:
                 _log_run(
                     settings, run["name"], run["tags"], run["metrics"], run["params"], None, run["startTime"]
                 )
+        except MlflowException as error:
+            if error.get_http_status_code() != 400:  # type: ignore[no-untyped-call]
+                os.rename(claimed, folder / f"{stem}.json")
+                raise
+            # Refused as it is (a bad request stays bad): dropped, or it would stop every sync after it.
+            print(f"tracking: {run['name']} refused, dropped: {error}", file=sys.stderr)
         except BaseException:
             os.rename(claimed, folder / f"{stem}.json")
             raise
+        else:
+            logged.append(str(run["name"]))
         claimed.unlink()
-        logged.append(str(run["name"]))
     return logged
 
 
