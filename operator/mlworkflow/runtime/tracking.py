@@ -585,13 +585,12 @@ class SnapshotLog:
         with self._changed:
             if self._reason is not None:
                 dropped = f" ({self._dropped} older ones dropped)" if self._dropped else ""
-                return (
+                # The counts first: the reason may be long.
+                said = (
                     f"not tracked ({len(self._waiting)} snapshot(s) waiting{dropped}, tried again every "
                     f"{self.retry_seconds:g}s): {self._reason}"
-                )[
-                      # the counts first: the reason may be long
-                    :MAX_REASON
-                ]
+                )
+                return said[:MAX_REASON]
             return f"run {self.run_id}" if self.run_id else "not logged yet"
 
     def close(self, timeout: float = 10.0) -> None:
