@@ -118,6 +118,27 @@ def test_files_are_read_by_glob_and_hashed(tmp_path: Path) -> None:
         data.load("data/none-*.csv", tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "names"),
+    [
+        ("empty.csv", b"", "No columns to parse"),
+        ("ragged.csv", b"a,b\n1,2\n3,4,5\n", "Expected 2 fields in line 3, saw 3"),
+        ("latin.csv", b"a,b\n\xe9,1\n", "can't decode byte 0xe9"),
+        ("quoted.csv", b'a,b\n"1,2\n', "EOF inside string"),
+        ("plain.parquet", b"a,b\n1,2\n", "Parquet magic bytes not found"),
+        ("plain.csv.gz", b"a,b\n1,2\n", "Not a gzipped file"),
+    ],
+)
+def test_a_file_that_cannot_be_parsed_is_a_data_error_naming_it(
+    tmp_path: Path, name: str, content: bytes, names: str
+) -> None:
+    """Invalid data, not a crash: the training Job fails at once instead of retrying (podFailurePolicy)."""
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(data.DataError, match=f"spec.data.source: {name} is not readable as") as refused:
+        data.load(name, tmp_path)
+    assert names in str(refused.value)
+
+
 def test_bundled_datasets_load_without_network() -> None:
     snapshot = data.load("sklearn://wine", Path("/nonexistent"))
     assert snapshot.rows == 178 and "target" in snapshot.frame.columns

@@ -3,8 +3,10 @@ checked before any model sees it. A problem is reported naming the column and wh
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import re
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,11 +108,17 @@ def load(source: str, store_root: Path) -> Snapshot:
 
 
 def _read(path: Path) -> pd.DataFrame:
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    if path.suffix in (".csv", ".gz"):
-        return pd.read_csv(path)
-    raise DataError(f"spec.data.source: {path.name} is neither CSV nor Parquet")
+    """One file as a frame; a DataError naming the file when it cannot be parsed (empty, ragged rows, not
+    UTF-8, not Parquet, not gzip): the same file fails the same way, so no retry should be spent on it."""
+    if path.suffix not in (".parquet", ".csv", ".gz"):
+        raise DataError(f"spec.data.source: {path.name} is neither CSV nor Parquet")
+    try:
+        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    # pandas' ParserError and EmptyDataError, UnicodeDecodeError and pyarrow's ArrowInvalid are ValueErrors;
+    # an unreadable disk (any other OSError) is not the data's fault and stays a crash, which is retried.
+    except (ValueError, EOFError, gzip.BadGzipFile, zlib.error) as error:
+        kind = "Parquet" if path.suffix == ".parquet" else "CSV"
+        raise DataError(f"spec.data.source: {path.name} is not readable as {kind}: {str(error).strip()}") from error
 
 
 def category(value: Any, boolean: bool = False) -> str:
