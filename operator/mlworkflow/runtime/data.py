@@ -118,7 +118,8 @@ def _read(path: Path) -> pd.DataFrame:
     # an unreadable disk (any other OSError) is not the data's fault and stays a crash, which is retried.
     except (ValueError, EOFError, gzip.BadGzipFile, zlib.error) as error:
         kind = "Parquet" if path.suffix == ".parquet" else "CSV"
-        raise DataError(f"spec.data.source: {path.name} is not readable as {kind}: {str(error).strip()}") from error
+        problem = str(error).strip()
+        raise DataError(f"spec.data.source: {path.name} is not readable as {kind}: {problem}") from error
 
 
 def category(value: Any, boolean: bool = False) -> str:
