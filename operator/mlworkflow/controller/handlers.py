@@ -15,6 +15,7 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import kopf
 from kubernetes.client import ApiException
 
@@ -34,6 +35,12 @@ INSTANCE = os.environ.get("HOSTNAME", "mlworkflow-operator")  # the Pod's name: 
 # After a reconcile, the least time before the next one of the same workflow: a burst of child changes
 # (a Job's Pod and the Job finishing, a Deployment's rollout steps) makes one reconcile, not several.
 WAKE_DEBOUNCE_SECONDS = 1.0
+# kopf's own HTTP connections to the API server (its watches, patches and Events). kopf's session has no
+# limit, so a ramp of many workflows opens one TLS connection per concurrent patch, each with asyncio's
+# 256 KiB read buffer and OpenSSL's state (~0.3 MiB), kept in the pool after the burst: at 1,000 new
+# workflows that was most of the operator's memory. The watch streams (one per watched resource, ~13)
+# hold a connection each for good; the other requests wait for a free one.
+MAX_CONNECTIONS = 32
 JOBS = ("batch", "v1", "jobs")
 LEASES = ("coordination.k8s.io", "v1", "leases")
 DEPLOYMENTS = ("apps", "v1", "deployments")
@@ -56,6 +63,28 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     port = int(os.environ.get("MLW_METRICS_PORT", "0"))
     if port:
         metrics.serve(port)
+
+
+@kopf.on.login(id="login")
+async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
+    """kopf's login from the kubeconfig or the ServiceAccount (`kopf.login_via_client`), in a session whose
+    connections are bounded (`MAX_CONNECTIONS`). kopf closes the session when it logs in again."""
+    info = kopf.login_via_client(**kwargs)
+    if info is None:
+        return None
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS, ssl=info.as_ssl_context()),
+        headers=info.as_http_headers(),  # the basic auth or the token, as kopf's own session
+        proxy=info.proxy_url,
+        trust_env=info.trust_env,
+    )
+    return kopf.AiohttpSession(
+        aiohttp_session=session,
+        server=info.server,
+        priority=info.priority,
+        default_namespace=info.default_namespace,
+        expiration=info.expiration,  # a token that expires: kopf logs in again before
+    )
 
 
 @kopf.on.event(*RESOURCE, id="forget")
