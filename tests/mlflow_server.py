@@ -91,3 +91,41 @@ def mlflow_server(workdir: Path) -> Iterator[MLflowServer]:
                 os.killpg(with_group, signal.SIGKILL)
                 server.wait()
         log.close()
+
+
+@contextmanager
+def relay(port: int, server: MLflowServer) -> Iterator[None]:
+    """The server reachable at 127.0.0.1:`port` too, while inside (a TCP relay): a tracking server that was
+    down at that address and came back, for the retries of the runtimes that logged there."""
+    import select
+    import socketserver
+    import threading
+    from urllib.parse import urlparse
+
+    target = urlparse(server.uri)
+
+    class Pipe(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            with socket.create_connection((target.hostname, target.port)) as upstream:
+                ends = {self.request: upstream, upstream: self.request}
+                while True:
+                    readable, _, _ = select.select(list(ends), [], [], 30)
+                    if not readable:
+                        return
+                    for end in readable:
+                        data = end.recv(65536)
+                        if not data:
+                            return
+                        ends[end].sendall(data)
+
+    class Relay(socketserver.ThreadingTCPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+    with Relay(("127.0.0.1", port), Pipe) as relayed:
+        thread = threading.Thread(target=relayed.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            relayed.shutdown()

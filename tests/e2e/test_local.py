@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from kubelocal.net import free_port
+from mlflow_server import MLflowServer
 from support import REPO, story_traces, wait_for
 
 MLWORKFLOW = str(Path(sys.executable).parent / "mlworkflow")
@@ -312,16 +313,41 @@ def test_the_forecast_example_runs_locally_and_predicts_when_asked(tmp_path: Pat
     assert "Batch runs" in page and f"../{run['output']}/_manifest.json" in page
 
 
-def test_the_automl_example_searches_with_local_workers_and_serves_the_winner(tmp_path: Path) -> None:
+def test_the_automl_example_searches_with_local_workers_and_serves_the_winner(
+    tmp_path: Path, tracking_server: MLflowServer
+) -> None:
+    """... and, tracked, shows the search, its trials, the refit and the decision in MLflow, as on a
+    cluster (the same runtimes, the same sync)."""
+    from mlflow import MlflowClient
+
     document = yaml.safe_load((REPO / "examples" / "automl-breast-cancer.yaml").read_text())
     document["spec"]["storage"] = {"path": str(tmp_path / "store")}
     document["spec"]["serving"] = {"replicas": 1}
     document["spec"]["automl"].update({"trials": 4, "parallelism": 2})
     document["spec"]["training"] = {"crossValidation": 3}
+    document["spec"]["tracking"] = {"mlflow": {"trackingUri": tracking_server.uri}}
     path = tmp_path / "automl.yaml"
     path.write_text(yaml.safe_dump(document))
-    code, output = run_until(path, free_port(), "Serving", 240)
+
+    def synced(status_file: Path) -> None:
+        wait_for(
+            lambda: json.loads(status_file.read_text()).get("tracking", {}).get("state") == "Synced",
+            120,
+            "the decision synced to MLflow",
+        )
+
+    code, output = run_until(path, free_port(), "Serving", 240, then=synced)
     assert code == 0, output
+    client = MlflowClient(tracking_server.uri, registry_uri=tracking_server.uri)
+    champion = client.get_model_version_by_alias("local.breast-cancer-automl", "champion")
+    assert champion.tags["mlworkflow.version"] == "v1" and champion.tags["mlworkflow.outcome"] == "Promoted"
+    refit = client.get_run(champion.run_id)
+    searched = client.get_run(refit.data.tags["mlworkflow.searchRunId"])
+    assert searched.data.tags["mlworkflow.refitRunId"] == refit.info.run_id
+    trials = client.search_runs(
+        [searched.info.experiment_id], f"tags.mlflow.parentRunId = '{searched.info.run_id}'"
+    )
+    assert len(trials) == 4 and refit.data.tags["mlworkflow.namespace"] == "local"
     status = json.loads((tmp_path / "store" / "breast-cancer-automl" / "status.json").read_text())
     search = status["search"]
     assert search["state"] == "Succeeded"

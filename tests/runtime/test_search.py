@@ -16,6 +16,7 @@ import numpy as np
 import optuna
 import pytest
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression
 
 from mlworkflow.api.exitcodes import INVALID_INPUT
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec
@@ -36,7 +37,21 @@ from support import REPO
 
 # By the name worker processes import it under (tests/ is on PYTHONPATH), whatever pytest named this module.
 STUB = "runtime.test_search.Stub"
+LOGISTIC = "runtime.test_search.Logistic"
 PREFIXES = "sklearn.,runtime.test_search."
+
+
+def meet() -> None:
+    """With TEST_SEARCH_MEET naming a folder, hold each worker's fits until both workers have begun one
+    (or 60 s passed): on a loaded machine one worker could otherwise run the whole budget before the other
+    has imported its libraries (found in use, load average 17)."""
+    folder = os.environ.get("TEST_SEARCH_MEET")
+    if not folder:
+        return
+    Path(folder, os.environ.get("JOB_COMPLETION_INDEX", "0")).touch()
+    deadline = time.monotonic() + 60
+    while len(os.listdir(folder)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 class Stub(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
@@ -48,6 +63,7 @@ class Stub(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         self.delay = delay
 
     def fit(self, x: Any, y: Any) -> Stub:
+        meet()
         time.sleep(self.delay)
         if self.mode == "raise":
             raise ValueError("mode raise cannot fit")
@@ -58,6 +74,14 @@ class Stub(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
 
     def predict(self, x: Any) -> Any:
         return np.full(len(x), self.majority_)
+
+
+class Logistic(LogisticRegression):  # type: ignore[misc]
+    """scikit-learn's logistic regression, meeting the other worker first (`meet`)."""
+
+    def fit(self, x: Any, y: Any, sample_weight: Any = None) -> Logistic:
+        meet()
+        return super().fit(x, y, sample_weight)  # type: ignore[no-any-return]
 
 
 def spec_of(
@@ -94,16 +118,15 @@ def leaderboard(store: Path) -> dict[str, Any]:
 def test_two_worker_processes_run_exactly_the_budget_together_never_a_trial_twice(tmp_path: Path) -> None:
     spec = spec_of(
         {"estimator": STUB, "params": {"delay": {"low": 0.02, "high": 0.08}}},
-        {
-            "estimator": "sklearn.linear_model.LogisticRegression",
-            "params": {"C": {"low": 0.01, "high": 10.0, "log": True}},
-        },
+        {"estimator": LOGISTIC, "params": {"C": {"low": 0.01, "high": 10.0, "log": True}}},
         trials=10,
     )
+    (meeting := tmp_path / "meet").mkdir()
     env = {
         **os.environ,
         "MLW_SPEC": spec.model_dump_json(by_alias=True),
         "MLW_ALLOWED_ESTIMATOR_PREFIXES": PREFIXES,
+        "TEST_SEARCH_MEET": str(meeting),
         # The workers import the stub as `runtime.test_search.Stub`: tests/ and hack/ on their path too, as
         # pytest puts them on its own (pyproject's pythonpath).
         "PYTHONPATH": os.pathsep.join(
@@ -137,7 +160,7 @@ def test_two_worker_processes_run_exactly_the_budget_together_never_a_trial_twic
     assert {m["worker"] for m in messages} == {0, 1}
     assert all(m["status"] == "ok" and m["trials"]["total"] == 10 for m in messages)
     winner = json.loads((tmp_path / "w" / "automl" / "s" / "winner.json").read_text())
-    assert winner["estimator"] == "sklearn.linear_model.LogisticRegression", "a real model beats the majority"
+    assert winner["estimator"] == LOGISTIC, "a real model beats the majority"
     last = max(messages, key=lambda m: m["trials"]["complete"])
     assert last["best"]["trial"] == winner["trial"] and last["leaderboard"][0]["rank"] == 1
     # Without a Lease, the workers report progress in the store; the last write is either worker's final

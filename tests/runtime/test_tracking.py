@@ -15,13 +15,15 @@ from typing import Any
 
 import pytest
 
-from mlflow_server import MLflowServer, free_port
+from learning import WARM_ROWS, log_of, online_frame, online_spec, progress, published, start_learner, stop
+from mlflow_server import MLflowServer, free_port, relay
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Trigger
 from mlworkflow.desired import tracking as planned
 from mlworkflow.desired.lifecycle import Event, TrainingRun, record_finished_runs
-from mlworkflow.runtime import search, tracking
+from mlworkflow.runtime import data, search, tracking
 from mlworkflow.runtime.store import WorkflowStore
 from runtime.conftest import churn_frame, churn_spec, train_apart
+from support import wait_for
 
 NAMESPACE = "team-a"
 
@@ -97,6 +99,10 @@ def test_versions_are_logged_registered_and_the_alias_follows_the_decisions(
     assert synced["status"] == "ok" and synced["champion"] == "v1" and synced["logged"] == []
 
     written = card(store, "v1")["tracking"]
+    # The Job's second Pod trains v1 again (the first ended after logging it): no second version.
+    assert train_apart(stump, store, "v1", env=env)["tracking"] == {"tracked": True}
+    again = card(store, "v1")["tracking"]
+    assert (again["runId"], again["modelVersion"]) == (written["runId"], written["modelVersion"])
     run = client.get_run(written["runId"])
     assert run.info.run_name == "v1"
     assert run.data.params["estimator"] == "sklearn.tree.DecisionTreeClassifier"
@@ -124,7 +130,19 @@ def test_versions_are_logged_registered_and_the_alias_follows_the_decisions(
     # Drift: new rows arrive; a worse challenger is registered, tagged with why it lost; the alias stays.
     churn_frame(800, seed=1).to_csv(store.root / "data" / "churn-2026-02.csv", index=False)
     dummy = churn_spec("sklearn.dummy.DummyClassifier", strategy="most_frequent")
+    # A Pod that ended while logging v2 left its run unfinished with nothing registered: the retry deletes
+    # it and registers v2 once.
+    keys = {
+        "mlworkflow.workflow": "churn",
+        "mlworkflow.namespace": NAMESPACE,
+        "mlworkflow.version": "v2",
+        "mlworkflow.dataSha256": data.load(dummy.data.source, store.root).sha256,
+    }
+    cut = client.create_run(run.info.experiment_id, tags=keys, run_name="v2").info.run_id
+    client.log_param(cut, "specHash", "0123456789abcdef")
     second = train_apart(dummy, store, "v2", "Drift", champion="v1", env=env)
+    assert client.get_run(cut).info.lifecycle_stage == "deleted"
+    assert card(store, "v2")["tracking"]["runId"] != cut
     decide(dummy, status, "v2", Trigger.DRIFT, second)
     assert status.history[0].outcome == "Rejected" and status.model and status.model.version == "v1"
     synced = sync_apart(store, status, env)
@@ -317,3 +335,142 @@ def test_search_trials_are_child_runs_of_the_search_run(
     down = worker(0, 2, env_for(f"http://127.0.0.1:{free_port()}", "tuned"), "s2")
     assert down["tracking"]["tracked"] is False and "Connection" in down["tracking"]["reason"]
     assert down["trials"]["complete"] == 2 and time.monotonic() - started < 60
+
+    # Each search's winner refit as the version of the search's name (as the operator starts it); the
+    # sync after the decision logs the search the workers could not, and links each search with its refit.
+    refit = MLWorkflowSpec.model_validate(
+        {
+            "pattern": "WebService",
+            "data": {"source": "sklearn://iris", "target": "target"},
+            "model": {"estimator": "sklearn.tree.DecisionTreeClassifier", "params": {"max_depth": 2}},
+            "training": {"crossValidation": 3},
+            "storage": {"path": "/unused"},
+        }
+    )
+    store, status = WorkflowStore(tmp_path, "tuned"), MLWorkflowStatus()
+    for version, trigger in (("s1", Trigger.INITIAL), ("s2", Trigger.MANUAL)):
+        summary = train_apart(
+            refit, store, version, trigger, champion=None if version == "s1" else "s1", env=env
+        )
+        decide(refit, status, version, trigger, summary)
+    synced = sync_apart(store, status, env)
+    assert synced["status"] == "ok" and synced["searches"] == ["s2"], synced
+    assert sync_apart(store, status, env)["searches"] == []  # whole now: not logged twice
+    for version in ("s1", "s2"):
+        refit_run = client.get_run(card(store, version)["tracking"]["runId"])
+        searched = client.get_run(refit_run.data.tags["mlworkflow.searchRunId"])
+        assert searched.info.run_name == f"search-{version}"
+        assert searched.data.tags["mlworkflow.refitRunId"] == refit_run.info.run_id
+        assert searched.data.tags["mlworkflow.refitVersion"] == version
+        trials = client.search_runs(
+            [searched.info.experiment_id], f"tags.mlflow.parentRunId = '{searched.info.run_id}'"
+        )
+        assert len(trials) == (4 if version == "s1" else 2)
+    assert client.get_run(searched.info.run_id).data.params["sampler"] == "random"
+
+
+def test_snapshots_wait_while_the_server_is_down_and_are_sent_when_it_is_back(
+    tracking_server: MLflowServer, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_server.uri, registry_uri=tracking_server.uri)
+    port = free_port()
+    settings = tracking.Settings(
+        f"http://127.0.0.1:{port}", f"{NAMESPACE}/online", f"{NAMESPACE}.online", NAMESPACE
+    )
+    store = WorkflowStore(tmp_path, "online")
+    now = datetime.now(UTC)
+
+    def point(step: int) -> tracking.SnapshotPoint:
+        return tracking.SnapshotPoint(step, f"v1.{step}", now, {"online.samplesSeen": 100.0 * step})
+
+    snapshots = tracking.SnapshotLog(settings, store, "v1", {"estimator": "SGDClassifier"}, retry_seconds=0.5)
+    started = time.monotonic()
+    snapshots.log(point(0))
+    snapshots.log(point(1))  # never waits for MLflow
+    assert time.monotonic() - started < 0.1
+    wait_for(lambda: snapshots.status().startswith("not tracked"), 30, "the snapshots not tracked")
+    assert "2 snapshot(s) waiting" in snapshots.status()
+    with relay(port, tracking_server):
+        wait_for(lambda: snapshots.status().startswith("run "), 30, "the snapshots sent")
+        snapshots.log(point(2))
+        snapshots.close()
+        run = client.get_run(snapshots.status().removeprefix("run "))
+        assert run.info.run_name == "online-v1" and run.info.status == "FINISHED"
+        assert run.data.tags["mlworkflow.kind"] == "online" and run.data.tags["mlworkflow.snapshot"] == "v1.2"
+        history = client.get_metric_history(run.info.run_id, "online.samplesSeen")
+        assert sorted((m.step, m.value) for m in history) == [(0, 0.0), (1, 100.0), (2, 200.0)]
+        # A restarted learner of the same start version logs on into the same run.
+        again = tracking.SnapshotLog(settings, store, "v1", {"estimator": "SGDClassifier"})
+        again.log(point(3))
+        again.close()
+        assert again.run_id == run.info.run_id
+        assert len(client.get_metric_history(run.info.run_id, "online.samplesSeen")) == 4
+
+
+def test_the_learners_snapshots_are_steps_of_a_child_run_of_its_start_version(
+    tracking_server: MLflowServer, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_server.uri, registry_uri=tracking_server.uri)
+    batch, batches = 256, 5
+    spec = online_spec(
+        {"path": "incoming/*.csv", "pollIntervalSeconds": 1},
+        batchSize=batch,
+        maxWaitSeconds=0.2,
+        snapshots={"everySamples": batch, "everySeconds": 3600},  # by samples only, on a busy machine too
+    )
+    frame = online_frame(WARM_ROWS + batches * batch)
+    (tmp_path / "data").mkdir()
+    frame.iloc[:WARM_ROWS].to_csv(tmp_path / "data" / "warm.csv", index=False)
+    store = WorkflowStore(tmp_path, "stream")
+    env = env_for(tracking_server.uri, "stream")
+    train_apart(spec, store, "v1", env=env)
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    stream = frame.iloc[WARM_ROWS:]
+    for i in range(4):
+        stream.iloc[i * batch : (i + 1) * batch].to_csv(incoming / f"part-{i}.csv", index=False)
+
+    learner = start_learner(store, spec, **env)
+    try:
+        wait_for(
+            lambda: (
+                progress(store).get("samplesSeen") == 4 * batch
+                and published(store).get("online", {}).get("samplesSeen") == 4 * batch
+                and progress(store).get("tracking", "").startswith("run ")
+            ),
+            120,
+            "four batches learned, published and logged",
+        )
+    finally:
+        assert stop(learner) == 0, log_of(store)
+    run = client.get_run(progress(store)["tracking"].removeprefix("run "))
+    assert run.info.run_name == "online-v1" and run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.parentRunId"] == card(store, "v1")["tracking"]["runId"]
+    newest = published(store)["version"]
+    assert run.data.params["startVersion"] == "v1" and run.data.tags["mlworkflow.snapshot"] == newest
+    # One step per published snapshot (a snapshot taken while the previous one is saved replaces it).
+    seen = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "online.samplesSeen"))
+    assert seen[0] == (0, 0.0) and seen[-1] == (int(newest.split(".")[1]), 4.0 * batch), seen
+    assert [step for step, _ in seen] == sorted({step for step, _ in seen})
+    assert [value for _, value in seen] == sorted(value for _, value in seen)
+    assert len(client.get_metric_history(run.info.run_id, "holdout.f1_macro")) == len(seen)
+
+    # A server that is down: the learner learns and publishes on, and says the snapshots wait.
+    stream.iloc[4 * batch :].to_csv(incoming / "part-4.csv", index=False)
+    learner = start_learner(store, spec, **env_for(f"http://127.0.0.1:{free_port()}", "stream"))
+    try:
+        wait_for(
+            lambda: (
+                progress(store).get("samplesSeen") == 5 * batch
+                and progress(store).get("tracking", "").startswith("not tracked")
+            ),
+            120,
+            "the new batch learned with the server down",
+        )
+    finally:
+        assert stop(learner) == 0, log_of(store)
+    assert published(store)["online"]["samplesSeen"] == 5 * batch

@@ -1178,6 +1178,12 @@ class OnlineStatus(ApiModel):
         default_factory=list, description="The latest quarantined batches, newest first.", max_length=10
     )
     reported: datetime | None = Field(None, description="When the learner last reported.")
+    tracking: str | None = Field(
+        None,
+        max_length=500,
+        description="MLflow (spec.tracking.mlflow): the run the snapshots are logged in, or why they are not "
+        "(they wait and are sent again later).",
+    )
 
 
 class MLWorkflowStatus(ApiModel):

@@ -6,7 +6,8 @@ trained version; what they cannot know is the champion/challenger decision, whic
 planner (`lifecycle.decide`) once the training has ended. So a *sync* — a short Job running
 `python -m mlworkflow.runtime.tracking` — carries the decisions to MLflow: each decided version's outcome
 and reason as tags of its registered version, the alias `champion` on the served one. It also logs any
-decided version that its training could not log (the tracking server was down): that is the retry.
+decided version that its training could not log (the tracking server was down), and the runs of its AutoML
+search that the search's workers could not: that is the retry. The local runner starts the same sync.
 
 A sync is wanted whenever the digest of what MLflow should show (`digest`) differs from the last one a
 sync completed (`status.tracking.synced`). A sync that could not reach the server is tried again after

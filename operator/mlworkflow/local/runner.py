@@ -9,6 +9,11 @@ progress read from `<store>/<workflow>/automl/<version>/progress.json`, as the o
 Lease's annotation). The status the operator would write is kept in `<store>/<workflow>/status.json`, with
 a small HTML page beside it (`index.html`: the story drawn by `mlworkflow.runtime.story`, and tables).
 
+A workflow with `spec.tracking.mlflow` logs to MLflow as on a cluster: every runtime gets the same
+settings (namespace `local`; the tracking server by default $MLFLOW_TRACKING_URI, credentials from this
+environment), and the same sync (`mlworkflow.runtime.tracking`) carries the decisions to the Model Registry
+when the planner asks for one (`mlworkflow.desired.tracking`).
+
 `mlworkflow retrain FILE.yaml` asks a running runner for a retraining (trigger Manual), as the
 `mlworkflow.io/retrain` annotation asks the operator: it writes a new value to `<store>/<workflow>/retrain`,
 which the runner reads as the annotation.
@@ -36,11 +41,12 @@ from typing import Any, Literal
 
 from mlworkflow.api.estimators import DEFAULT_ALLOWED_PREFIXES
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Pattern, promotion_metric
-from mlworkflow.desired import cron
+from mlworkflow.desired import cron, tracking
 from mlworkflow.desired.children import (
     Workflow,
     model_spec_hash,
     monitoring_args,
+    tracking_job_name,
     trained_spec,
     training_args,
 )
@@ -53,6 +59,8 @@ from mlworkflow.desired.lifecycle import (
     RunState,
     SearchRun,
     ServingState,
+    SyncRequest,
+    TrackingSync,
     TrainingRun,
     TrainRequest,
     batch_result,
@@ -66,6 +74,7 @@ from mlworkflow.runtime.store import WorkflowStore
 BIN = Path(sys.executable).parent
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 LEARNER_RESTART_SECONDS = 5.0  # a learner that ended is started again at most this often (a Pod's restarts)
+NAMESPACE = "local"  # what the runtimes are told (`desired.tracking.MLflowSettings.env`)
 
 
 @contextlib.contextmanager
@@ -195,6 +204,32 @@ class LocalSearch:
         )
 
 
+@dataclass
+class LocalSync:
+    """An MLflow sync of the local runner (`mlworkflow.desired.tracking`): one process, as the sync Job."""
+
+    name: str
+    request: SyncRequest
+    process: Process
+
+    def observed(self) -> TrackingSync:
+        """As the operator observes a sync Job."""
+        code = self.process.poll()
+        sync = self.request
+        if code is None:
+            return TrackingSync(self.name, sync.digest, sync.attempt, "Running")
+        result = self.process.result()
+        return TrackingSync(
+            self.name,
+            sync.digest,
+            sync.attempt,
+            "Succeeded" if code == 0 else "Failed",
+            result,
+            "" if code == 0 else str(result.get("message") or ""),
+            self.process.finished_at,
+        )
+
+
 def _request(path: Path) -> str | None:
     """A local annotation: what `mlworkflow retrain` or `mlworkflow predict` wrote last."""
     with contextlib.suppress(OSError):
@@ -216,9 +251,11 @@ class LocalRunner:
         drift_every: float | None = None,
         say: Callable[[str], None] = print,
     ) -> None:
-        refusal = check_spec(spec, DEFAULT_ALLOWED_PREFIXES)
+        default_uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+        refusal = check_spec(spec, DEFAULT_ALLOWED_PREFIXES, default_uri)
         if refusal:
             raise RunnerError(f"{refusal.reason}: {refusal.message}")
+        self.tracking = tracking.settings(spec, NAMESPACE, name, default_uri)
         self.name, self.spec, self.port, self.drift_every, self.say = name, spec, port, drift_every, say
         self.store = WorkflowStore(store_root.resolve(), name)
         self.store.base.mkdir(parents=True, exist_ok=True)
@@ -231,6 +268,7 @@ class LocalRunner:
         self.batch_runs: dict[str, LocalBatchRun] = {}
         self.searches: dict[str, LocalSearch] = {}
         self.learner: Process | None = None
+        self.syncs: dict[str, LocalSync] = {}
         self.started_at = datetime.now(UTC)
         self.last_drift_check = self.last_batch_schedule = self.started_at
         self._last_line = ""
@@ -259,8 +297,9 @@ class LocalRunner:
             predict_request=_request(self.store.predict_request),
             searches=[search.observed() for search in self.searches.values()],
             learner=self._learner_state(now) if self.spec.pattern == Pattern.ONLINE_LEARNING else None,
+            syncs=[sync.observed() for sync in self.syncs.values()],
         )
-        step = plan(self.spec, observed, now, self.endpoint)
+        step = plan(self.spec, observed, now, self.endpoint, self.tracking)
         if step.train is not None:
             if self.spec.pattern == Pattern.AUTOML:
                 self._search(step.train)
@@ -287,6 +326,8 @@ class LocalRunner:
             self._predict(f"{self.name}-predict-{now:%Y%m%d%H%M}", step.deploy, "Schedule", None)
         if step.deploy is not None and self._drift_due(now):
             self._check_drift(step.deploy, now)
+        if step.sync is not None:
+            self._sync(step.sync)
         self.status = step.status
         for event in step.events:
             self._event(event)
@@ -330,6 +371,7 @@ class LocalRunner:
             *(p for search in self.searches.values() for p in search.workers),
             *([self.learner] if self.learner else []),
             *([self.serving] if self.serving else []),
+            *(sync.process for sync in self.syncs.values()),
         ]:
             process.stop()
 
@@ -346,19 +388,30 @@ class LocalRunner:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                env={**os.environ, "MLW_TERMINATION_LOG": str(result_file), **(env or {})},
+                env={
+                    **os.environ,
+                    "MLW_TERMINATION_LOG": str(result_file),
+                    **(self.tracking.env(NAMESPACE) if self.tracking else {}),
+                    **(env or {}),
+                },
             )
         return Process(popen, log, result_file, datetime.now(UTC), meta)
 
+    def _workflow(self) -> Workflow:
+        return Workflow(self.name, NAMESPACE, "local", self.spec)
+
     def _train(self, train: TrainRequest) -> None:
-        workflow = Workflow(self.name, "local", "local", self.spec)
+        workflow = self._workflow()
         argv = [
             sys.executable,
             "-m",
             "mlworkflow.runtime.train",
             *training_args(workflow, train, str(self.store.root)),
         ]
-        env = {"MLW_SPEC": trained_spec(self.spec, train).model_dump_json(by_alias=True, exclude_none=True)}
+        env = {
+            "MLW_SPEC": trained_spec(self.spec, train).model_dump_json(by_alias=True, exclude_none=True),
+            "MLW_SPEC_HASH": model_spec_hash(self.spec),
+        }
         self.trainings[train.version] = self._start(
             "train", argv, env, request=train, spec_hash=model_spec_hash(self.spec)
         )
@@ -392,6 +445,20 @@ class LocalRunner:
         ]
         progress = self.store.base / "automl" / train.version / "progress.json"
         self.searches[train.version] = LocalSearch(train, model_spec_hash(self.spec), workers, progress)
+
+    def _sync(self, sync: SyncRequest) -> None:
+        """MLflow: the decisions in the Model Registry, by the sync Job's program."""
+        name = tracking_job_name(self._workflow(), sync)
+        argv = [
+            sys.executable,
+            "-m",
+            "mlworkflow.runtime.tracking",
+            f"--store={self.store.root}",
+            f"--workflow={self.name}",
+            f"--digest={sync.digest}",
+        ]
+        env = {"MLW_TRACKING_DECISIONS": json.dumps(sync.decisions, sort_keys=True)}
+        self.syncs[name] = LocalSync(name, sync, self._start("track", argv, env))
 
     def _learn(self, start: str, now: datetime) -> None:
         """OnlineLearning: one learner from `start` (the promoted version), as the learner Deployment runs

@@ -20,7 +20,8 @@ publishes them, in order, from what was taken at the snapshot point, while learn
 learner resumes from the snapshot in `latest` and reads the source from the position stored in it: no
 example lost, none learned twice. A fresh start saves `<start>.0` at once (the start model and the position
 it starts from). The applied examples are also appended, with each snapshot, to
-`<workflow>/stream/<YYYY-MM-DD-HH>/part-<snapshot>.parquet`.
+`<workflow>/stream/<YYYY-MM-DD-HH>/part-<snapshot>.parquet`. A tracked workflow's published snapshots are
+steps of one MLflow run per start version (`tracking.SnapshotLog`, sent by a thread of its own).
 
 Exit codes: 0 after SIGTERM (the batch in hand is finished or dropped, never committed unapplied, and what
 was learned is snapshotted); 2 (exitcodes.INVALID_INPUT) when the spec cannot learn online (no
@@ -55,7 +56,17 @@ from sklearn.pipeline import Pipeline
 from mlworkflow.api import exitcodes
 from mlworkflow.api.estimators import check_incremental
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, OnlineSpec, promotion_metric
-from mlworkflow.runtime import data, fairness, guardrails, holdout, importance, lease, pipeline, sources
+from mlworkflow.runtime import (
+    data,
+    fairness,
+    guardrails,
+    holdout,
+    importance,
+    lease,
+    pipeline,
+    sources,
+    tracking,
+)
 from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.termination import TERMINATION_LOG, report
 
@@ -311,6 +322,22 @@ class Learner:
         self.lag: int | None = None
         self.stopping = False
         self._drop_stale()
+        mlflow = tracking.Settings.from_env()
+        # MLflow: each published snapshot a step of one run (`tracking.SnapshotLog`, a thread of its own).
+        self.tracked = (
+            tracking.SnapshotLog(
+                mlflow,
+                store,
+                start,
+                {
+                    "estimator": self.start_card["pipeline"]["estimator"],
+                    "batchSize": str(self.online.batch_size),
+                    "startVersion": start,
+                },
+            )
+            if mlflow is not None
+            else None
+        )
         if self.snapshot_version is None:
             self._save(self._take())  # <start>.0: serving follows `latest` from the start
         else:
@@ -667,6 +694,8 @@ class Learner:
         if previous:
             self.metrics.snapshot.remove(previous)
         self.metrics.snapshot.labels(version).set(1)
+        if self.tracked is not None:
+            self.tracked.log(tracking.SnapshotPoint(self.number, version, snapshot.time, _logged(card)))
         self._prune_snapshots()
         self._report_due = True
 
@@ -729,6 +758,7 @@ class Learner:
             "canaryBaseline": self.canary.baseline if self.canary else None,
             "quarantines": self.progress.quarantines,
             "reported": datetime.now(UTC).isoformat(timespec="seconds"),
+            **({"tracking": self.tracked.status()} if self.tracked is not None else {}),
         }
 
     def _report(self, force: bool = False) -> None:
@@ -745,6 +775,22 @@ class Learner:
         if force or self._report_due or now - self._last_report >= REPORT_SECONDS:
             self._last_report, self._report_due = now, False
             self.writer.report(self.progress_json())
+
+
+def _logged(card: dict[str, Any]) -> dict[str, float]:
+    """A snapshot's metrics for MLflow: its canary metrics (`holdout.<metric>`, as a trained version's
+    holdout metrics: the canary rows are its start version's holdout), the canary score and baseline, and
+    the counters (`online.<counter>`)."""
+    online = card["online"]
+    canary = online["canary"]
+    return {
+        **{f"holdout.{k}": float(v) for k, v in card["metrics"].items()},
+        **{f"canary.{k}": float(canary[k]) for k in ("score", "baseline") if canary[k] is not None},
+        **{
+            f"online.{k}": float(online[k])
+            for k in ("samplesSeen", "batchesApplied", "batchesQuarantined", "rollbacks")
+        },
+    }
 
 
 def _write_rows(rows: list[sources.Row], path: Path) -> None:
@@ -838,6 +884,8 @@ def main(argv: list[str] | None = None) -> int:
         if learner is not None:
             learner.snapshots.close()  # before the lock or Lease goes: no snapshot published after
             learner.source.close()
+            if learner.tracked is not None:
+                learner.tracked.close()
         writer.release()
     assert learner is not None
     report(

@@ -29,7 +29,8 @@ and the search goes on, until more than `--max-failed` trials of the study have 
 Outputs in `<store>/<workflow>/automl/<search-id>/`, rewritten atomically by each worker when it ends:
 
     journal.log         the Optuna study (every trial, its params, user attrs and per-fold values)
-    leaderboard.json    {searchId, metric, direction, trials: counts, rows: [every finished trial]}
+    leaderboard.json    {searchId, metric, direction, trials: counts, rows: [every finished trial],
+                        mlflowRunId: the search's MLflow run or null, params: that run's params}
     leaderboard.csv     rank, trial, estimator, params (JSON), cvMean, cvStd, seconds, state, error
     winner.json         {estimator, params, cvMean, cvStd, trial, metric}: the refit's model spec
 
@@ -329,22 +330,23 @@ class Worker:
         if known:
             self.tracking = {"tracked": True, "runId": known}
             return
-        options = self.options
         self.tracking = tracking.log_search(
-            self.mlflow,
-            self.store,
-            options.search_id,
-            {
-                "metric": self.metric,
-                "sampler": options.sampler,
-                "trials": str(self.budget),
-                "workers": str(options.workers),
-                "pruning": options.pruning,
-                "timeBudget": str(options.time_budget),
-            },
+            self.mlflow, self.store, self.options.search_id, self.tracking_params()
         )
         if self.tracking["tracked"]:
             self.study.set_user_attr(MLFLOW_RUN_ATTR, self.tracking["runId"])
+
+    def tracking_params(self) -> dict[str, str]:
+        """The search's options, as its MLflow run's params."""
+        options = self.options
+        return {
+            "metric": self.metric,
+            "sampler": options.sampler,
+            "trials": str(self.budget),
+            "workers": str(options.workers),
+            "pruning": options.pruning,
+            "timeBudget": str(options.time_budget),
+        }
 
     def _log_trial(self, number: int) -> None:
         """A finished trial as a child run of the search's; after a failure this worker logs no more (a
@@ -677,6 +679,10 @@ def write_results(worker: Worker) -> tuple[dict[str, int], list[dict[str, Any]]]
         "direction": "maximize" if worker.maximize else "minimize",
         "trials": tally,
         "rows": rows,
+        # MLflow: the search's run (None: not tracked, or not logged), and its params for the sync that
+        # logs what the workers could not (`tracking.sync`).
+        "mlflowRunId": worker.study.user_attrs.get(MLFLOW_RUN_ATTR),
+        "params": worker.tracking_params(),
     }
     _replace(worker.folder / "leaderboard.json", json.dumps(board, indent=1), worker.options.worker)
     _replace(worker.folder / "leaderboard.csv", _csv(rows), worker.options.worker)

@@ -13,7 +13,9 @@
                              `quarantine/<batch>.parquet` and `.json` (refused mini-batches, with the reason)
 <root>/<workflow>/stream/    OnlineLearning: the applied examples, `<YYYY-MM-DD-HH>/part-<snapshot>.parquet`
 <root>/<workflow>/automl/<version>/   AutoML: the search's study (`journal.log`), leaderboard, `winner.json`,
-                             and `progress.json` (the workers' progress report without a Lease)
+                             `progress.json` (the workers' progress report without a Lease) and
+                             `tracking.json` (where MLflow has the whole search, `runtime.tracking`)
+<root>/<workflow>/tracking/  MLflow: `<version>.json`, where each trained version was logged
 """
 
 from __future__ import annotations

@@ -9,14 +9,17 @@ Each training logs one MLflow run in the workflow's experiment: params (estimato
 preprocessing, spec hash), metrics (holdout, cross-validation, the champion's holdout score on the same
 rows), tags (workflow, namespace, version, trigger, drift report), the model card as artifacts, and the
 fitted pipeline in MLflow's scikit-learn flavour with its signature and an input example, registered as a
-version of the workflow's registered model. Every trained version is registered, so that a rejected one can
-be looked at next to the champion; the BentoML model store stays what is served.
+version of the workflow's registered model. Every trained version is registered, once (a retried training
+finds its run and version by its tags, `_logged_version`), so that a rejected one can be looked at next to
+the champion; the BentoML model store stays what is served. An online learner's snapshots are the steps of
+one run per start version (`SnapshotLog`, on a thread of its own).
 
 Whether a version is promoted is decided by the operator after the training has ended
 (`mlworkflow.desired.lifecycle.decide`), so the sync — this module's program, a Job the operator starts when
 MLflow does not show its latest decisions — tags each registered version with its outcome and reason
 (`mlworkflow.outcome`, `mlworkflow.reason`, `mlworkflow.message`) and points the alias `champion` at the
-served one. It also logs every decided version whose training could not (the retry), from the store.
+served one. It also logs every decided version whose training could not (the retry), from the store, and
+the AutoML search of each decided version that its workers could not log whole, from its leaderboard.
 
 Tracking never fails a run: a server that cannot be reached (or refuses) makes a record
 `{"tracked": false, "reason": ...}`, which the training puts in its model card and termination message, and
@@ -27,14 +30,18 @@ where it went is `<store>/<workflow>/tracking/<version>.json`; no record: not tr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -117,14 +124,21 @@ def record_path(store: WorkflowStore, version: str) -> Path:
 def read_record(store: WorkflowStore, version: str) -> dict[str, Any] | None:
     """Where `version` was logged ({runId, experimentId, registeredModel, modelVersion, trackingUri}), or None
     when it was not (yet)."""
+    return _read_json(record_path(store, version))
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        return dict(json.loads(record_path(store, version).read_text()))
+        return dict(json.loads(path.read_text()))
     except (OSError, ValueError):
         return None
 
 
 def _write_record(store: WorkflowStore, version: str, record: dict[str, Any]) -> None:
-    path = record_path(store, version)
+    _write_json(record_path(store, version), record)
+
+
+def _write_json(path: Path, record: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".tmp")
     partial.write_text(json.dumps(record, indent=2))
@@ -162,18 +176,21 @@ def _log_version(
     from mlflow.models import infer_signature
 
     experiment = mlflow.set_experiment(settings.experiment)
+    search_run = (card.get("search") or {}).get("mlflowRunId")
+    found = _logged_version(client, settings, store, card, experiment.experiment_id)
+    if found is not None:
+        _link_search(client, search_run, found["runId"], str(card["version"]))
+        return found
     model = pipeline if pipeline is not None else joblib.load(model_dir / "pipeline.joblib")
     example = pd.read_parquet(model_dir / "reference.parquet").head(INPUT_EXAMPLE_ROWS)
     lineage = card.get("lineage") or {}
     tags = {
-        f"{TAG}workflow": store.workflow,
-        f"{TAG}namespace": settings.namespace,
-        f"{TAG}version": card["version"],
+        **_version_keys(settings, store, card),
+        f"{TAG}kind": "training",
         f"{TAG}trigger": card["trigger"],
         f"{TAG}driftReport": lineage.get("driftReport") or "",
         f"{TAG}champion": lineage.get("champion") or "",
         f"{TAG}backend": card.get("backend") or "",
-        f"{TAG}dataSha256": card["data"]["sha256"],
     }
     with mlflow.start_run(experiment_id=experiment.experiment_id, run_name=card["version"], tags=tags) as run:
         mlflow.log_params(params(card))
@@ -191,16 +208,83 @@ def _log_version(
             pip_requirements=[f"scikit-learn=={sklearn.__version__}", f"pandas=={pd.__version__}"],
         )
     registered = str(logged.registered_model_version)
-    client.set_model_version_tag(settings.registered_model, registered, f"{TAG}version", card["version"])
-    client.set_model_version_tag(settings.registered_model, registered, f"{TAG}workflow", store.workflow)
+    _tag_version(client, settings, store, card, registered)
+    _link_search(client, search_run, run.info.run_id, str(card["version"]))
+    return _version_record(settings, run.info.run_id, experiment.experiment_id, registered)
+
+
+def _version_keys(settings: Settings, store: WorkflowStore, card: dict[str, Any]) -> dict[str, str]:
+    """The tags that name one training of one version (a retried Pod's too): workflow, namespace, version
+    and the data it read (with the spec hash, a param, `_logged_version`)."""
     return {
-        "runId": run.info.run_id,
+        f"{TAG}workflow": store.workflow,
+        f"{TAG}namespace": settings.namespace,
+        f"{TAG}version": str(card["version"]),
+        f"{TAG}dataSha256": card["data"]["sha256"],
+    }
+
+
+def _version_record(settings: Settings, run_id: str, experiment_id: str, registered: str) -> dict[str, Any]:
+    return {
+        "runId": run_id,
         "experiment": settings.experiment,
-        "experimentId": experiment.experiment_id,
+        "experimentId": experiment_id,
         "registeredModel": settings.registered_model,
         "modelVersion": registered,
         "trackingUri": settings.tracking_uri,
     }
+
+
+def _tag_version(
+    client: MlflowClient, settings: Settings, store: WorkflowStore, card: dict[str, Any], registered: str
+) -> None:
+    client.set_model_version_tag(settings.registered_model, registered, f"{TAG}version", card["version"])
+    client.set_model_version_tag(settings.registered_model, registered, f"{TAG}workflow", store.workflow)
+
+
+def _logged_version(
+    client: MlflowClient, settings: Settings, store: WorkflowStore, card: dict[str, Any], experiment_id: str
+) -> dict[str, Any] | None:
+    """The record of this training when MLflow already has it, or None: a retried training Pod (or a sync
+    after a training that logged but could not write its record) finds the run of the same workflow,
+    namespace, version, data and spec hash and its registered version, instead of registering a second.
+    A run of it left unfinished with nothing registered (its Pod ended while logging) is deleted (MLflow
+    keeps deleted runs restorable); a finished run registered under another model name is left alone."""
+    # The values are DNS labels, version names and hex digests: no quote to escape.
+    conditions = [f"tags.`{key}` = '{value}'" for key, value in _version_keys(settings, store, card).items()]
+    conditions.append(f"params.specHash = '{card.get('specHash') or ''}'")
+    runs = client.search_runs(
+        [experiment_id], " and ".join(conditions), order_by=["attributes.start_time ASC"]
+    )
+    for run in runs:
+        run_id = run.info.run_id
+        # By run id only: a registered model's name may hold any character, a run id is hex.
+        versions = [
+            v
+            for v in client.search_model_versions(f"run_id = '{run_id}'")
+            if v.name == settings.registered_model
+        ]
+        if versions:
+            registered = str(min(int(v.version) for v in versions))
+            if run.info.status != "FINISHED":
+                client.set_terminated(run_id, "FINISHED")
+            _tag_version(client, settings, store, card, registered)
+            return _version_record(settings, run_id, experiment_id, registered)
+        if run.info.status != "FINISHED":
+            client.delete_run(run_id)
+    return None
+
+
+def _link_search(client: MlflowClient, search_run: str | None, run_id: str, version: str) -> None:
+    """An AutoML search's run and the run of the winner's refit name each other (tags
+    `mlworkflow.refitRunId`, `mlworkflow.refitVersion` on the search's, `mlworkflow.searchRunId` on the
+    refit's). The refit stays a top-level run, listed with the other trained versions; the trials are the
+    search run's children."""
+    if not search_run:
+        return
+    client.set_tag(run_id, f"{TAG}searchRunId", search_run)
+    client.set_tag(search_run, f"{TAG}refitRunId", run_id)
+    client.set_tag(search_run, f"{TAG}refitVersion", version)
 
 
 def params(card: dict[str, Any]) -> dict[str, str]:
@@ -244,23 +328,39 @@ def log_run(
     `tags` say which). Returns `{"tracked": true, "runId"}` or `{"tracked": false, "reason"}`."""
     try:
         with _failures_as_not_tracked():
-            _client(settings)  # first: it sets MLflow's environment before MLflow is imported
-            import mlflow
-
-            experiment = mlflow.set_experiment(settings.experiment)
-            all_tags = {f"{TAG}namespace": settings.namespace, **tags}
-            if parent_run_id:
-                all_tags["mlflow.parentRunId"] = parent_run_id
-            with mlflow.start_run(
-                experiment_id=experiment.experiment_id, run_name=name, tags=all_tags
-            ) as run:
-                if params_:
-                    mlflow.log_params(params_)
-                if metrics_:
-                    mlflow.log_metrics(metrics_)
-            return {"tracked": True, "runId": run.info.run_id}
+            return {
+                "tracked": True,
+                "runId": _log_run(settings, name, tags, metrics_, params_, parent_run_id),
+            }
     except NotTracked as error:
         return {"tracked": False, "reason": str(error)}
+
+
+def _log_run(
+    settings: Settings,
+    name: str,
+    tags: dict[str, str],
+    metrics_: dict[str, float],
+    params_: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> str:
+    """`log_run`, raising what MLflow raises; returns the run's id."""
+    _client(settings)  # first: it sets MLflow's environment before MLflow is imported
+    import mlflow
+
+    experiment = mlflow.set_experiment(settings.experiment)
+    all_tags = {f"{TAG}namespace": settings.namespace, **tags}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    with mlflow.start_run(experiment_id=experiment.experiment_id, run_name=name, tags=all_tags) as run:
+        if params_:
+            mlflow.log_params(params_)
+        if metrics_:
+            mlflow.log_metrics(metrics_)
+    return str(run.info.run_id)
+
+
+RunArgs = tuple[str, dict[str, str], dict[str, float], dict[str, str]]  # name, tags, metrics, params
 
 
 def log_search(
@@ -268,13 +368,12 @@ def log_search(
 ) -> dict[str, Any]:
     """An AutoML search's run (`search-<id>`, its options as `params_`): the parent of its trials' runs
     (`log_trial`). Returns `{"tracked": true, "runId"}` or `{"tracked": false, "reason"}`."""
-    return log_run(
-        settings,
-        f"search-{search_id}",
-        {f"{TAG}workflow": store.workflow, f"{TAG}kind": "search", f"{TAG}searchId": search_id},
-        {},
-        params_,
-    )
+    return log_run(settings, *_search_run(store, search_id, params_))
+
+
+def _search_run(store: WorkflowStore, search_id: str, params_: dict[str, str]) -> RunArgs:
+    tags = {f"{TAG}workflow": store.workflow, f"{TAG}kind": "search", f"{TAG}searchId": search_id}
+    return f"search-{search_id}", tags, {}, params_
 
 
 def log_trial(
@@ -284,9 +383,12 @@ def log_trial(
     params, cvMean, cvStd, seconds, state, error, worker) as a child run of the search's run, named
     `<search id>-<trial>`: the estimator and its parameters (`param.<name>`, JSON) as params, the CV mean
     and std (a pruned trial's mean is over the folds it ran) and seconds as metrics."""
+    return log_run(settings, *_trial_run(store, search_id, row), parent_run_id)
+
+
+def _trial_run(store: WorkflowStore, search_id: str, row: dict[str, Any]) -> RunArgs:
     measured = {"cv.mean": row.get("cvMean"), "cv.std": row.get("cvStd"), "seconds": row.get("seconds")}
-    return log_run(
-        settings,
+    return (
         f"{search_id}-{row['trial']}",
         {
             f"{TAG}workflow": store.workflow,
@@ -302,8 +404,81 @@ def log_trial(
             "estimator": str(row.get("estimator")),
             **{f"param.{k}": json.dumps(v) for k, v in (row.get("params") or {}).items()},
         },
-        parent_run_id,
     )
+
+
+def search_record_path(store: WorkflowStore, search_id: str) -> Path:
+    """Where a search's runs went, once all of them are logged: `{runId, trials, registeredModel}`."""
+    return store.base / "automl" / search_id / "tracking.json"
+
+
+def _sync_search(
+    client: MlflowClient, settings: Settings, store: WorkflowStore, search_id: str, refit_run_id: str
+) -> int:
+    """Make MLflow show the finished AutoML search `search_id` (its `leaderboard.json`) whole: its run (the
+    one its workers made, found by id or by tags, else made now) and a child run for each trial the workers
+    could not log, then link it with the refit's run. Returns how many runs it logged now (0 once a record
+    says it is whole). Raises what MLflow raises."""
+    import mlflow
+
+    board_path = store.base / "automl" / search_id / "leaderboard.json"
+    if not board_path.exists():
+        return 0  # this version was not searched for
+    board = json.loads(board_path.read_text())
+    done = _read_json(search_record_path(store, search_id)) or {}
+    rows = board.get("rows") or []
+    if done.get("trials") == len(rows) and done.get("registeredModel") == settings.registered_model:
+        return 0
+    experiment = mlflow.set_experiment(settings.experiment)
+    run_id = _search_run_id(client, settings, store, search_id, board, experiment.experiment_id)
+    logged = 0
+    if run_id is None:
+        run_id = _log_run(settings, *_search_run(store, search_id, board.get("params") or {}))
+        logged += 1
+    children = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.mlflow.parentRunId = '{run_id}' and tags.`{TAG}kind` = 'search-trial'",
+        max_results=max(1000, 2 * len(rows)),
+    )
+    have = {c.data.tags.get(f"{TAG}trial") for c in children}
+    for row in rows:
+        if str(row["trial"]) not in have:
+            _log_run(settings, *_trial_run(store, search_id, row), run_id)
+            logged += 1
+    _link_search(client, run_id, refit_run_id, search_id)
+    _write_json(
+        search_record_path(store, search_id),
+        {"runId": run_id, "trials": len(rows), "registeredModel": settings.registered_model},
+    )
+    return logged
+
+
+def _search_run_id(
+    client: MlflowClient,
+    settings: Settings,
+    store: WorkflowStore,
+    search_id: str,
+    board: dict[str, Any],
+    experiment_id: str,
+) -> str | None:
+    """The search's run: the one its workers named in the leaderboard when it is still there, else one with
+    its tags (made by an earlier sync), else None."""
+    from mlflow.exceptions import MlflowException
+
+    known = board.get("mlflowRunId")
+    if known:
+        try:
+            if client.get_run(known).info.lifecycle_stage == "active":
+                return str(known)
+        except MlflowException:
+            pass  # gone (another server, a deleted run): made again
+    found = client.search_runs(
+        [experiment_id],
+        f"tags.`{TAG}kind` = 'search' and tags.`{TAG}searchId` = '{search_id}' "
+        f"and tags.`{TAG}workflow` = '{store.workflow}' and tags.`{TAG}namespace` = '{settings.namespace}'",
+        max_results=1,
+    )
+    return str(found[0].info.run_id) if found else None
 
 
 def log_drift_check(
@@ -354,11 +529,159 @@ def log_batch_run(settings: Settings, store: WorkflowStore, summary: dict[str, A
     )
 
 
+@dataclass(frozen=True)
+class SnapshotPoint:
+    """One published online snapshot, as its run logs it: `step` is the snapshot's number (`<start>.<n>`)."""
+
+    step: int
+    version: str
+    time: datetime
+    metrics: dict[str, float]
+
+
+class SnapshotLog:
+    """An online learner's snapshots in MLflow: one run per start version, `online-<start>` (a child run of
+    the start version's training run when that was logged), each published snapshot a step of its metrics,
+    so that MLflow charts how the served model learned; the tag `mlworkflow.snapshot` names the newest.
+    A restarted learner logs on into the same run (found by its tags).
+
+    It never slows nor fails the learner: `log` only appends (under a lock) for a thread of its own to
+    send. While MLflow cannot be reached the snapshots wait (the newest `MAX_WAITING`) and are sent
+    `retry_seconds` later; `status` says so for the learner's report."""
+
+    MAX_WAITING = 1000
+    BATCH_METRICS = 1000  # MLflow's limit per log_batch request
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: WorkflowStore,
+        start: str,
+        params_: dict[str, str],
+        retry_seconds: float = 60.0,
+    ) -> None:
+        self.settings, self.store, self.start, self.params = settings, store, start, params_
+        self.retry_seconds = retry_seconds
+        self.run_id: str | None = None
+        self._waiting: list[SnapshotPoint] = []
+        self._dropped = 0
+        self._reason: str | None = None
+        self._retry_at = 0.0
+        self._closing = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="mlflow-snapshots", daemon=True)
+        self._thread.start()
+
+    def log(self, point: SnapshotPoint) -> None:
+        with self._changed:
+            self._waiting.append(point)
+            if len(self._waiting) > self.MAX_WAITING:
+                self._dropped += len(self._waiting) - self.MAX_WAITING
+                del self._waiting[: -self.MAX_WAITING]
+            self._changed.notify_all()
+
+    def status(self) -> str:
+        """For the learner's report: the run the snapshots go to, or why they are not logged."""
+        with self._changed:
+            if self._reason is not None:
+                dropped = f" ({self._dropped} older ones dropped)" if self._dropped else ""
+                # The counts first: the reason may be long.
+                said = (
+                    f"not tracked ({len(self._waiting)} snapshot(s) waiting{dropped}, tried again every "
+                    f"{self.retry_seconds:g}s): {self._reason}"
+                )
+                return said[:MAX_REASON]
+            return f"run {self.run_id}" if self.run_id else "not logged yet"
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Send what waits (for at most `timeout` seconds: a server that is down drops it) and end the
+        run as FINISHED."""
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._closing and (not self._waiting or time.monotonic() < self._retry_at):
+                    left = self._retry_at - time.monotonic() if self._waiting else None
+                    self._changed.wait(left)
+                if self._closing and (not self._waiting or self._reason is not None):
+                    break
+                points = list(self._waiting)
+            try:
+                with _failures_as_not_tracked():
+                    self._send(points)
+            except NotTracked as error:
+                with self._changed:
+                    self._reason, self._retry_at = str(error), time.monotonic() + self.retry_seconds
+                print(f"learn: snapshots not tracked: {error}", file=sys.stderr, flush=True)
+            else:
+                with self._changed:
+                    self._reason = None
+        if self.run_id is not None and self._reason is None:
+            with contextlib.suppress(Exception):  # best effort: the run shows RUNNING otherwise
+                _client(self.settings).set_terminated(self.run_id, "FINISHED")
+
+    def _send(self, points: list[SnapshotPoint]) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        client = _client(self.settings)
+        if self.run_id is None:
+            self.run_id = self._open(client)
+        per_point = max(1, max(len(p.metrics) for p in points))
+        chunk = max(1, self.BATCH_METRICS // per_point)
+        for first in range(0, len(points), chunk):
+            sent = points[first : first + chunk]
+            client.log_batch(
+                self.run_id,
+                metrics=[
+                    Metric(key, value, int(p.time.timestamp() * 1000), p.step)
+                    for p in sent
+                    for key, value in p.metrics.items()
+                ],
+                tags=[RunTag(f"{TAG}snapshot", sent[-1].version)],
+            )
+            with self._changed:  # sent: not sent again after a later chunk fails
+                self._waiting = [p for p in self._waiting if all(p is not q for q in sent)]
+
+    def _open(self, client: MlflowClient) -> str:
+        """The run of this start version's snapshots: found by its tags (a restarted learner's), else
+        made."""
+        import mlflow
+
+        experiment = mlflow.set_experiment(self.settings.experiment)
+        tags = {
+            f"{TAG}workflow": self.store.workflow,
+            f"{TAG}namespace": self.settings.namespace,
+            f"{TAG}kind": "online",
+            f"{TAG}startVersion": self.start,
+        }
+        found = client.search_runs(
+            [experiment.experiment_id], " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        )
+        if found:
+            run_id = str(found[0].info.run_id)
+            if found[0].info.status != "RUNNING":
+                client.update_run(run_id, "RUNNING")
+            return run_id
+        started = read_record(self.store, self.start) or {}
+        if started.get("registeredModel") == self.settings.registered_model and started.get("runId"):
+            tags["mlflow.parentRunId"] = str(started["runId"])
+        run = client.create_run(experiment.experiment_id, tags=tags, run_name=f"online-{self.start}")
+        from mlflow.entities import Param
+
+        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in self.params.items()])
+        return str(run.info.run_id)
+
+
 def sync(settings: Settings, store: WorkflowStore, decisions: dict[str, Any]) -> dict[str, Any]:
     """Make MLflow show the operator's `decisions`: log each decided version not logged yet (from the store),
-    tag each registered version with its outcome and reason, and point `champion` at the served one.
-    Raises NotTracked when MLflow cannot be reached or refuses."""
-    logged, missing = [], []
+    tag each registered version with its outcome and reason, log what its AutoML search's workers could not
+    (`_sync_search`), and point `champion` at the served one. Raises NotTracked when MLflow cannot be
+    reached or refuses."""
+    logged, missing, searches = [], [], []
     served = decisions.get("served")
     with _failures_as_not_tracked():
         client = _client(settings)
@@ -385,6 +708,8 @@ def sync(settings: Settings, store: WorkflowStore, decisions: dict[str, Any]) ->
             }
             for key, value in outcome.items():
                 client.set_model_version_tag(settings.registered_model, number, key, value)
+            if _sync_search(client, settings, store, version, str(record["runId"])):
+                searches.append(version)
         if served in registered:
             client.set_registered_model_alias(settings.registered_model, CHAMPION_ALIAS, registered[served])
     said = [f"{len(registered)} version(s) tagged with their outcome"]
@@ -392,6 +717,8 @@ def sync(settings: Settings, store: WorkflowStore, decisions: dict[str, Any]) ->
         said.append(f"{CHAMPION_ALIAS} is {served} (version {registered[served]})")
     if logged:
         said.append(f"logged now: {', '.join(logged)}")
+    if searches:
+        said.append(f"searches logged now: {', '.join(searches)}")
     if missing:
         said.append(f"not in the store: {', '.join(missing)}")
     return {
@@ -399,6 +726,7 @@ def sync(settings: Settings, store: WorkflowStore, decisions: dict[str, Any]) ->
         "registeredModel": settings.registered_model,
         "champion": served if served in registered else None,
         "logged": logged,
+        "searches": searches,
         "missing": missing,
         "message": "; ".join(said),
     }

@@ -451,6 +451,7 @@ def _search(store: WorkflowStore, version: str) -> dict[str, Any] | None:
         "metric": searched.get("metric"),
         "trials": len(rows),
         "top": rows[:10],
+        "mlflowRunId": searched.get("mlflowRunId"),  # the refit's run links to it
     }
 
 
