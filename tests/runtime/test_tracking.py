@@ -17,6 +17,7 @@ import pytest
 
 from learning import WARM_ROWS, log_of, online_frame, online_spec, progress, published, start_learner, stop
 from mlflow_server import MLflowServer, free_port, relay
+from mlworkflow.api import exitcodes
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Trigger
 from mlworkflow.desired import tracking as planned
 from mlworkflow.desired.lifecycle import Event, TrainingRun, record_finished_runs
@@ -249,8 +250,61 @@ def test_a_drift_check_and_a_batch_run_are_runs_of_the_experiment(
     assert checked.info.run_name == "drift-20260301T120000Z"
     assert checked.data.metrics["share"] == 0.5 and checked.data.tags["mlworkflow.drifted"] == "true"
     assert checked.data.tags["mlworkflow.driftReport"] == drift["report"]
+
+    # The server is down: the check and an index of a batch run are kept in the store (a sync that
+    # cannot reach the server either keeps them), and the next sync logs them, once each, as they would
+    # have been logged then.
+    down = tracking.Settings(
+        f"http://127.0.0.1:{free_port()}", settings.experiment, settings.registered_model, NAMESPACE
+    )
+    later = {
+        **drift,
+        "result": "monitored/drift/20260301T121500Z/result.json",
+        "share": 0.25,
+        "drifted": False,
+    }
+    before = int(time.time() * 1000)
+    assert tracking.log_drift_check(down, store, "v1", later)["tracked"] is False
+    assert tracking.log_batch_run(down, store, {**batch, "index": 1, "indexes": 2})["tracked"] is False
+    kept = int(time.time() * 1000)
+    with pytest.raises(tracking.NotTracked):
+        tracking.sync(down, store, {})
+    assert len(list(tracking.untracked_dir(store).glob("*.json"))) == 2
+    synced = tracking.sync(settings, store, {})
+    assert synced["untracked"] == ["drift-20260301T121500Z", "monitored-predict-1-1"], synced
+    assert tracking.sync(settings, store, {})["untracked"] == []
+    assert list(tracking.untracked_dir(store).iterdir()) == []
+    runs = client.search_runs([checked.info.experiment_id], "tags.`mlworkflow.kind` = 'drift-check'")
+    late = [r for r in runs if r.info.run_name == "drift-20260301T121500Z"]
+    assert len(late) == 1 and len(runs) == 3, [r.info.run_name for r in runs]
+    (late_check,) = late
+    assert late_check.data.params == checked.data.params
+    assert late_check.data.metrics == {**checked.data.metrics, "share": 0.25}
+    mine = {k: v for k, v in late_check.data.tags.items() if k.startswith("mlworkflow.")}
+    assert mine == {
+        **{k: v for k, v in checked.data.tags.items() if k.startswith("mlworkflow.")},
+        "mlworkflow.drifted": "false",
+        "mlworkflow.driftResult": later["result"],
+    }
+    # When it happened, not when the sync logged it.
+    assert before <= late_check.info.start_time == late_check.info.end_time <= kept
+    (late_batch,) = client.search_runs(
+        [checked.info.experiment_id], "attributes.run_name = 'monitored-predict-1-1'"
+    )
+    assert late_batch.data.params == {"index": "1", "indexes": "2"}
+    assert late_batch.data.metrics == {"rowsIn": 10.0, "predicted": 9.0}
+    assert late_batch.data.tags["mlworkflow.batchRun"] == "monitored-predict-1"
+
+
+def test_only_the_newest_untracked_runs_are_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tracking, "UNTRACKED_KEEP", 3)
+    store = WorkflowStore(tmp_path, "down")
     down = tracking.Settings(f"http://127.0.0.1:{free_port()}", "x", "x", NAMESPACE)
-    assert tracking.log_batch_run(down, store, batch)["tracked"] is False
+    batch = {"runId": "down-predict-1", "indexes": 5, "version": "v1", "rowsIn": 1}
+    for index in range(5):
+        assert tracking.log_batch_run(down, store, {**batch, "index": index})["tracked"] is False
+    kept = [json.loads(p.read_text())["name"] for p in sorted(tracking.untracked_dir(store).glob("*.json"))]
+    assert kept == ["down-predict-1-2", "down-predict-1-3", "down-predict-1-4"]
 
 
 def test_search_trials_are_child_runs_of_the_search_run(
@@ -280,7 +334,9 @@ def test_search_trials_are_child_runs_of_the_search_run(
     )
     monkeypatch.setenv("MLW_SPEC", spec.model_dump_json(by_alias=True))
 
-    def worker(index: int, trials: int, env: dict[str, str], search_id: str = "s1") -> dict[str, Any]:
+    def worker(
+        index: int, trials: int, env: dict[str, str], search_id: str = "s1", exit_code: int = 0
+    ) -> dict[str, Any]:
         with monkeypatch.context() as scoped:
             for key, value in env.items():
                 scoped.setenv(key, value)
@@ -297,7 +353,7 @@ def test_search_trials_are_child_runs_of_the_search_run(
                 ]
             )
             summary = dict(json.loads(termination.read_text()))
-            assert code == 0, summary
+            assert code == exit_code, summary
             return summary
 
     # Two workers of one search (one after the other here): the first makes the search's run, the second
@@ -367,6 +423,36 @@ def test_search_trials_are_child_runs_of_the_search_run(
         )
         assert len(trials) == (4 if version == "s1" else 2)
     assert client.get_run(searched.info.run_id).data.params["sampler"] == "random"
+
+    # A search whose every trial fails (a parameter the estimator refuses), with the server down: its
+    # version fails, and the sync after that logs the search, its trials and why it failed, once.
+    failing = spec.model_dump(by_alias=True)
+    failing["automl"]["candidates"] = [
+        {"estimator": "sklearn.linear_model.LogisticRegression", "params": {"C": [-1.0]}}
+    ]
+    monkeypatch.setenv("MLW_SPEC", json.dumps(failing))
+    failed = worker(0, 2, env_for(f"http://127.0.0.1:{free_port()}", "tuned"), "s3", exitcodes.INVALID_INPUT)
+    assert failed["reason"] == "NoTrialSucceeded", failed
+    run = TrainingRun("s3", Trigger.MANUAL, "0123456789abcdef", "Failed", failed, "", datetime.now(UTC))
+    record_finished_runs(refit, status, [run], [])
+    settings = tracking.Settings(tracking_server.uri, f"{NAMESPACE}/tuned", f"{NAMESPACE}.tuned", NAMESPACE)
+    assert tracking.sync(settings, store, planned.decisions(status))["searches"] == ["s3"]
+    assert tracking.sync(settings, store, planned.decisions(status))["searches"] == []
+    (searched,) = client.search_runs(
+        [searched.info.experiment_id],
+        "tags.`mlworkflow.kind` = 'search' and tags.`mlworkflow.searchId` = 's3'",
+    )
+    assert searched.info.status == "FAILED"
+    assert (searched.data.tags["mlworkflow.outcome"], searched.data.tags["mlworkflow.reason"]) == (
+        "Failed",
+        "NoTrialSucceeded",
+    )
+    assert searched.data.tags["mlworkflow.message"].startswith("none of the 2 trials finished")
+    trials = client.search_runs(
+        [searched.info.experiment_id], f"tags.mlflow.parentRunId = '{searched.info.run_id}'"
+    )
+    assert sorted(t.data.tags["mlworkflow.state"] for t in trials) == ["FAIL", "FAIL"]
+    assert all("C" in t.data.tags["mlworkflow.error"] for t in trials), [t.data.tags for t in trials]
 
 
 def test_snapshots_wait_while_the_server_is_down_and_are_sent_when_it_is_back(

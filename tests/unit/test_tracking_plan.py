@@ -10,7 +10,7 @@ import yaml
 
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, ModelRecord, ModelStatus
 from mlworkflow.desired import children, tracking
-from mlworkflow.desired.lifecycle import Event, SyncRequest, TrackingSync, TrainRequest
+from mlworkflow.desired.lifecycle import Event, SyncRequest, TrackingSync, TrainRequest, batch_result
 from mlworkflow.desired.validation import check_spec
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "webservice-iris.yaml"
@@ -142,3 +142,19 @@ def test_an_unreachable_server_is_told_once_and_tried_again_a_minute_on() -> Non
 def test_an_untracked_workflow_has_no_tracking_status() -> None:
     status = status_after(("v1", "Promoted", "Initial"))
     assert tracking.plan_sync(None, status, [], NOW, []) is None and status.tracking is None
+
+
+def test_failed_versions_and_untracked_runs_make_a_sync() -> None:
+    status = status_after(("v2", "Failed", "NoTrialSucceeded"), ("v1", "Promoted", "Initial"))
+    first = tracking.plan_sync(SETTINGS, status, [], NOW, [])
+    assert first is not None
+    assert first.decisions["failed"] == [{"version": "v2", "reason": "NoTrialSucceeded", "message": ""}]
+    assert [d["version"] for d in first.decisions["versions"]] == ["v1"]
+    done = TrackingSync("iris-track-1", first.digest, 1, "Succeeded", {"status": "ok"}, "", NOW)
+    assert tracking.plan_sync(SETTINGS, status, [done], NOW, []) is None
+    # A drift check said MLflow did not take its run: a sync of the same decisions logs it.
+    retry = tracking.plan_sync(SETTINGS, status, [done], NOW, [], ["iris-drift-29000000"])
+    assert retry is not None and retry.digest != first.digest
+    assert retry.decisions["untracked"] == ["iris-drift-29000000"]
+    result, _ = batch_result([{"status": "ok", "tracking": {"tracked": False}}, {"status": "ok"}])
+    assert result["untracked"] == 1

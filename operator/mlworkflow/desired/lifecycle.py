@@ -107,10 +107,12 @@ class BatchRun:
 
 def batch_result(summaries: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
     """A batch run's result from its indexes' summaries (termination messages): rows added up, the longest
-    index's seconds, the published output; and what failed, once per distinct message."""
+    index's seconds, the published output, how many indexes MLflow did not take (`untracked`); and what
+    failed, once per distinct message."""
     result: dict[str, Any] = {
         key: sum(int(s.get(key) or 0) for s in summaries) for key in ("rowsIn", "predicted", "rejected")
     }
+    result["untracked"] = sum((s.get("tracking") or {}).get("tracked") is False for s in summaries)
     result["seconds"] = max((float(s.get("seconds") or 0) for s in summaries), default=0.0)
     result["output"] = next((s["output"] for s in summaries if s.get("output")), None)
     failures = [str(s["message"]) for s in summaries if s.get("status") != "ok" and s.get("message")]

@@ -29,6 +29,15 @@ from mlworkflow.desired.patterns import PATTERNS, automl
 from mlworkflow.desired.tracking import MLflowSettings, plan_sync
 
 
+def untracked_runs(observed: Observed) -> list[str]:
+    """The Jobs of the observed drift check and batch runs that said MLflow did not take their runs."""
+    names = [run.id for run in observed.batch_runs if run.result.get("untracked")]
+    check = observed.drift
+    if check is not None and (check.result.get("tracking") or {}).get("tracked") is False:
+        names.append(check.name)
+    return names
+
+
 def plan(
     spec: MLWorkflowSpec,
     observed: Observed,
@@ -64,7 +73,7 @@ def plan(
     else:
         outcome = deployment.outcome
     status = apply_outcome(status, outcome, generation, now)
-    sync = plan_sync(tracking, status, observed.syncs, now, events)
+    sync = plan_sync(tracking, status, observed.syncs, now, events, untracked_runs(observed))
     told = {e.reason for e in events}
     events += [e for e in stall_events(observed.status, status) if e.reason not in told]
     return Plan(

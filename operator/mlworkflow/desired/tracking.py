@@ -6,8 +6,9 @@ trained version; what they cannot know is the champion/challenger decision, whic
 planner (`lifecycle.decide`) once the training has ended. So a *sync* — a short Job running
 `python -m mlworkflow.runtime.tracking` — carries the decisions to MLflow: each decided version's outcome
 and reason as tags of its registered version, the alias `champion` on the served one. It also logs any
-decided version that its training could not log (the tracking server was down), and the runs of its AutoML
-search that the search's workers could not: that is the retry. The local runner starts the same sync.
+decided version that its training could not log (the tracking server was down), the runs of its AutoML
+search that the search's workers could not (a failed search's too), and the drift checks and batch runs
+that could not be logged when they ran: that is the retry. The local runner starts the same sync.
 
 A sync is wanted whenever the digest of what MLflow should show (`digest`) differs from the last one a
 sync completed (`status.tracking.synced`). A sync that could not reach the server is tried again after
@@ -65,10 +66,12 @@ def settings(spec: MLWorkflowSpec, namespace: str, name: str, default_uri: str =
     )
 
 
-def decisions(status: MLWorkflowStatus) -> dict[str, Any]:
-    """What MLflow should show: the served version and every decided version's outcome and reason (failed
-    trainings saved no model: nothing to register)."""
-    return {
+def decisions(status: MLWorkflowStatus, untracked: list[str] | None = None) -> dict[str, Any]:
+    """What MLflow should show: the served version and every decided version's outcome and reason; the
+    failed versions' reason and message (they saved no model: nothing to register; a failed AutoML search
+    is logged with them); and `untracked`, the drift checks and batch runs seen to have not been logged
+    (the runtime keeps them in the store; naming them here makes a sync log them)."""
+    wanted: dict[str, Any] = {
         "served": status.model.version if status.model else None,
         "versions": [
             {
@@ -82,7 +85,15 @@ def decisions(status: MLWorkflowStatus) -> dict[str, Any]:
             for r in status.history
             if r.outcome != "Failed"
         ],
+        "failed": [
+            {"version": r.version, "reason": r.reason, "message": r.message}
+            for r in status.history
+            if r.outcome == "Failed"
+        ],
     }
+    if untracked:
+        wanted["untracked"] = sorted(untracked)
+    return wanted
 
 
 def digest(tracking: MLflowSettings, wanted: dict[str, Any]) -> str:
@@ -96,16 +107,18 @@ def plan_sync(
     syncs: list[TrackingSync],
     now: datetime,
     events: list[Event],
+    untracked: list[str] | None = None,
 ) -> SyncRequest | None:
     """Fold the sync Jobs into `status.tracking` and say whether to start one: when the digest of what MLflow
-    should show is not the one last synced and no sync of it runs, or the last one could not reach the
+    should show (`decisions`; `untracked`: the Jobs of the drift checks and batch runs that said they were
+    not logged) is not the one last synced and no sync of it runs, or the last one could not reach the
     server `RETRY_SECONDS` ago. A sync that could not reach it is told once per attempt (Event
     NotTracked)."""
     if tracking is None:
         status.tracking = None
         return None
-    wanted = decisions(status)
-    if not wanted["versions"]:
+    wanted = decisions(status, untracked)
+    if not wanted["versions"] and not wanted["failed"]:
         return None
     current = digest(tracking, wanted)
     record = status.tracking or TrackingStatus(state="Syncing", registered_model=tracking.registered_model)

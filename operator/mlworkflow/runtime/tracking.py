@@ -18,13 +18,16 @@ Whether a version is promoted is decided by the operator after the training has 
 (`mlworkflow.desired.lifecycle.decide`), so the sync — this module's program, a Job the operator starts when
 MLflow does not show its latest decisions — tags each registered version with its outcome and reason
 (`mlworkflow.outcome`, `mlworkflow.reason`, `mlworkflow.message`) and points the alias `champion` at the
-served one. It also logs every decided version whose training could not (the retry), from the store, and
-the AutoML search of each decided version that its workers could not log whole, from its leaderboard.
+served one. It also logs every decided version whose training could not (the retry), from the store, the
+AutoML search of each decided (or failed) version that its workers could not log whole, from its
+leaderboard, and the drift checks and batch runs MLflow did not take when they happened.
 
 Tracking never fails a run: a server that cannot be reached (or refuses) makes a record
 `{"tracked": false, "reason": ...}`, which the training puts in its model card and termination message, and
 the sync reports `{"status": "unavailable"}` (exit 0) for the operator to try again. A version's record of
-where it went is `<store>/<workflow>/tracking/<version>.json`; no record: not tracked yet.
+where it went is `<store>/<workflow>/tracking/<version>.json`; no record: not tracked yet. A drift check or
+batch run that was not logged waits in `<store>/<workflow>/tracking/untracked/` (`_keep_untracked`) for the
+next one that is, or the next sync, to log it (`log_untracked`).
 """
 
 from __future__ import annotations
@@ -34,10 +37,12 @@ import contextlib
 import json
 import math
 import os
+import socket
 import sys
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,6 +64,8 @@ TAG = "mlworkflow."  # prefix of every tag this project sets
 CHAMPION_ALIAS = "champion"
 INPUT_EXAMPLE_ROWS = 5
 MAX_REASON = 500
+UNTRACKED_KEEP = 100  # untracked drift checks and batch runs kept for later
+CLAIM_SECONDS = 600  # a claim on an untracked run older than this is taken over
 
 
 class NotTracked(Exception):
@@ -343,21 +350,28 @@ def _log_run(
     metrics_: dict[str, float],
     params_: dict[str, str] | None = None,
     parent_run_id: str | None = None,
+    start_time: int | None = None,
 ) -> str:
-    """`log_run`, raising what MLflow raises; returns the run's id."""
-    _client(settings)  # first: it sets MLflow's environment before MLflow is imported
+    """`log_run`, raising what MLflow raises; returns the run's id. `start_time` (ms since the epoch,
+    default now): when the run happened, for one logged later (`log_untracked`)."""
+    client = _client(settings)  # first: it sets MLflow's environment before MLflow is imported
     import mlflow
+    from mlflow.entities import Metric, Param
 
     experiment = mlflow.set_experiment(settings.experiment)
     all_tags = {f"{TAG}namespace": settings.namespace, **tags}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
-    with mlflow.start_run(experiment_id=experiment.experiment_id, run_name=name, tags=all_tags) as run:
-        if params_:
-            mlflow.log_params(params_)
-        if metrics_:
-            mlflow.log_metrics(metrics_)
-    return str(run.info.run_id)
+    started = start_time if start_time is not None else int(time.time() * 1000)
+    run_id = str(client.create_run(experiment.experiment_id, started, all_tags, name).info.run_id)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(key, value, started, 0) for key, value in metrics_.items()],
+        params=[Param(key, value) for key, value in (params_ or {}).items()],
+    )
+    # One logged later ended when it started (a check's duration is its metric `seconds`), not now.
+    client.set_terminated(run_id, "FINISHED", start_time)
+    return run_id
 
 
 RunArgs = tuple[str, dict[str, str], dict[str, float], dict[str, str]]  # name, tags, metrics, params
@@ -413,12 +427,19 @@ def search_record_path(store: WorkflowStore, search_id: str) -> Path:
 
 
 def _sync_search(
-    client: MlflowClient, settings: Settings, store: WorkflowStore, search_id: str, refit_run_id: str
+    client: MlflowClient,
+    settings: Settings,
+    store: WorkflowStore,
+    search_id: str,
+    refit_run_id: str | None,
+    failure: tuple[str, str] | None = None,
 ) -> int:
     """Make MLflow show the finished AutoML search `search_id` (its `leaderboard.json`) whole: its run (the
     one its workers made, found by id or by tags, else made now) and a child run for each trial the workers
-    could not log, then link it with the refit's run. Returns how many runs it logged now (0 once a record
-    says it is whole). Raises what MLflow raises."""
+    could not log, then link it with the refit's run; or, for a search that failed (`failure`: the reason
+    and message of its version's history entry), end its run FAILED with the tags `mlworkflow.outcome`
+    (Failed), `mlworkflow.reason` and `mlworkflow.message`. Returns how many runs it logged now (0 once a
+    record says it is whole). Raises what MLflow raises."""
     import mlflow
 
     board_path = store.base / "automl" / search_id / "leaderboard.json"
@@ -427,7 +448,9 @@ def _sync_search(
     board = json.loads(board_path.read_text())
     done = _read_json(search_record_path(store, search_id)) or {}
     rows = board.get("rows") or []
-    if done.get("trials") == len(rows) and done.get("registeredModel") == settings.registered_model:
+    failed = failure[0] if failure else None
+    whole = done.get("trials") == len(rows) and done.get("registeredModel") == settings.registered_model
+    if whole and done.get("failure") == failed:
         return 0
     experiment = mlflow.set_experiment(settings.experiment)
     run_id = _search_run_id(client, settings, store, search_id, board, experiment.experiment_id)
@@ -445,10 +468,21 @@ def _sync_search(
         if str(row["trial"]) not in have:
             _log_run(settings, *_trial_run(store, search_id, row), run_id)
             logged += 1
-    _link_search(client, run_id, refit_run_id, search_id)
+    if refit_run_id is not None:
+        _link_search(client, run_id, refit_run_id, search_id)
+    if failure is not None:
+        reason, message = failure
+        for key, value in (("outcome", "Failed"), ("reason", reason), ("message", message[:MAX_REASON])):
+            client.set_tag(run_id, f"{TAG}{key}", value)
+        client.set_terminated(run_id, "FAILED")
     _write_json(
         search_record_path(store, search_id),
-        {"runId": run_id, "trials": len(rows), "registeredModel": settings.registered_model},
+        {
+            "runId": run_id,
+            "trials": len(rows),
+            "registeredModel": settings.registered_model,
+            "failure": failed,
+        },
     )
     return logged
 
@@ -485,10 +519,12 @@ def log_drift_check(
     settings: Settings, store: WorkflowStore, version: str, summary: dict[str, Any]
 ) -> dict[str, Any]:
     """A finished drift check of the served `version` (its summary, `drift.check`) as a run: the drifted
-    share and counts as metrics, the Evidently report's path in the store as a tag."""
+    share and counts as metrics, the Evidently report's path in the store as a tag. Not logged now: kept
+    for later (`_log_or_keep`)."""
     result = str(summary.get("result") or "")
-    return log_run(
+    return _log_or_keep(
         settings,
+        store,
         f"drift-{Path(result).parent.name or version}",
         {
             f"{TAG}workflow": store.workflow,
@@ -509,9 +545,11 @@ def log_drift_check(
 
 def log_batch_run(settings: Settings, store: WorkflowStore, summary: dict[str, Any]) -> dict[str, Any]:
     """One index of a finished batch run (its summary, `predict.execute`) as a run named
-    `<run id>-<index>`: rows in, predicted and rejected as metrics."""
-    return log_run(
+    `<run id>-<index>`: rows in, predicted and rejected as metrics. Not logged now: kept for later
+    (`_log_or_keep`)."""
+    return _log_or_keep(
         settings,
+        store,
         f"{summary.get('runId')}-{summary.get('index')}",
         {
             f"{TAG}workflow": store.workflow,
@@ -527,6 +565,122 @@ def log_batch_run(settings: Settings, store: WorkflowStore, summary: dict[str, A
         },
         {"index": str(summary.get("index")), "indexes": str(summary.get("indexes"))},
     )
+
+
+def untracked_dir(store: WorkflowStore) -> Path:
+    """The runs (drift checks, batch runs) MLflow did not take when they happened, one file each
+    (`<ns since the epoch>-<random>.json`: {name, tags, metrics, params, startTime}) until logged."""
+    return store.base / "tracking" / "untracked"
+
+
+def _log_or_keep(
+    settings: Settings,
+    store: WorkflowStore,
+    name: str,
+    tags: dict[str, str],
+    metrics_: dict[str, float],
+    params_: dict[str, str],
+) -> dict[str, Any]:
+    """Log a run now, and then what was kept before (the server answers again: `log_untracked`); or keep
+    it in the store for the next run or sync to log. Returns `{"tracked": true, "runId"}` or
+    `{"tracked": false, "reason"}`; never raises for MLflow."""
+    try:
+        with _failures_as_not_tracked():
+            run_id = _log_run(settings, name, tags, metrics_, params_)
+    except NotTracked as error:
+        _keep_untracked(store, name, tags, metrics_, params_)
+        return {"tracked": False, "reason": str(error)}
+    try:
+        with _failures_as_not_tracked():
+            log_untracked(settings, store)
+    except NotTracked:
+        pass  # they wait for the next run or sync
+    return {"tracked": True, "runId": run_id}
+
+
+def _keep_untracked(
+    store: WorkflowStore, name: str, tags: dict[str, str], metrics_: dict[str, float], params_: dict[str, str]
+) -> None:
+    """Keep a run MLflow did not take, with when it happened; only the newest `UNTRACKED_KEEP` are kept (a
+    server down for days must not fill the store)."""
+    now = time.time_ns()
+    record = {
+        "name": name,
+        "tags": tags,
+        "metrics": metrics_,
+        "params": params_,
+        "startTime": now // 1_000_000,
+    }
+    folder = untracked_dir(store)
+    _write_json(folder / f"{now:020d}-{uuid.uuid4().hex[:8]}.json", record)
+    kept = sorted(folder.glob("*.json"))
+    for old in kept[:-UNTRACKED_KEEP]:
+        old.unlink(missing_ok=True)
+    if len(kept) > UNTRACKED_KEEP:
+        print(f"tracking: dropped {len(kept) - UNTRACKED_KEEP} older untracked run(s)", file=sys.stderr)
+
+
+def log_untracked(settings: Settings, store: WorkflowStore) -> list[str]:
+    """Log the runs kept by `_keep_untracked`, oldest first, each once, with their params, metrics, tags and
+    start time; returns their names. Several processes may do it at once (a sync, a drift check, a batch
+    run's indexes): each run is claimed by renaming its file, which one of them wins, and removed once
+    logged. A claim older than `CLAIM_SECONDS` (its process ended) is taken over; a run MLflow has already
+    (its process ended between logging and removing) is not logged again; one MLflow refuses as a bad
+    request is dropped. Raises what else MLflow raises; the run it was logging stays kept."""
+    from mlflow.exceptions import MlflowException
+
+    folder = untracked_dir(store)
+    if not folder.is_dir():
+        return []
+    owner = f"{socket.gethostname()}-{os.getpid()}"
+    logged: list[str] = []
+    for path in sorted(folder.iterdir()):
+        try:
+            if path.suffix == ".claim" and time.time() - path.stat().st_mtime <= CLAIM_SECONDS:
+                continue
+            if path.suffix not in (".json", ".claim"):
+                continue
+            stem = path.name.split(".")[0]
+            claimed = folder / f"{stem}.{owner}.claim"
+            os.rename(path, claimed)
+        except FileNotFoundError:
+            continue  # another process took it
+        os.utime(claimed)
+        run = json.loads(claimed.read_text())
+        try:
+            if not _logged_run(settings, store, run["name"], run["tags"]):
+                _log_run(
+                    settings, run["name"], run["tags"], run["metrics"], run["params"], None, run["startTime"]
+                )
+        except MlflowException as error:
+            if error.get_http_status_code() != 400:  # type: ignore[no-untyped-call]
+                os.rename(claimed, folder / f"{stem}.json")
+                raise
+            # Refused as it is (a bad request stays bad): dropped, or it would stop every sync after it.
+            print(f"tracking: {run['name']} refused, dropped: {error}", file=sys.stderr)
+        except BaseException:
+            os.rename(claimed, folder / f"{stem}.json")
+            raise
+        else:
+            logged.append(str(run["name"]))
+        claimed.unlink()
+    return logged
+
+
+def _logged_run(settings: Settings, store: WorkflowStore, name: str, tags: dict[str, str]) -> bool:
+    """Whether the experiment has a run of this workflow and namespace with this name and kind."""
+    client = _client(settings)
+    import mlflow
+
+    experiment = mlflow.set_experiment(settings.experiment)
+    # Names are `drift-<time>` and `<Job name>-<index>`, kinds fixed words: no quote to escape.
+    found = client.search_runs(
+        [experiment.experiment_id],
+        f"attributes.run_name = '{name}' and tags.`{TAG}kind` = '{tags.get(f'{TAG}kind')}' "
+        f"and tags.`{TAG}workflow` = '{store.workflow}' and tags.`{TAG}namespace` = '{settings.namespace}'",
+        max_results=1,
+    )
+    return bool(found)
 
 
 @dataclass(frozen=True)
@@ -679,8 +833,9 @@ class SnapshotLog:
 def sync(settings: Settings, store: WorkflowStore, decisions: dict[str, Any]) -> dict[str, Any]:
     """Make MLflow show the operator's `decisions`: log each decided version not logged yet (from the store),
     tag each registered version with its outcome and reason, log what its AutoML search's workers could not
-    (`_sync_search`), and point `champion` at the served one. Raises NotTracked when MLflow cannot be
-    reached or refuses."""
+    (`_sync_search`; a failed search's too, with why it failed), point `champion` at the served one, and
+    log the drift checks and batch runs MLflow did not take when they happened (`log_untracked`). Raises
+    NotTracked when MLflow cannot be reached or refuses."""
     logged, missing, searches = [], [], []
     served = decisions.get("served")
     with _failures_as_not_tracked():
@@ -710,8 +865,13 @@ def sync(settings: Settings, store: WorkflowStore, decisions: dict[str, Any]) ->
                 client.set_model_version_tag(settings.registered_model, number, key, value)
             if _sync_search(client, settings, store, version, str(record["runId"])):
                 searches.append(version)
+        for entry in decisions.get("failed") or []:
+            failure = (str(entry.get("reason") or ""), str(entry.get("message") or ""))
+            if _sync_search(client, settings, store, entry["version"], None, failure):
+                searches.append(entry["version"])
         if served in registered:
             client.set_registered_model_alias(settings.registered_model, CHAMPION_ALIAS, registered[served])
+        untracked = log_untracked(settings, store)
     said = [f"{len(registered)} version(s) tagged with their outcome"]
     if served in registered:
         said.append(f"{CHAMPION_ALIAS} is {served} (version {registered[served]})")
@@ -719,6 +879,8 @@ def sync(settings: Settings, store: WorkflowStore, decisions: dict[str, Any]) ->
         said.append(f"logged now: {', '.join(logged)}")
     if searches:
         said.append(f"searches logged now: {', '.join(searches)}")
+    if untracked:
+        said.append(f"{len(untracked)} untracked run(s) logged now: {', '.join(untracked)}"[:MAX_REASON])
     if missing:
         said.append(f"not in the store: {', '.join(missing)}")
     return {
@@ -727,6 +889,7 @@ def sync(settings: Settings, store: WorkflowStore, decisions: dict[str, Any]) ->
         "champion": served if served in registered else None,
         "logged": logged,
         "searches": searches,
+        "untracked": untracked,
         "missing": missing,
         "message": "; ".join(said),
     }
