@@ -197,3 +197,19 @@ def test_with_a_time_column_the_trainer_holds_out_the_newest_rows(tmp_path: Path
     oldest = written.sort_values("ts").iloc[:160][[*FEATURES, "label"]]
     trained = np.load(model_dir(tmp_path, "v1") / holdout.ROWS_FILE)
     assert np.array_equal(trained, np.unique(holdout.row_hashes(oldest))), "trained on the 160 oldest rows"
+
+    # A backfill: rows of hours 50-149 arrive late. The 60 newest rows would include v1's training rows of
+    # hours 150-159; v2 is judged on the 60 newest that v1 never saw: its holdout (hours 160-199) and the
+    # backfill's hours 130-149.
+    late = world(100, new=False, seed=5)
+    late["ts"] = pd.date_range("2026-01-03T02:00", periods=100, freq="h").strftime("%Y-%m-%dT%H:%M:%SZ")
+    late.to_csv(tmp_path / "data" / "part-2.csv", index=False)
+    result = train(tmp_path, workflow, "v2", Trigger.DRIFT, champion="v1")
+    assert result["holdout"] == {"rows": 60, "excludedRows": 160, "split": "OutOfTime"}
+    everything = pd.concat([written, pd.read_csv(tmp_path / "data" / "part-2.csv")], ignore_index=True)
+    hashes = holdout.row_hashes(everything[[*FEATURES, "label"]])
+    unseen = everything[~np.isin(hashes, trained)]
+    newest = holdout.row_hashes(unseen.sort_values("ts").iloc[-60:][[*FEATURES, "label"]])
+    held_out = np.setdiff1d(hashes, np.load(model_dir(tmp_path, "v2") / holdout.ROWS_FILE))
+    assert np.array_equal(held_out, np.unique(newest)), "the 60 newest of the 140 rows v1 never saw"
+    assert not np.isin(held_out, trained).any()
