@@ -48,6 +48,7 @@ def test_the_demo_closes_the_loop(tmp_path: Path) -> None:
     assert "drift report" in page and "card.md" in page
     champion_f1 = status["history"][0]["championMetrics"]["f1_macro"]
     assert f"<td>{champion_f1:.4f} (v1)</td>" in page, "the page shows the champion's score on the same rows"
+    assert f"<td>{status['history'][0]['metrics']['f1_macro']:.4f}</td>" in page, "and the challenger's"
     drawn = story_traces(page)  # the story, drawn from the status's history and the store's checks
     versions = {
         v: (outcome, y)
@@ -239,10 +240,27 @@ def test_a_missing_file_and_a_busy_port_say_what_to_do(tmp_path: Path) -> None:
     assert done.returncode != 0 and f"port {port} is in use" in done.stderr and "--port" in done.stderr
 
 
-def test_a_missing_data_file_is_a_training_failure_with_its_message(tmp_path: Path) -> None:
+def test_a_missing_data_file_fails_the_training_and_retrain_retries_it_once_fixed(tmp_path: Path) -> None:
+    from sklearn.datasets import load_iris
+
     path = manifest(tmp_path, data={"source": "data/missing.csv", "target": "target"})
-    _, output = run_until(path, free_port(), "Failed", 60)
+
+    def fix_and_retrain(status_file: Path) -> None:
+        (tmp_path / "store" / "data").mkdir()
+        load_iris(as_frame=True).frame.to_csv(tmp_path / "store" / "data" / "missing.csv", index=False)
+        asked = subprocess.run([MLWORKFLOW, "retrain", str(path)], capture_output=True, text=True, timeout=60)
+        assert asked.returncode == 0, asked.stderr
+        wait_for(lambda: json.loads(status_file.read_text())["phase"] == "Serving", 120, "the retried v2")
+
+    code, output = run_until(path, free_port(), "Failed", 60, then=fix_and_retrain)
+    assert code == 0, output
     assert "TrainingFailed" in output and "no file matches 'data/missing.csv'" in output
+    status = json.loads((tmp_path / "store" / "iris-classifier" / "status.json").read_text())
+    assert [(h["version"], h["trigger"], h["outcome"]) for h in status["history"]] == [
+        ("v2", "Manual", "Promoted"),
+        ("v1", "Initial", "Failed"),
+    ]
+    assert status["model"]["version"] == "v2" and status["lastHandledRetrain"]
 
 
 def test_retrain_asks_a_running_workflow_for_a_manual_retraining(tmp_path: Path) -> None:
