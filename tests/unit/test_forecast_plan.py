@@ -78,6 +78,11 @@ def test_a_schedule_makes_a_cronjob_and_no_run_per_version() -> None:
     wanted = forecast.children_for(children.Workflow("d", "ml", "u", scheduled), result, CONTEXT)
     [cronjob] = wanted.apply
     assert cronjob["kind"] == "CronJob" and cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    assert (cronjob["spec"]["successfulJobsHistoryLimit"], cronjob["spec"]["failedJobsHistoryLimit"]) == (
+        3,
+        3,
+    )
+    assert cronjob["spec"]["jobTemplate"]["spec"]["completionMode"] == "Indexed"
     template = cronjob["spec"]["jobTemplate"]
     assert template["metadata"]["annotations"][children.TRIGGER_ANNOTATION] == "Schedule"
     assert template["metadata"]["labels"][children.VERSION_LABEL] == "v1"
