@@ -331,6 +331,64 @@ def test_the_forecast_example_runs_locally_and_predicts_when_asked(tmp_path: Pat
     assert "Batch runs" in page and f"../{run['output']}/_manifest.json" in page
 
 
+def test_the_local_runner_runs_forecast_on_its_schedule_once_per_firing(tmp_path: Path) -> None:
+    """`spec.batch.schedule` honoured by the runner (its clock stepped past 06:00, as a CronJob's would
+    pass it): one run per firing, of the promoted version, its indexes as parallel processes; no run per
+    promoted version while a schedule is set."""
+    from datetime import timedelta
+
+    from sklearn.datasets import load_diabetes
+
+    from mlworkflow.api.v1alpha1 import MLWorkflowSpec
+    from mlworkflow.local.runner import LocalRunner
+    from workflows import CHECKS_BY_HAND
+
+    document = yaml.safe_load((REPO / "examples" / "forecast-diabetes.yaml").read_text())["spec"]
+    document["model"]["params"] = {"n_estimators": 20}
+    document["monitoring"]["schedule"] = CHECKS_BY_HAND  # the stepped clock must start no drift check
+    (tmp_path / "incoming").mkdir()
+    patients = load_diabetes(as_frame=True).data.assign(patient=range(442))
+    patients.iloc[:221].to_csv(tmp_path / "incoming" / "diabetes-1.csv", index=False)
+    patients.iloc[221:].to_csv(tmp_path / "incoming" / "diabetes-2.csv", index=False)  # a file per index
+    said: list[str] = []
+    runner = LocalRunner(
+        "forecast", MLWorkflowSpec.model_validate(document), tmp_path, free_port(), say=said.append
+    )
+    try:
+        wait_for(lambda: runner.tick() or runner.status.phase == "Scheduled", 120, "v1 trained")
+        assert not runner.batch_runs, "with a schedule, a promoted version waits for it"
+        tomorrow = runner.started_at + timedelta(days=1)
+        six = tomorrow.replace(hour=6, minute=0, second=0, microsecond=0)
+        runner.tick(six - timedelta(minutes=1))
+        assert not runner.batch_runs
+        for minute in (1, 2):  # fired once: the second look finds nothing new
+            runner.tick(six + timedelta(minutes=minute))
+        [run] = runner.batch_runs.values()
+        assert (run.trigger, run.version, len(run.indexes)) == ("Schedule", "v1", 2)
+        assert run.id == f"forecast-predict-{six:%Y%m%d}0601"
+
+        def finished() -> bool:
+            runner.tick(six + timedelta(minutes=3))
+            return bool(runner.status.batch and runner.status.batch.runs[0].state != "Running")
+
+        wait_for(finished, 120, "the scheduled run")
+    finally:
+        runner.stop()
+    assert runner.status.batch is not None
+    [record] = runner.status.batch.runs
+    assert (record.state, record.trigger, record.predicted, record.rejected) == (
+        "Succeeded",
+        "Schedule",
+        442,
+        0,
+    )
+    assert record.output is not None
+    manifest = json.loads((tmp_path / record.output / "_manifest.json").read_text())
+    assert [i["rowsIn"] for i in manifest["indexes"]] == [221, 221], "two indexes, a file each"
+    page = (tmp_path / "forecast" / "index.html").read_text()
+    assert f'<a href="../{record.output}/_manifest.json">' in page
+
+
 def test_the_automl_example_searches_with_local_workers_and_serves_the_winner(
     tmp_path: Path, tracking_server: MLflowServer
 ) -> None:
