@@ -16,9 +16,10 @@ its holdout: the canary). Measured in one run:
   before it starts), guardrails on (their defaults), batch 256, default snapshots (every 1,000 samples or
   2 s): samples/s from its first applied batch to its last, read from its Prometheus counter;
 - freshness: with the learner running on defaults (batch 256, maxWaitSeconds 1, snapshots every 1,000
-  samples or 2 s), labelled messages trickle in (`--rate` a second); for each, the time from its produce to
-  the moment `online/latest` names a snapshot whose stored offsets cover it (p50, p95). Serving picks the
-  snapshot up from there (measured on the serving side separately).
+  samples or 2 s) and a serving process in follow mode (`bentoml serve` of the service, as the serving Pods
+  run it) answering a client that asks without a pause, labelled messages trickle in (`--rate` a second);
+  for each, the time from its produce to the first answer by a snapshot whose stored offsets cover it
+  (p50, p95), and to the moment `online/latest` named that snapshot (the learner's share).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from learning import WARM_ROWS, online_frame
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec
 from mlworkflow.runtime.sources import KafkaSource
 from mlworkflow.runtime.store import WorkflowStore
+from serving import post, serve
 
 BATCH = 256
 ESTIMATORS = {
@@ -197,11 +199,16 @@ def freshness(
     stream: Any,
     seconds: float,
     rate: float,
-) -> list[float]:
-    """Seconds from producing each message to a published snapshot that learned it."""
+    folder: Path,
+) -> tuple[list[float], list[float]]:
+    """Seconds from producing each message to a published snapshot that learned it, and to the first
+    answer of the serving process by such a snapshot."""
     process = learner(store, spec, 0)
     produced: dict[int, float] = {}  # offset -> produce time (one partition)
-    seen: dict[int, float] = {}
+    covers: dict[str, tuple[int, float]] = {}  # published version -> (offsets it learned, when published)
+    answered: dict[str, float] = {}  # version -> its first answer
+    failed: list[int] = []  # status codes of failed requests (none expected)
+    record = stream.drop(columns=["label"]).iloc[0].to_dict()
     try:
         deadline = time.monotonic() + 120
         while not store.online_latest.exists() and time.monotonic() < deadline:
@@ -216,38 +223,65 @@ def freshness(
                 if version != published:
                     published = version
                     card = json.loads((store.model_dir(version) / "card.json").read_text())
-                    covered = int(card["online"]["position"].get("offsets", {}).get("0", 0))
-                    now = time.perf_counter()
-                    for offset in list(produced):
-                        if offset < covered and offset not in seen:
-                            seen[offset] = now
+                    offsets = card["online"]["position"].get("offsets", {})
+                    covers[version] = (int(offsets.get("0", 0)), time.perf_counter())
                 time.sleep(0.01)
 
-        watcher = threading.Thread(target=watch, daemon=True)
-        watcher.start()
-        records = stream.to_dict("records")
-        sent = 0
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            sent_at = time.perf_counter()
+        def ask(url: str) -> None:
+            while not stop.is_set():
+                code, answer = post(f"{url}/predict", {"records": [record]})
+                if code != 200:
+                    failed.append(code)
+                    continue
+                answered.setdefault(answer["model"], time.perf_counter())
 
-            def delivered(error: Any, message: Any, at: float = sent_at) -> None:
-                if error is None:
-                    produced[message.offset()] = at
+        with serve(store.bentoml_home, f"{store.workflow}:v1", folder, {"MLW_FOLLOW_LATEST": "1"}) as served:
+            threads = [
+                threading.Thread(target=watch, daemon=True),
+                threading.Thread(target=ask, args=(served.url,), daemon=True),
+            ]
+            for thread in threads:
+                thread.start()
+            records = stream.to_dict("records")
+            sent = 0
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                sent_at = time.perf_counter()
 
-            producer.produce(topic, json.dumps(records[sent % len(records)]).encode(), on_delivery=delivered)
-            producer.flush(10)
-            sent += 1
-            time.sleep(1 / rate)
-        wait_until = time.monotonic() + 30
-        while len(seen) < len(produced) and time.monotonic() < wait_until:
-            time.sleep(0.05)
-        stop.set()
-        watcher.join()
+                def delivered(error: Any, message: Any, at: float = sent_at) -> None:
+                    if error is None:
+                        produced[message.offset()] = at
+
+                producer.produce(
+                    topic, json.dumps(records[sent % len(records)]).encode(), on_delivery=delivered
+                )
+                producer.flush(10)
+                sent += 1
+                time.sleep(1 / rate)
+            last = max(produced)
+            wait_until = time.monotonic() + 30
+            while time.monotonic() < wait_until and not any(
+                covered > last and version in answered for version, (covered, _) in covers.items()
+            ):
+                time.sleep(0.05)
+            stop.set()
+            for thread in threads:
+                thread.join()
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(60)
-    return [seen[o] - produced[o] for o in produced if o in seen]
+    to_published, to_served = [], []
+    for offset, at in produced.items():
+        learned = [when for covered, when in covers.values() if covered > offset]
+        if learned:
+            to_published.append(min(learned) - at)
+            served_at = [
+                answered[v] for v, (covered, _) in covers.items() if covered > offset and v in answered
+            ]
+            if served_at:
+                to_served.append(min(served_at) - at)
+    assert not failed, f"{len(failed)} requests failed: {failed[:5]}"
+    return to_published, to_served
 
 
 def main() -> None:
@@ -288,7 +322,17 @@ def main() -> None:
         spec = spec_for(estimators[0], topic, broker.bootstrap_servers)
         store = WorkflowStore(root, "fresh")
         train(spec, store)
-        delays = freshness(store, spec, broker.bootstrap_servers, topic, stream, args.seconds, args.rate)
+        (Path(folder) / "serve").mkdir()
+        published, delays = freshness(
+            store,
+            spec,
+            broker.bootstrap_servers,
+            topic,
+            stream,
+            args.seconds,
+            args.rate,
+            Path(folder) / "serve",
+        )
 
     print(f"\n{args.samples} samples, batch {BATCH}, 40 numeric features, 3 classes\n")
     print(
@@ -303,11 +347,12 @@ def main() -> None:
             f"{ours['rate']:,.0f}/s | {ours['rate'] / bare:.2f}x | {ours['rate'] / preprocessed:.2f}x | "
             f"{ours['rate'] / alone:.2f}x | {ours['quarantined']:.0f} |"
         )
-    quantiles = statistics.quantiles(delays, n=20) if len(delays) > 1 else delays * 19
-    print(
-        f"\nfreshness ({len(delays)} messages at {args.rate:g}/s, default snapshots): "
-        f"p50 {statistics.median(delays):.2f} s, p95 {quantiles[18]:.2f} s, max {max(delays):.2f} s"
-    )
+    for what, seconds in (("to a served answer", delays), ("to the published snapshot", published)):
+        quantiles = statistics.quantiles(seconds, n=20) if len(seconds) > 1 else seconds * 19
+        print(
+            f"\nfreshness {what} ({len(seconds)} messages at {args.rate:g}/s, default snapshots): "
+            f"p50 {statistics.median(seconds):.2f} s, p95 {quantiles[18]:.2f} s, max {max(seconds):.2f} s"
+        )
 
 
 if __name__ == "__main__":

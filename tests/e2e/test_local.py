@@ -48,6 +48,7 @@ def test_the_demo_closes_the_loop(tmp_path: Path) -> None:
     assert "drift report" in page and "card.md" in page
     champion_f1 = status["history"][0]["championMetrics"]["f1_macro"]
     assert f"<td>{champion_f1:.4f} (v1)</td>" in page, "the page shows the champion's score on the same rows"
+    assert f"<td>{status['history'][0]['metrics']['f1_macro']:.4f}</td>" in page, "and the challenger's"
     drawn = story_traces(page)  # the story, drawn from the status's history and the store's checks
     versions = {
         v: (outcome, y)
@@ -239,10 +240,27 @@ def test_a_missing_file_and_a_busy_port_say_what_to_do(tmp_path: Path) -> None:
     assert done.returncode != 0 and f"port {port} is in use" in done.stderr and "--port" in done.stderr
 
 
-def test_a_missing_data_file_is_a_training_failure_with_its_message(tmp_path: Path) -> None:
+def test_a_missing_data_file_fails_the_training_and_retrain_retries_it_once_fixed(tmp_path: Path) -> None:
+    from sklearn.datasets import load_iris
+
     path = manifest(tmp_path, data={"source": "data/missing.csv", "target": "target"})
-    _, output = run_until(path, free_port(), "Failed", 60)
+
+    def fix_and_retrain(status_file: Path) -> None:
+        (tmp_path / "store" / "data").mkdir()
+        load_iris(as_frame=True).frame.to_csv(tmp_path / "store" / "data" / "missing.csv", index=False)
+        asked = subprocess.run([MLWORKFLOW, "retrain", str(path)], capture_output=True, text=True, timeout=60)
+        assert asked.returncode == 0, asked.stderr
+        wait_for(lambda: json.loads(status_file.read_text())["phase"] == "Serving", 120, "the retried v2")
+
+    code, output = run_until(path, free_port(), "Failed", 60, then=fix_and_retrain)
+    assert code == 0, output
     assert "TrainingFailed" in output and "no file matches 'data/missing.csv'" in output
+    status = json.loads((tmp_path / "store" / "iris-classifier" / "status.json").read_text())
+    assert [(h["version"], h["trigger"], h["outcome"]) for h in status["history"]] == [
+        ("v2", "Manual", "Promoted"),
+        ("v1", "Initial", "Failed"),
+    ]
+    assert status["model"]["version"] == "v2" and status["lastHandledRetrain"]
 
 
 def test_retrain_asks_a_running_workflow_for_a_manual_retraining(tmp_path: Path) -> None:
@@ -311,6 +329,64 @@ def test_the_forecast_example_runs_locally_and_predicts_when_asked(tmp_path: Pat
     assert sorted(predicted["patient"].astype(int)) == list(range(442)), "two indexes, every patient once"
     page = (tmp_path / "store" / "diabetes-progression" / "index.html").read_text()
     assert "Batch runs" in page and f"../{run['output']}/_manifest.json" in page
+
+
+def test_the_local_runner_runs_forecast_on_its_schedule_once_per_firing(tmp_path: Path) -> None:
+    """`spec.batch.schedule` honoured by the runner (its clock stepped past 06:00, as a CronJob's would
+    pass it): one run per firing, of the promoted version, its indexes as parallel processes; no run per
+    promoted version while a schedule is set."""
+    from datetime import timedelta
+
+    from sklearn.datasets import load_diabetes
+
+    from mlworkflow.api.v1alpha1 import MLWorkflowSpec
+    from mlworkflow.local.runner import LocalRunner
+    from workflows import CHECKS_BY_HAND
+
+    document = yaml.safe_load((REPO / "examples" / "forecast-diabetes.yaml").read_text())["spec"]
+    document["model"]["params"] = {"n_estimators": 20}
+    document["monitoring"]["schedule"] = CHECKS_BY_HAND  # the stepped clock must start no drift check
+    (tmp_path / "incoming").mkdir()
+    patients = load_diabetes(as_frame=True).data.assign(patient=range(442))
+    patients.iloc[:221].to_csv(tmp_path / "incoming" / "diabetes-1.csv", index=False)
+    patients.iloc[221:].to_csv(tmp_path / "incoming" / "diabetes-2.csv", index=False)  # a file per index
+    said: list[str] = []
+    runner = LocalRunner(
+        "forecast", MLWorkflowSpec.model_validate(document), tmp_path, free_port(), say=said.append
+    )
+    try:
+        wait_for(lambda: runner.tick() or runner.status.phase == "Scheduled", 120, "v1 trained")
+        assert not runner.batch_runs, "with a schedule, a promoted version waits for it"
+        tomorrow = runner.started_at + timedelta(days=1)
+        six = tomorrow.replace(hour=6, minute=0, second=0, microsecond=0)
+        runner.tick(six - timedelta(minutes=1))
+        assert not runner.batch_runs
+        for minute in (1, 2):  # fired once: the second look finds nothing new
+            runner.tick(six + timedelta(minutes=minute))
+        [run] = runner.batch_runs.values()
+        assert (run.trigger, run.version, len(run.indexes)) == ("Schedule", "v1", 2)
+        assert run.id == f"forecast-predict-{six:%Y%m%d}0601"
+
+        def finished() -> bool:
+            runner.tick(six + timedelta(minutes=3))
+            return bool(runner.status.batch and runner.status.batch.runs[0].state != "Running")
+
+        wait_for(finished, 120, "the scheduled run")
+    finally:
+        runner.stop()
+    assert runner.status.batch is not None
+    [record] = runner.status.batch.runs
+    assert (record.state, record.trigger, record.predicted, record.rejected) == (
+        "Succeeded",
+        "Schedule",
+        442,
+        0,
+    )
+    assert record.output is not None
+    manifest = json.loads((tmp_path / record.output / "_manifest.json").read_text())
+    assert [i["rowsIn"] for i in manifest["indexes"]] == [221, 221], "two indexes, a file each"
+    page = (tmp_path / "forecast" / "index.html").read_text()
+    assert f'<a href="../{record.output}/_manifest.json">' in page
 
 
 def test_the_automl_example_searches_with_local_workers_and_serves_the_winner(

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from confluent_kafka import Producer
 from kubernetes import client
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_wine
 
@@ -99,6 +100,11 @@ def scrape(
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
+
+
+def read(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
 
 
 class Client:
@@ -203,6 +209,8 @@ def test_the_learner_learns_from_kafka_and_serving_follows_its_snapshots(
     assert quarantined["samplesSeen"] == learned["samplesSeen"], "the poisoned rows were not learned"
     workflow = get(api, ns, NAME)
     assert workflow["status"]["model"]["version"] == workflow["status"]["online"]["snapshot"]
+    (condition,) = [c for c in workflow["status"]["conditions"] if c["type"] == "Quarantining"]
+    assert (condition["status"], condition["reason"]) == ("True", "MissingColumn"), condition
     events = wait_for(
         lambda: [
             e
@@ -225,6 +233,15 @@ def test_the_learner_learns_from_kafka_and_serving_follows_its_snapshots(
     quarantines = (("outcome", "quarantined"), ("reason", "MissingColumn"))
     assert metrics[("mlworkflow_online_batches_total", quarantines)] >= 1
     assert metrics[("mlworkflow_online_lag", ())] == 0
+    # The served snapshot, as the serving Pod says (its /metrics) and as the operator exports it.
+    snapshot = workflow["status"]["online"]["snapshot"]
+    gauge = f'mlworkflow_serving_snapshot{{model_version="v1"}} {float(snapshot.partition(".")[2])}'
+    wait_for(lambda: gauge in read(f"{url}/metrics"), 10, f"the serving Pod's /metrics: {gauge}")
+    mine = {"namespace": ns, "workflow": NAME}
+    info = {**mine, "version": snapshot, "backend": workflow["status"]["model"].get("backend") or ""}
+    assert REGISTRY.get_sample_value("mlworkflow_serving_model_info", info) == 1, info
+    assert REGISTRY.get_sample_value("mlworkflow_online_samples_seen", mine) == learned["samplesSeen"]
+    assert (REGISTRY.get_sample_value("mlworkflow_online_batches_quarantined", mine) or 0) >= 1
     table = control_plane.kubectl("get", "mlw", NAME, "-n", ns).stdout.splitlines()[1].split()
     assert table[1:3] == ["OnlineLearning", "Learning"] and table[3].startswith("v1."), table
     versions = sorted(set(asker.versions()), key=lambda v: int(v.partition(".")[2] or -1))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import socket
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,16 @@ def test_learns_from_files_and_quarantines_poisoned_batches(tmp_path: Path) -> N
         snapshots={"everySamples": 1024, "keep": 3},
     )
     store = warm_up(tmp_path, "stream", frame.iloc[:WARM_ROWS], spec)
+    # spec.online.classes must be classes the warm-up trained v1 on: its estimator's classes are fixed.
+    unknown = spec.model_copy(deep=True)
+    assert unknown.online is not None
+    unknown.online.classes = [0, 1, 2, 7]
+    assert start_learner(store, unknown).wait(60) == exitcodes.INVALID_INPUT, log_of(store)
+    termination = store.root / f"termination-{store.workflow}"
+    refused = json.loads(termination.read_text())
+    assert refused["reason"] == "ClassesUnknown" and "[7] not among the classes" in refused["message"], (
+        refused
+    )
     incoming = tmp_path / "incoming"
     incoming.mkdir()
     stream = frame.iloc[WARM_ROWS:]
@@ -146,8 +157,12 @@ def test_learns_from_files_and_quarantines_poisoned_batches(tmp_path: Path) -> N
     rows = archived(store)
     assert len(rows) == clean and list(rows.columns) == [*FEATURES, "label"]
 
-    # A restart resumes from the published snapshot's position: only the new file is learned.
+    # A restart resumes from the published snapshot's position: only the new file is learned. The archive
+    # is bounded: an hour older than archive.retentionHours (24 by default) is removed.
     batches[-1].to_csv(incoming / "part-999.csv", index=False)
+    expired = store.stream_archive / (datetime.now(UTC) - timedelta(hours=26)).strftime("%Y-%m-%d-%H")
+    expired.mkdir()
+    rows.to_parquet(expired / "part-v1.0.parquet")
     learner = start_learner(store, spec)
     try:
         wait_for(
@@ -157,6 +172,7 @@ def test_learns_from_files_and_quarantines_poisoned_batches(tmp_path: Path) -> N
         )
     finally:
         assert stop(learner) == 0, log_of(store)
+    assert not expired.exists()
     assert len(archived(store)) == clean + BATCH
     assert progress(store)["batchesQuarantined"] == len(EXPECTED)
 

@@ -325,6 +325,7 @@ def test_a_retried_index_replaces_only_its_own_work_and_a_duplicate_run_writes_n
 def test_more_rejects_than_allowed_fail_the_run(store: WorkflowStore) -> None:
     frame = rows(store, 5_000, seed=4)
     frame.loc[frame.index % 50 == 0, "monthly"] = np.inf  # 2%
+    (store.root / "in" / "spread").mkdir(parents=True)
     frame.to_parquet(store.root / "in" / "rejects.parquet", index=False)
     result = predict_apart(store, batch_spec("in/rejects.parquet"), "rejects")
     assert result.code == INVALID_INPUT, result.log
@@ -336,11 +337,31 @@ def test_more_rejects_than_allowed_fail_the_run(store: WorkflowStore) -> None:
     allowed = predict_apart(store, batch_spec("in/rejects.parquet", max_reject_fraction=0.05), "rejects")
     assert allowed.code == 0 and allowed.summary["published"], allowed.log
 
+    # The fraction is the run's: with a clean file beside it, index 0 rejects 2% of its rows, the run 1%.
+    frame.to_parquet(store.root / "in" / "spread" / "a.parquet", index=False)
+    rows(store, 5_000, seed=5).to_parquet(store.root / "in" / "spread" / "b.parquet", index=False)
+    for limit, run_id in ((0.015, "spread-ok"), (0.005, "spread-over")):
+        spec = batch_spec("in/spread/*.parquet", max_reject_fraction=limit)
+        results = [finish(p) for p in [start(store, spec, run_id, i, 2) for i in range(2)]]
+        summaries = sorted((r.summary for r in results), key=lambda s: s["index"])
+        assert [s["rejected"] for s in summaries] == [100, 0], [r.log for r in results]
+        if limit > 0.01:
+            assert [r.code for r in results] == [0, 0] and sum(s["published"] for s in summaries) == 1
+            manifest = json.loads((store.root / "predictions" / run_id / "_manifest.json").read_text())
+            assert manifest["rejected"] == 100
+        else:
+            assert sorted(r.code for r in results) == [0, INVALID_INPUT], "the publisher refuses the run"
+            [refused] = [s for s in summaries if s["status"] == "error"]
+            assert refused["reason"] == "TooManyRejects"
+            assert "100 of the run's 10000 rows" in refused["message"]
+            assert not (store.root / "predictions" / run_id / "_SUCCESS").exists()
+
 
 def test_a_missing_input_or_model_fails_at_once(store: WorkflowStore) -> None:
     missing = predict_apart(store, batch_spec("in/nothing-*.parquet"), "missing")
     assert missing.code == INVALID_INPUT and missing.summary["reason"] == "InputNotFound", missing.log
     assert "in/nothing-*.parquet" in missing.summary["message"]
+    (store.root / "in").mkdir(exist_ok=True)
     rows(store, 100, seed=5).to_parquet(store.root / "in" / "few.parquet", index=False)
     unknown = predict_apart(store, batch_spec("in/few.parquet"), "unknown", version="v9")
     assert unknown.code == INVALID_INPUT and unknown.summary["reason"] == "ModelNotFound", unknown.log

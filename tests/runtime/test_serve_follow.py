@@ -1,5 +1,6 @@
 """Follow mode (OnlineLearning): the service swaps in each new snapshot named in `online/latest` while a
-client keeps sending requests — no failed request, no restart, versions in order."""
+client keeps sending requests — no failed request, no restart, versions in order — and its /metrics says
+which snapshot it serves."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import os
 import shutil
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_wine
 
 from learning import WINE_SPEC
@@ -34,6 +37,17 @@ def name_latest(store: WorkflowStore, version: str) -> None:
     os.replace(partial, store.online_latest)
 
 
+def served_snapshot(url: str) -> float | None:
+    """The serving Pod's `mlworkflow_serving_snapshot` of start version v1 (None when absent)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "mlworkflow_serving_snapshot" and sample.labels == {"model_version": "v1"}:
+                return float(sample.value)
+    return None
+
+
 def test_new_snapshots_are_served_without_a_failed_request(tmp_path: Path) -> None:
     store = WorkflowStore(tmp_path / "store", "wine")
     store.root.mkdir()
@@ -51,6 +65,7 @@ def test_new_snapshots_are_served_without_a_failed_request(tmp_path: Path) -> No
                 code, body = post(f"{served.url}/predict", {"records": [record]})
                 answers.append((code, body.get("model") if isinstance(body, dict) else None))
 
+        assert served_snapshot(served.url) == -1, "the start version serves before any snapshot"
         thread = threading.Thread(target=client)
         thread.start()
         try:
@@ -70,6 +85,7 @@ def test_new_snapshots_are_served_without_a_failed_request(tmp_path: Path) -> No
             stop.set()
             thread.join(10)
         log = served.log.read_text()
+        assert served_snapshot(served.url) == 3, "v1.3 serves"
     failed = [a for a in answers if a[0] != 200]
     assert not failed, failed[:5]
     # Each swap is told in the Pod's log (BentoML's server logging drops INFO records of other loggers).

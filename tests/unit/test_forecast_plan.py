@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ from mlworkflow.api import exitcodes
 from mlworkflow.api.conditions import find, is_true
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Trigger
 from mlworkflow.desired import children
-from mlworkflow.desired.lifecycle import BatchRun, Observed, TrainingRun
+from mlworkflow.desired.lifecycle import BatchRun, DriftCheck, Observed, TrainingRun
 from mlworkflow.desired.patterns import forecast
 from mlworkflow.desired.plan import plan
 
@@ -78,6 +78,11 @@ def test_a_schedule_makes_a_cronjob_and_no_run_per_version() -> None:
     wanted = forecast.children_for(children.Workflow("d", "ml", "u", scheduled), result, CONTEXT)
     [cronjob] = wanted.apply
     assert cronjob["kind"] == "CronJob" and cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    assert (cronjob["spec"]["successfulJobsHistoryLimit"], cronjob["spec"]["failedJobsHistoryLimit"]) == (
+        3,
+        3,
+    )
+    assert cronjob["spec"]["jobTemplate"]["spec"]["completionMode"] == "Indexed"
     template = cronjob["spec"]["jobTemplate"]
     assert template["metadata"]["annotations"][children.TRIGGER_ANNOTATION] == "Schedule"
     assert template["metadata"]["labels"][children.VERSION_LABEL] == "v1"
@@ -131,3 +136,108 @@ def test_forecast_has_no_endpoint_and_serves_nothing() -> None:
     result = plan(spec(), Observed(1, "h1", MLWorkflowStatus(), [trained()]), NOW)
     assert result.status.endpoint is None
     assert find(result.status.conditions, "Serving") is None
+
+
+def drifted(name: str, at: datetime) -> DriftCheck:
+    """A monitoring Job that found drift in the batch runs' sampled inputs."""
+    result = {"status": "ok", "share": 0.6, "drifted": True, "threshold": 0.5, "columns": [{"column": "bmi"}]}
+    return DriftCheck(name, at, result)
+
+
+def test_drift_in_batch_inputs_retrains_under_cooldown_and_cap_and_the_next_run_uses_the_winner() -> None:
+    """The shared lifecycle, for Forecast: drift retrains against the champion, held back by the cooldown
+    and the daily cap; a promoted challenger's run follows; training.schedule retrains too."""
+    wanted = spec()
+    wanted.monitoring.cooldown, wanted.monitoring.max_retrains_per_day = "1h", 2
+    predicted = plan(
+        wanted,
+        Observed(1, "h1", MLWorkflowStatus(), [trained()], batch_runs=[run("d-predict-v1", "v1")]),
+        NOW,
+    )
+    assert predicted.status.phase == "Predicted"
+    retrain = plan(
+        wanted,
+        Observed(
+            1, "h1", predicted.status, [trained()], drift=drifted("d-drift-1", NOW + timedelta(minutes=1))
+        ),
+        NOW + timedelta(minutes=2),
+    )
+    assert retrain.train is not None
+    assert (retrain.train.version, retrain.train.trigger, retrain.train.champion) == (
+        "v2",
+        Trigger.DRIFT,
+        "v1",
+    )
+    assert retrain.batch_run is None, "v1 keeps its run; nothing is predicted again while v2 trains"
+
+    challenger = TrainingRun(
+        "v2",
+        Trigger.DRIFT,
+        "h1",
+        "Succeeded",
+        {
+            "status": "ok",
+            "metrics": {"r2": 0.6},
+            "champion": {"version": "v1", "metrics": {"r2": 0.4}},
+            "holdout": {"rows": 90},
+        },
+        finished_at=NOW + timedelta(minutes=10),
+    )
+    promoted = plan(
+        wanted, Observed(1, "h1", retrain.status, [trained(), challenger]), NOW + timedelta(minutes=11)
+    )
+    assert promoted.status.model is not None and promoted.status.model.version == "v2"
+    assert promoted.batch_run is not None and (promoted.batch_run.version, promoted.batch_run.trigger) == (
+        "v2",
+        "Promotion",
+    ), "the next run uses the promoted version"
+
+    again = Observed(
+        1,
+        "h1",
+        promoted.status,
+        [trained(), challenger],
+        drift=drifted("d-drift-2", NOW + timedelta(minutes=20)),
+    )
+    cooling = plan(wanted, again, NOW + timedelta(minutes=21))
+    assert cooling.train is None and any("cooldown" in e.message for e in cooling.events)
+    wanted.monitoring.cooldown, wanted.monitoring.max_retrains_per_day = "1s", 1
+    capped = plan(wanted, again, NOW + timedelta(minutes=21))
+    assert capped.train is None and any("daily cap" in e.message for e in capped.events)
+
+    wanted.training.schedule = "0 * * * *"  # hourly, from the workflow's creation at NOW
+    created = Observed(1, "h1", promoted.status, [trained(), challenger], created_at=NOW)
+    assert plan(wanted, created, NOW + timedelta(minutes=30)).train is None
+    due = plan(wanted, created, NOW + timedelta(minutes=61))
+    assert due.train is not None and (due.train.trigger, due.train.champion) == (Trigger.SCHEDULE, "v2")
+
+
+def test_batch_run_metrics_count_each_finished_run_once() -> None:
+    from prometheus_client import REGISTRY
+
+    from mlworkflow.controller import metrics
+
+    def value(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {"namespace": "ml", "workflow": "counted", **labels})
+
+    started = plan(spec(), Observed(1, "h1", MLWorkflowStatus(), [trained()]), NOW)
+    running = plan(
+        spec(),
+        Observed(1, "h1", started.status, [trained()], batch_runs=[run("d-predict-v1", "v1", "Running")]),
+        NOW,
+    )
+    metrics.record_status("ml", "counted", "Forecast", started.status, running.status)
+    assert value("mlworkflow_batch_runs_total", state="Succeeded") is None, "counted once it finished"
+    done = plan(
+        spec(), Observed(1, "h1", running.status, [trained()], batch_runs=[run("d-predict-v1", "v1")]), NOW
+    )
+    for before, after in ((running.status, done.status), (done.status, done.status)):  # the second: no news
+        metrics.record_status("ml", "counted", "Forecast", before, after)
+    assert value("mlworkflow_batch_runs_total", state="Succeeded") == 1
+    assert value("mlworkflow_batch_rows_total", outcome="predicted") == 98
+    assert value("mlworkflow_batch_rows_total", outcome="rejected") == 2
+    assert value("mlworkflow_batch_run_duration_seconds_sum") == 3.0
+    assert value("mlworkflow_batch_run_duration_seconds_count") == 1
+    assert value("mlworkflow_batch_last_success_timestamp_seconds") == NOW.timestamp()
+    metrics.forget("ml", "counted")
+    assert value("mlworkflow_batch_last_success_timestamp_seconds") is None, "a deleted workflow's gauge goes"

@@ -13,7 +13,15 @@ import yaml
 from mlworkflow.api.conditions import find, is_true
 from mlworkflow.api.v1alpha1 import MLWorkflowSpec, MLWorkflowStatus, Trigger
 from mlworkflow.desired import children
-from mlworkflow.desired.lifecycle import LearnerState, Observed, Plan, ServingState, TrainingRun, TrainRequest
+from mlworkflow.desired.lifecycle import (
+    DriftCheck,
+    LearnerState,
+    Observed,
+    Plan,
+    ServingState,
+    TrainingRun,
+    TrainRequest,
+)
 from mlworkflow.desired.patterns import online
 from mlworkflow.desired.plan import plan
 from mlworkflow.desired.validation import check_spec
@@ -196,6 +204,28 @@ def test_each_quarantined_batch_is_told_once() -> None:
     assert [e.key for e in again.events if e.reason == "BatchQuarantined"] == ["b-18"]
 
 
+def test_quarantining_while_no_snapshot_followed_the_newest_quarantine() -> None:
+    calm = find(learning().status.conditions, "Quarantining")
+    assert calm is not None and calm.status == "False" and calm.reason == "NoQuarantine"
+    quarantine = {"batch": "b-17", "reason": "MissingColumn", "message": "column 'proline' is in none"}
+    stuck = learning(
+        learner=holding(
+            progress(batchesQuarantined=3, quarantines=[{**quarantine, "time": "2026-01-01T00:00:05Z"}])
+        )
+    )
+    condition = find(stuck.status.conditions, "Quarantining")
+    assert condition is not None and condition.status == "True" and condition.reason == "MissingColumn"
+    assert "b-17" in condition.message and "no snapshot since; 3 quarantined in all" in condition.message
+    assert is_true(stuck.status.conditions, "Ready"), "the served snapshot still serves"
+    recovered = learning(
+        learner=holding(
+            progress(batchesQuarantined=3, quarantines=[{**quarantine, "time": "2025-12-31T23:59:55Z"}])
+        )
+    )
+    condition = find(recovered.status.conditions, "Quarantining")
+    assert condition is not None and condition.status == "False" and condition.reason == "SnapshotSince"
+
+
 def test_a_garbled_progress_report_is_said_and_the_last_one_kept() -> None:
     good = learning()
     for garbled in ("{not json", "[1, 2]", json.dumps({"samplesSeen": -5}), json.dumps({"quarantines": "x"})):
@@ -265,6 +295,30 @@ def test_a_retraining_trains_a_batch_model_on_the_archive_against_the_learners_s
     )
     assert restarted.status.model is not None and restarted.status.model.version == "v2.1"
     assert is_true(restarted.status.conditions, "Ready")
+
+
+def test_drift_with_on_drift_retrain_trains_a_batch_model_against_the_snapshot() -> None:
+    """The drift check measures the stream against the start version's data; onDrift: Retrain (the wine
+    example's) answers with the same batch retraining on the archived window as a manual one."""
+    result = {"status": "ok", "share": 0.6, "drifted": True, "threshold": 0.3, "columns": [], "report": "r"}
+    drifted = step(
+        Observed(
+            1,
+            "h1",
+            learning().status,
+            [trained()],
+            serving=ServingState("v1", True),
+            learner=holding(progress()),
+            drift=DriftCheck("wine-drift-1", NOW, result),
+        )
+    )
+    assert drifted.status.drift is not None and drifted.status.drift.drifted
+    assert drifted.train is not None and drifted.train.trigger == Trigger.DRIFT
+    assert drifted.train.champion == "v1.3"
+    args = children.training_job(workflow(), drifted.train, CONTEXT)["spec"]["template"]["spec"][
+        "containers"
+    ][0]["args"]
+    assert "--champion=v1.3" in args and "--stream-archive" in args
 
 
 def test_a_losing_batch_model_leaves_the_learner_as_it_is() -> None:

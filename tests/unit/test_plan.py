@@ -359,6 +359,31 @@ def test_too_few_unseen_rows_keep_the_champion_and_say_how_many() -> None:
     )
 
 
+def test_a_challenger_scored_on_no_row_is_never_promoted() -> None:
+    """One unseen row gives no metric (the trainer scores two or more): the champion stays, however low
+    spec.promotion.minHoldoutRows is."""
+    status, runs = serving()
+    lenient = spec()
+    lenient.promotion.min_holdout_rows = 1
+    unscored = challenger("v2", 0.99, 0.50, rows=1)
+    unscored.result["metrics"] = {}
+    result = step(Observed(1, "h1", status, [*runs, unscored]), lenient)
+    assert result.deploy == "v1" and result.status.history[0].reason == "InsufficientHoldout"
+    [event] = [e for e in result.events if e.reason == "InsufficientHoldout"]
+    assert "no f1_macro on 1 held-out rows" in event.message and "v1 keeps serving" in event.message
+
+
+def test_a_retrain_request_made_during_a_training_waits_for_it() -> None:
+    status, runs = serving()
+    drifting = TrainingRun("v2", Trigger.DRIFT, "h1", "Running")
+    held = step(Observed(1, "h1", status, [*runs, drifting], ServingState("v1", True), retrain_request="1"))
+    assert held.train is None and held.status.last_handled_retrain is None
+    done = challenger("v2", 0.70, 0.80)
+    after = step(Observed(1, "h1", held.status, [*runs, done], ServingState("v1", True), retrain_request="1"))
+    assert after.train is not None and (after.train.version, after.train.trigger) == ("v3", Trigger.MANUAL)
+    assert after.status.last_handled_retrain == "1"
+
+
 def test_a_retrain_request_trains_once_per_value_against_the_champion() -> None:
     status, runs = serving()
     asked = step(Observed(1, "h1", status, runs, ServingState("v1", True), retrain_request="1"))

@@ -15,6 +15,7 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import kopf
 from kubernetes.client import ApiException
 
@@ -34,6 +35,13 @@ INSTANCE = os.environ.get("HOSTNAME", "mlworkflow-operator")  # the Pod's name: 
 # After a reconcile, the least time before the next one of the same workflow: a burst of child changes
 # (a Job's Pod and the Job finishing, a Deployment's rollout steps) makes one reconcile, not several.
 WAKE_DEBOUNCE_SECONDS = 1.0
+# kopf's own requests to the API server (its patches, Events, listings) in flight at once, watches aside.
+# kopf's session has no limit, so a ramp of many workflows opened one TLS connection per concurrent patch,
+# each with asyncio's 256 KiB read buffer and OpenSSL's state (~0.3 MiB), kept in the pool after the burst:
+# at 1,000 new workflows that was most of the operator's memory. Watches are not counted: each holds its
+# connection for as long as it streams, and there is one per watched resource and namespace, as many as
+# the operator is told to watch; counting them could leave no connection for a patch.
+MAX_REQUESTS_IN_FLIGHT = 32
 JOBS = ("batch", "v1", "jobs")
 LEASES = ("coordination.k8s.io", "v1", "leases")
 DEPLOYMENTS = ("apps", "v1", "deployments")
@@ -56,6 +64,51 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     port = int(os.environ.get("MLW_METRICS_PORT", "0"))
     if port:
         metrics.serve(port)
+
+
+@kopf.on.login(id="login")
+async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
+    """kopf's login from the kubeconfig or the ServiceAccount (`kopf.login_via_client`), in a session that
+    sends at most `MAX_REQUESTS_IN_FLIGHT` requests at once besides its watches. kopf closes the session
+    when it logs in again."""
+    info = kopf.login_via_client(**kwargs)
+    if info is None:
+        return None
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(
+            limit=0, ssl=info.as_ssl_context()
+        ),  # as kopf's own: watches unbounded
+        middlewares=(bounded_requests(MAX_REQUESTS_IN_FLIGHT),),
+        headers=info.as_http_headers(),  # the basic auth or the token, as kopf's own session
+        proxy=info.proxy_url,
+        trust_env=info.trust_env,
+    )
+    return kopf.AiohttpSession(
+        aiohttp_session=session,
+        server=info.server,
+        priority=info.priority,
+        default_namespace=info.default_namespace,
+        expiration=info.expiration,  # a token that expires: kopf logs in again before
+    )
+
+
+def bounded_requests(limit: int) -> aiohttp.ClientMiddlewareType:
+    """An aiohttp client middleware letting at most `limit` requests other than watches (`watch=true`) hold a
+    connection at once: each waits for its turn, then keeps it until its body is read (which releases the
+    connection to the pool), so the pool never holds more than `limit` connections besides the watches'."""
+    turns = asyncio.Semaphore(limit)
+
+    async def bounded(
+        request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        if request.url.query.get("watch") == "true":
+            return await handler(request)
+        async with turns:
+            response = await handler(request)
+            await response.read()  # kept in the response: kopf's `response.json()` reads it from there
+            return response
+
+    return bounded
 
 
 @kopf.on.event(*RESOURCE, id="forget")

@@ -468,11 +468,12 @@ def decide(spec: MLWorkflowSpec, run: TrainingRun, metrics: dict[str, float]) ->
 
     A first version, or one trained for a changed spec, is promoted as it is (the user changed what the
     model is). A retraining of the same spec (drift, schedule, manual) is judged against the champion on
-    held-out rows that neither was trained on: with fewer than `promotion.minHoldoutRows` of them the
-    champion stays (InsufficientHoldout); otherwise the challenger must be at least
-    `promotion.minImprovement` better on `promotion.metric` (mse and mae: lower is better), and its fairness
-    gap on the holdout (the training result's `fairness`) within `promotion.maxFairnessGap` when one is set
-    (FairnessGap); a gap that could not be measured does not hold it back.
+    held-out rows that neither was trained on: with fewer than `promotion.minHoldoutRows` of them, or too
+    few to score the challenger (under two), the champion stays (InsufficientHoldout); otherwise the
+    challenger must be at least `promotion.minImprovement` better on `promotion.metric` (mse and mae: lower
+    is better), and its fairness gap on the holdout (the training result's `fairness`) within
+    `promotion.maxFairnessGap` when one is set (FairnessGap); a gap that could not be measured does not hold
+    it back.
     """
     champion = run.result.get("champion") or {}
     judged = run.result.get("holdout") or {}
@@ -499,6 +500,13 @@ def decide(spec: MLWorkflowSpec, run: TrainingRun, metrics: dict[str, float]) ->
             f"only {rows} held-out rows that neither it nor {version} was trained on ({seen}); at least "
             f"{needed} are needed to decide (spec.promotion.minHoldoutRows): {version} keeps serving",
         )
+    if metric not in metrics:  # the trainer scores no holdout of fewer than two rows
+        return Decision(
+            "Rejected",
+            "InsufficientHoldout",
+            f"no {metric} on {rows} held-out rows that neither it nor {version} was trained on ({seen}): "
+            f"{version} keeps serving",
+        )
     bound, fair = spec.promotion.max_fairness_gap, run.result.get("fairness") or {}
     gap = fair.get("value")
     if bound is not None and isinstance(gap, int | float) and gap > bound:
@@ -509,7 +517,7 @@ def decide(spec: MLWorkflowSpec, run: TrainingRun, metrics: dict[str, float]) ->
             f"{rows} held-out rows, above spec.promotion.maxFairnessGap {bound}: {version} keeps serving",
         )
     old_metrics = champion.get("metrics") or {}
-    if metric not in metrics or metric not in old_metrics:
+    if metric not in old_metrics:
         return Decision(
             "Promoted",
             "ChampionUnscored",

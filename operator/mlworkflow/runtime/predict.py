@@ -27,9 +27,10 @@ exits 0 at once without writing. One Pod per index at a time is assumed (an Inde
 `podReplacementPolicy: Failed`). Each index also writes a uniform sample of the rows it predicted to
 `<store>/<workflow>/samples/batch-<run-id>-<index>.jsonl`, in the serving Pods' format, for the drift check
 (and, with `spec.batch.idColumn`, with each row's id as its prediction id: what `spec.batch.labels` join on).
-The run ends with one line of JSON in the termination message; exit code 2 (`INVALID_INPUT`) when more than
-`spec.batch.maxRejectFraction` of the index's rows were rejected, no file matches the input, or the model
-version does not exist: a retry would fail the same way.
+The run ends with one line of JSON in the termination message; exit code 2 (`INVALID_INPUT`) when no file
+matches the input or the model version does not exist, and for the index that would publish when more than
+`spec.batch.maxRejectFraction` of the run's rows (every index's) were rejected: a retry would fail the same
+way.
 """
 
 from __future__ import annotations
@@ -575,8 +576,8 @@ def load_model(store: WorkflowStore, version: str) -> LoadedModel:
 
 
 def run_index(run: Run, sample_rows: int) -> dict[str, Any]:
-    """Predicts this index's share into its temporary folder and marks it done; publishes the run when
-    every index is done. Returns this index's manifest (with `published`); raises BatchError."""
+    """Predicts this index's share into its temporary folder and marks it done (`_index.json`, written
+    last). Returns this index's manifest; raises BatchError."""
     started = time.time()
     shutil.rmtree(run.mine, ignore_errors=True)  # a retry's: only its own folder
     run.mine.mkdir(parents=True)
@@ -609,20 +610,11 @@ def run_index(run: Run, sample_rows: int) -> dict[str, Any]:
         "finished": time.time(),
         "sampled": len(sampled),
     }
-    limit = run.batch.max_reject_fraction
-    if outcome.rejected > limit * outcome.rows_in:
-        first = _first_reject(run.mine / outcome.rejects) if outcome.rejects else ""
-        raise BatchError(
-            "TooManyRejects",
-            f"{outcome.rejected} of {outcome.rows_in} rows failed the checks (more than "
-            f"spec.batch.maxRejectFraction {limit}); the first: {first}",
-            {k: manifest[k] for k in ("rowsIn", "predicted", "rejected", "backend")},
-        )
     if sampled:
         run.store.samples.mkdir(parents=True, exist_ok=True)
         _write_atomically(run.store.samples / f"batch-{run.run_id}-{run.index}.jsonl", "".join(sampled))
     _write_atomically(run.mine / INDEX_MANIFEST, json.dumps(manifest))
-    return {**manifest, "published": publish(run, take_lock=True)}
+    return manifest
 
 
 def _first_reject(path: Path) -> str:
@@ -639,7 +631,9 @@ def publish(run: Run, take_lock: bool) -> bool:
     """Publishes the run when every index is done: moves their parts and rejects into the run folder, then
     writes `_manifest.json` and `_SUCCESS`. Whoever creates the lock folder publishes (`take_lock`); with
     it already there (a publisher died), publishing is resumed: each step can be done twice. Whether the
-    run is published on return; BatchError(InputChanged) when the indexes saw different input files."""
+    run is published on return; BatchError(InputChanged) when the indexes saw different input files,
+    BatchError(TooManyRejects) when more than `spec.batch.maxRejectFraction` of the run's rows (all
+    indexes') were rejected: then nothing is published."""
     markers = [run.temporary / str(i) / INDEX_MANIFEST for i in range(run.indexes)]
     if not all(m.is_file() for m in markers):
         return False
@@ -655,6 +649,22 @@ def publish(run: Run, take_lock: bool) -> bool:
             "the input files changed while the run's indexes read them (their listings differ): "
             "each index's share depends on them; start a new run",
         )
+    rows_in, rejected, limit = (
+        sum(i["rowsIn"] for i in indexes),
+        sum(i["rejected"] for i in indexes),
+        run.batch.max_reject_fraction,
+    )
+    if rejected > limit * rows_in:
+        # Judged on the whole run, as the field says: an index may reject more than its share of rows.
+        first = next(
+            (_first_reject(run.temporary / str(i["index"]) / i["rejects"]) for i in indexes if i["rejects"]),
+            "",
+        )
+        raise BatchError(
+            "TooManyRejects",
+            f"{rejected} of the run's {rows_in} rows failed the checks (more than "
+            f"spec.batch.maxRejectFraction {limit}); the first: {first}",
+        )
     for entry in indexes:
         for name in [*entry["parts"], *([entry["rejects"]] if entry["rejects"] else [])]:
             source, target = run.temporary / str(entry["index"]) / name, run.output / name
@@ -668,9 +678,9 @@ def publish(run: Run, take_lock: bool) -> bool:
         "workflow": run.store.workflow,
         "version": indexes[0]["version"],
         "backend": indexes[0]["backend"],
-        "rowsIn": sum(i["rowsIn"] for i in indexes),
+        "rowsIn": rows_in,
         "predicted": sum(i["predicted"] for i in indexes),
-        "rejected": sum(i["rejected"] for i in indexes),
+        "rejected": rejected,
         "input": indexes[0]["input"],
         "started": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
         "finished": datetime.fromtimestamp(finished, UTC).isoformat(timespec="seconds"),
@@ -709,11 +719,15 @@ def execute(run: Run, sample_rows: int) -> dict[str, Any]:
         )
     if (run.temporary / LOCK).exists():
         # Every index was done and a publisher started: this index's work is in the run; finish publishing.
-        entry = json.loads((run.mine / INDEX_MANIFEST).read_text())
-        published = publish(run, take_lock=False)
+        entry, take_lock = json.loads((run.mine / INDEX_MANIFEST).read_text()), False
     else:
-        entry = run_index(run, sample_rows)
-        published = entry["published"]
+        entry, take_lock = run_index(run, sample_rows), True
+    try:
+        published = publish(run, take_lock)
+    except BatchError as error:
+        # The run's verdict, reached by this index: its own counts go with it, as every index's do.
+        counts = {k: entry[k] for k in ("rowsIn", "predicted", "rejected", "backend")}
+        raise BatchError(error.reason, str(error), counts) from None
     return summary | {
         "status": "ok",
         "rowsIn": entry["rowsIn"],

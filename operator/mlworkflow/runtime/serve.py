@@ -23,7 +23,9 @@ MODEL_TAG version (the start version), as `<store>/<workflow>/online/latest` nam
 about every half second (`Follower`): a new snapshot is loaded in a background thread and then replaces the
 served model in one reference assignment, so no request fails and none restarts; each request keeps the
 model it began with. Until the learner's first snapshot, or when `latest` names a snapshot of another start
-version (the previous learner's), the start version itself serves.
+version (the previous learner's), the start version itself serves. The gauge `mlworkflow_serving_snapshot`
+says which: the n of the snapshot `<start>.<n>` served, -1 for the start version (the lowest over the Pod's
+workers, so that a worker late to swap shows).
 """
 
 from __future__ import annotations
@@ -59,6 +61,12 @@ PREDICTIONS = bentoml.metrics.Counter(
     name="mlworkflow_predictions_total",
     documentation="Rows predicted, by model version and backend",
     labelnames=["model_version", "backend"],
+)
+SERVED_SNAPSHOT = bentoml.metrics.Gauge(
+    name="mlworkflow_serving_snapshot",
+    documentation="Follow mode: the n of the snapshot <start>.<n> served (-1: the start version)",
+    labelnames=["model_version"],
+    multiprocess_mode="livemin",
 )
 
 
@@ -239,12 +247,19 @@ class ModelService:
         # one every few seconds would make a new time series each).
         self.counted_as = self.follower.start if self.follower else None
         if self.follower is not None:
+            self._count_served()
             self.follower.start_thread(lambda: self.model, self._swap)
         contract.install_log_filter()
 
     def _swap(self, model: LoadedModel) -> None:
         # One assignment: a request holds the model it read at its start (`answer`'s `model`) to its end.
         self.model = model
+        self._count_served()
+
+    def _count_served(self) -> None:
+        assert self.follower is not None
+        _, _, number = self.model.version.partition(".")
+        SERVED_SNAPSHOT.labels(model_version=self.follower.start).set(int(number) if number else -1)
 
     def new_ids(self, rows: int) -> list[str]:
         """Ids for a request's `rows` predictions: `<worker>-<request>-<row>`."""

@@ -30,6 +30,7 @@ from mlworkflow.desired.lifecycle import Deployment, Event, LearnerState, Observ
 from mlworkflow.desired.patterns import webservice
 
 LEARNING = "Learning"
+QUARANTINING = "Quarantining"
 METRICS_PORT = 9090
 KAFKA_CONFIG_DIR = "/etc/mlworkflow/kafka"
 FOLLOW_ENV = {"MLW_FOLLOW_LATEST": "1"}
@@ -74,6 +75,10 @@ def deploy(
     )
     learning = _learning_condition(start, learner, held, current, problem)
     status.conditions = set_condition(status.conditions, LEARNING, *learning, generation, now)
+    quarantining = _quarantining_condition(
+        current if start and current and current.start_version == start else None
+    )
+    status.conditions = set_condition(status.conditions, QUARANTINING, *quarantining, generation, now)
 
     if start is None:
         return Deployment(
@@ -167,6 +172,27 @@ def _learning_condition(
         LEARNING,
         f"{learner.holder} learned {online.samples_seen} samples from {start} in {online.batches_applied} "
         f"mini-batches, {online.batches_quarantined} quarantined{lag}",
+    )
+
+
+def _quarantining_condition(online: OnlineStatus | None) -> tuple[ConditionStatus, str, str]:
+    """True, with the guardrail's reason, while no snapshot was written after the newest quarantined
+    mini-batch (the learner snapshots only what it learned: the stream may be all bad); False once one was."""
+    newest = online.quarantines[0] if online and online.quarantines else None
+    if online is None or newest is None:
+        return ConditionStatus.FALSE, "NoQuarantine", "no mini-batch quarantined"
+    total = f"{online.batches_quarantined} quarantined in all"
+    if newest.time is not None and (online.snapshot_time is None or newest.time > online.snapshot_time):
+        return (
+            ConditionStatus.TRUE,
+            newest.reason,
+            f"mini-batch {newest.batch} quarantined at {newest.time:%Y-%m-%dT%H:%M:%SZ}: {newest.message}; "
+            f"no snapshot since; {total}"[:1024],
+        )
+    return (
+        ConditionStatus.FALSE,
+        "SnapshotSince",
+        f"a snapshot after the last quarantine ({newest.reason}); {total}",
     )
 
 
