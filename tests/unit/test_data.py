@@ -294,3 +294,28 @@ def test_declared_classes_are_learned_by_partial_fit_for_as_many_epochs_as_fit_r
     assert fitted["epochs"] == getattr(plain.named_steps["estimator"], "n_iter_", 1)
     agree = float((declared.predict(x) == plain.predict(x)).mean())
     assert agree > 0.9, f"partial_fit over the warm-up predicts as fit does ({agree:.2f})"
+
+
+def test_importance_by_roc_auc_of_a_class_the_holdout_lacks() -> None:
+    """Permutation importance by ROC AUC: scikit-learn's for a model of the holdout's classes, and one
+    for a model that also knows a declared class the holdout lacks (scikit-learn's scorer raises)."""
+    from sklearn.inspection import permutation_importance
+
+    from mlworkflow.runtime import holdout, importance
+
+    rows = frame(120)
+    rows["label"] = np.where(rows["age"] > 50, "a", "b")
+    x, y = rows.drop(columns=["label"]), rows["label"]
+    model = ModelSpec(estimator="sklearn.linear_model.SGDClassifier", params={"loss": "log_loss"})
+    plain, declared = (pipeline.build(model, schema(rows), ["sklearn."]) for _ in range(2))
+    pipeline.fit(plain, x, y)
+    pipeline.fit(declared, x, y, ["a", "b", "c"])
+    ours = importance.permutation(plain, x, y, "roc_auc")
+    theirs = permutation_importance(plain, x, y, scoring="roc_auc", n_repeats=5, random_state=holdout.SEED)
+    assert ours is not None
+    means = dict(zip(map(str, x.columns), theirs.importances_mean, strict=True))
+    # scikit-learn's binary scorer ranks by decision values, ours by probabilities: equal but for the ties
+    # of probabilities rounded to 1.
+    assert {f["feature"]: f["mean"] for f in ours["features"]} == pytest.approx(means, abs=1e-3)
+    ranked = importance.permutation(declared, x, y, "roc_auc")
+    assert ranked is not None and ranked["features"][0]["feature"] == "age"
