@@ -4,6 +4,7 @@ space the search cannot use (`mlworkflow.api.search`)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -78,7 +79,7 @@ def _check_classes(spec: MLWorkflowSpec) -> Refusal | None:
         return Refusal(
             "InvalidClasses", f"spec.online.classes: spec.model.task is {task}; classes are for a classifier"
         )
-    twice = sorted({str(c) for c in declared if [str(d) for d in declared].count(str(c)) > 1})
+    twice = sorted(c for c, n in Counter(map(str, declared)).items() if n > 1)
     if twice:
         return Refusal("InvalidClasses", f"spec.online.classes: {', '.join(twice)} declared twice")
     if len(declared) < 2:
