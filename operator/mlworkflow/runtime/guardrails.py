@@ -243,30 +243,20 @@ class Canary:
     def score(self, estimator: Any) -> float:
         """The metric (errors as they are, not negated)."""
         if self.metric == "roc_auc":
-            from sklearn.metrics import get_scorer
-
-            score = get_scorer(pipeline.scorer(self.metric, len(np.unique(self.y))))
-            return float(score(estimator, self.x, self.y))
+            auc = pipeline.roc_auc(self.y, pipeline.class_scores(estimator, self.x), list(estimator.classes_))
+            if auc is None:
+                raise ValueError("the canary holds fewer than two classes: it has no ROC AUC")
+            return auc
         return scores(self.y, estimator.predict(self.x), self.regression)[self.metric]
 
     def metrics(self, estimator: Any) -> dict[str, float]:
-        """Every holdout metric of `pipeline.scores` (a version card's `metrics`), on the canary."""
+        """Every holdout metric of `pipeline.scores` (a version card's `metrics`), on the canary (the macro
+        means over its classes: `scores`)."""
         result = scores(self.y, estimator.predict(self.x), self.regression)
-        if not self.regression and hasattr(estimator, "predict_proba") and len(np.unique(self.y)) > 1:
-            from sklearn.metrics import roc_auc_score
-
-            probabilities = estimator.predict_proba(self.x)
-            classes = list(estimator.classes_)
-            try:
-                if len(classes) == 2:
-                    result["roc_auc"] = float(roc_auc_score(self.y, probabilities[:, 1]))
-                else:
-                    auc = roc_auc_score(
-                        self.y, probabilities, multi_class="ovr", average="macro", labels=classes
-                    )
-                    result["roc_auc"] = float(auc)
-            except ValueError:
-                pass  # a canary missing a class has no AUC; the other metrics stand
+        if not self.regression and hasattr(estimator, "predict_proba"):
+            auc = pipeline.roc_auc(self.y, estimator.predict_proba(self.x), list(estimator.classes_))
+            if auc is not None:  # a canary of fewer than two classes has none; the other metrics stand
+                result["roc_auc"] = auc
         return result
 
     def drop(self, score: float) -> float:
@@ -289,7 +279,10 @@ class Canary:
 def scores(y: np.ndarray, predicted: np.ndarray, regression: bool) -> dict[str, float]:
     """The metrics of `pipeline.scores` but ROC AUC, with scikit-learn's values: MSE, MAE and R² (1 for a
     perfect fit of constant labels, else 0 for them); or accuracy and the macro means of precision, recall
-    and F1 over the labels in `y` or `predicted`, a 0/0 counting 0 (`zero_division=0`)."""
+    and F1 over the classes `y` holds (`labels=` them), a 0/0 counting 0 (`zero_division=0`). Over those
+    only, unlike `pipeline.scores`: the canary is the warm-up's holdout, and a class it lacks (one that
+    spec.online.classes declares and the stream teaches) would enter the means with an F1 of 0 at the
+    first row predicted as it, a drop of 1/k that no mistake on the classes it holds explains."""
     if regression:
         truth, guess = np.asarray(y, dtype=np.float64), np.asarray(predicted, dtype=np.float64)
         errors = truth - guess
@@ -300,4 +293,4 @@ def scores(y: np.ndarray, predicted: np.ndarray, regression: bool) -> dict[str, 
     labels, codes = np.unique(np.concatenate([np.asarray(y), np.asarray(predicted)]), return_inverse=True)
     k, n = len(labels), len(y)
     matrix = np.bincount(codes[:n] * k + codes[n:], minlength=k * k).reshape(k, k)  # rows: truth
-    return pipeline.confusion_metrics(matrix)
+    return pipeline.confusion_metrics(matrix, held_only=True)
