@@ -306,7 +306,9 @@ def test_importance_by_roc_auc_of_a_class_the_holdout_lacks() -> None:
     rows = frame(120)
     rows["label"] = np.where(rows["age"] > 50, "a", "b")
     x, y = rows.drop(columns=["label"]), rows["label"]
-    model = ModelSpec(estimator="sklearn.linear_model.SGDClassifier", params={"loss": "log_loss", "random_state": 0})
+    model = ModelSpec(
+        estimator="sklearn.linear_model.SGDClassifier", params={"loss": "log_loss", "random_state": 0}
+    )
     plain, declared = (pipeline.build(model, schema(rows), ["sklearn."]) for _ in range(2))
     pipeline.fit(plain, x, y)
     pipeline.fit(declared, x, y, ["a", "b", "c"])
