@@ -22,6 +22,7 @@ from sklearn.metrics import (
     precision_score,
     r2_score,
     recall_score,
+    roc_auc_score,
 )
 
 from learning import (
@@ -42,7 +43,7 @@ from mlworkflow.api import exitcodes
 from mlworkflow.api.v1alpha1 import Guardrails, MLWorkflowSpec
 from mlworkflow.runtime import learn
 from mlworkflow.runtime.data import FeatureSchema
-from mlworkflow.runtime.guardrails import Guard, scores
+from mlworkflow.runtime.guardrails import Guard, roc_auc, scores
 from support import wait_for
 
 BATCH = 256
@@ -259,6 +260,17 @@ def test_canary_metrics_in_numpy_are_scikit_learns() -> None:
         },
         abs=1e-12,
     )
+    for classes in (["a", "b"], ["a", "b", "c"]):
+        y = rng.choice(classes, 300)
+        probabilities = rng.dirichlet(np.ones(len(classes)), 300).round(2)  # rounded: ties
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        expected = (
+            roc_auc_score(y, probabilities[:, 1])
+            if len(classes) == 2
+            else roc_auc_score(y, probabilities, multi_class="ovr", average="macro", labels=classes)
+        )
+        assert roc_auc(y, probabilities, classes) == pytest.approx(expected, abs=1e-12)
+    assert roc_auc(np.array(["a", "b", "a"]), np.full((3, 3), 1 / 3), ["a", "b", "c"]) is None  # c absent
     for y in (rng.normal(size=100), np.ones(100)):
         for guess in (y + rng.normal(size=100), y.copy()):
             assert scores(y, guess, regression=True) == pytest.approx(

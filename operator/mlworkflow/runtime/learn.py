@@ -132,7 +132,7 @@ class Snapshot:
     score: float | None
     baseline: float | None
     shares: dict[str, float]
-    rows: list[tuple[pd.DataFrame, np.ndarray]]  # features, labels applied since the previous one: archived
+    rows: list[guardrails.Checked]  # the batches applied since the previous one: archived
     time: datetime
 
 
@@ -282,6 +282,8 @@ class Learner:
         folder = store.model_dir(self.snapshot_version) if self.snapshot_version else start_dir
         model = joblib.load(folder / "pipeline.joblib")
         self.features, self.estimator = model.named_steps["features"], model.named_steps["estimator"]
+        # The frozen preprocessing in numpy on the guard's columns (scikit-learn's `transform` otherwise).
+        self.frozen = pipeline.FrozenFeatures.of(self.features)
         if not hasattr(self.estimator, "partial_fit"):
             raise StartError(
                 "EstimatorNotIncremental",
@@ -313,7 +315,7 @@ class Learner:
         position = online.get("position") if resumed else self._inherited_position()
         self.source.seek(position or {})
         self.position = self.source.position()
-        self.pending: list[tuple[pd.DataFrame, np.ndarray]] = []  # applied, archived with the next snapshot
+        self.pending: list[guardrails.Checked] = []  # applied, archived with the next snapshot
         self.learned = 0  # samples since the last snapshot
         self.snapshot_time = datetime.now(UTC)
         self._last_snapshot = time.monotonic()
@@ -537,7 +539,11 @@ class Learner:
         if not len(checked.y):
             return  # every row dropped, within maxInvalidFraction (0 rows of 0): nothing to learn
         candidate = copy.deepcopy(self.estimator)
-        x = self.features.transform(checked.x)
+        x = (
+            self.frozen.transform(checked.numeric, checked.categorical)
+            if self.frozen is not None
+            else self.features.transform(checked.x)
+        )
         kwargs = {"classes": np.asarray(self.model_classes)} if self.task == "classification" else {}
         candidate.partial_fit(x, checked.y, **kwargs)
         if self.canary is not None:
@@ -566,7 +572,7 @@ class Learner:
         self.metrics.samples.inc(rows_applied)
         self.metrics.batches.labels("applied", "").inc()
         if self.online.archive.retention_hours:
-            self.pending.append((checked.x, checked.y))  # a frame with the target later, off this thread
+            self.pending.append(checked)  # a frame later, off this thread
 
     def quarantine(self, batch: str, rows: list[sources.Row], reason: str, message: str) -> None:
         """The batch's rows and reason in `<workflow>/online/quarantine/<batch>.parquet` and `.json`."""
@@ -710,7 +716,7 @@ class Learner:
         (`bentoml.models.delete` does the same after reading every version's YAML, ~1 ms each)."""
         shutil.rmtree(self.store.model_dir(version), ignore_errors=True)
 
-    def _archive(self, version: str, rows: list[tuple[pd.DataFrame, np.ndarray]], now: datetime) -> None:
+    def _archive(self, version: str, rows: list[guardrails.Checked], now: datetime) -> None:
         """The rows applied since the last snapshot, in the stream archive (before the snapshot is saved: a
         learner stopped in between leaves a part that the next start removes, `_drop_stale`)."""
         if not rows:
@@ -718,7 +724,9 @@ class Learner:
         folder = self.store.stream_archive / now.strftime("%Y-%m-%d-%H")
         folder.mkdir(parents=True, exist_ok=True)
         target = self.schema.target
-        frame = pd.concat([x.assign(**{target: y}) for x, y in rows], ignore_index=True)
+        numeric = {c: np.concatenate([b.numeric[c] for b in rows]) for c in self.schema.numeric}
+        categorical = {c: np.concatenate([b.categorical[c] for b in rows]) for c in self.schema.categorical}
+        frame = pd.DataFrame({**numeric, **categorical, target: np.concatenate([b.y for b in rows])})
         temporary = folder / f".part-{version}.parquet.tmp"
         frame.to_parquet(temporary, index=False)
         os.replace(temporary, folder / f"part-{version}.parquet")
