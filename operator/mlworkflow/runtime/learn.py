@@ -82,6 +82,12 @@ PRUNE_SECONDS = 60.0
 # A snapshot's permutation importance and fairness on the canary, at most this often: they cost ~features
 # x 5 predictions of the canary on the snapshot writer's thread, whose CPU the learning thread shares.
 INSIGHT_SECONDS = 60.0
+# After a snapshot, the writer rests this many times the CPU time its save took (at most WRITER_REST_MAX
+# seconds: a save with the minutely importance) before the next: saving (pickling, BentoML's bookkeeping,
+# the archive) holds the GIL, and a writer busy all the time would halve the learning thread on a fast
+# stream. It thus takes about a quarter at most; snapshots due meanwhile merge.
+WRITER_REST = 3.0
+WRITER_REST_MAX = 1.0
 
 
 class StartError(Exception):
@@ -140,9 +146,9 @@ class SnapshotWriter:
     """Saves snapshots in a thread of its own, in the order they were taken, while the learner goes on.
 
     At most one waits: a snapshot taken while another waits replaces it and archives its rows too (the
-    newer model learned them), so a slow store makes snapshots rarer, never the learner slower. An error
-    of the thread (a lost Lease, a full disk) is raised on the learning thread by the next `submit`,
-    `check` or `wait`."""
+    newer model learned them), so a slow store makes snapshots rarer, never the learner slower; after each
+    save the thread rests WRITER_REST times the CPU time it took. An error of the thread (a lost Lease, a
+    full disk) is raised on the learning thread by the next `submit`, `check` or `wait`."""
 
     def __init__(self, save: Callable[[Snapshot], None]) -> None:
         self._save = save
@@ -184,14 +190,16 @@ class SnapshotWriter:
             raise self._error
 
     def _run(self) -> None:
+        rest_until = 0.0
         while True:
             with self._changed:
-                while self._waiting is None and not self._closed:
-                    self._changed.wait()
+                while not self._closed and (self._waiting is None or time.monotonic() < rest_until):
+                    self._changed.wait(None if self._waiting is None else rest_until - time.monotonic())
                 if self._closed:
                     return
                 snapshot, self._waiting, self._busy = self._waiting, None, True
             assert snapshot is not None
+            started = time.thread_time()
             try:
                 self._save(snapshot)
             except BaseException as error:  # raised on the learning thread
@@ -203,6 +211,8 @@ class SnapshotWriter:
                     self._changed.notify_all()
             if self._error is not None:
                 return
+            rest = min(WRITER_REST * (time.thread_time() - started), WRITER_REST_MAX)
+            rest_until = time.monotonic() + rest
 
 
 def check_spec(spec: MLWorkflowSpec) -> OnlineSpec:
