@@ -85,7 +85,10 @@ def test_the_model_learns_the_codes_as_written(store: WorkflowStore) -> None:
 
 @pytest.mark.parametrize(
     ("column", "spellings", "unknown"),
-    [("code", [3, 3.0, "3", "3.0"], 9), ("flag", [True, "true", "TRUE", "True", 1, "1"], "maybe")],
+    [
+        ("code", [3, 3.0, "3", "3.0", "03", " 3"], 9),  # pandas read 03 and " 3" in the CSV as 3
+        ("flag", [True, "true", "TRUE", "True", 1, "1", "yes", "on"], "maybe"),
+    ],
 )
 def test_every_spelling_of_a_category_gets_the_same_answer_on_both_protocols(
     server: str, column: str, spellings: list[Any], unknown: Any

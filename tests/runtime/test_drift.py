@@ -194,3 +194,22 @@ def test_constant_columns_are_compared(
 ) -> None:
     result = drift.compare(current, reference, SCHEMA, threshold=0.5)
     assert [c.drifted for c in result.columns] == drifted
+
+
+def test_a_column_evidently_cannot_take_is_not_compared_and_the_rest_is(
+    store: WorkflowStore, tmp_path: Path
+) -> None:
+    """A reference spanning more than float64 can bin fails Evidently's whole report: the check still
+    completes, that column "not compared", the others compared."""
+    path = store.model_dir("v1") / "reference.parquet"
+    reference = pd.read_parquet(path)
+    reference["monthly"] = np.where(np.arange(len(reference)) % 2, 1.7e308, -1.7e308)
+    reference.to_parquet(path)
+    serve(store, features(100, seed=11))
+    code, summary = run_check(store, tmp_path)
+    assert code == 0 and summary["status"] == "ok" and summary["notCompared"] == ["monthly"]
+    saved = {c["column"]: c for c in json.loads((store.root / summary["result"]).read_text())["columns"]}
+    assert saved["monthly"]["method"].startswith("not compared: ValueError: Too many bins")
+    assert saved["monthly"]["drifted"] is False
+    assert all(not saved[c]["method"].startswith("not compared") for c in ("tenure", "plan", "region"))
+    assert summary["share"] == 0.0

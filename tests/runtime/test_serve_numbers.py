@@ -68,12 +68,27 @@ def test_a_number_beyond_float32_is_refused_on_every_route_naming_row_feature_an
 
 def test_the_largest_float32_is_served() -> None:
     checker = FeatureChecker(FeatureSchema("y", ["x"], []), impute=True)
-    assert checker.from_records([{"x": LARGEST}, {"x": -LARGEST}]).numeric["x"].tolist() == [
-        LARGEST,
-        -LARGEST,
-    ]
+    exact = float(np.finfo(np.float32).max)  # 3.4028234663852886e38; numpy prints it 3.4028235e38
+    assert LARGEST == 3.4028235e38 and np.isfinite(np.float32(LARGEST))
+    rows = [{"x": LARGEST}, {"x": -LARGEST}, {"x": exact}]
+    assert checker.from_records(rows).numeric["x"].tolist() == [LARGEST, -LARGEST, exact]
     with pytest.raises(RequestError, match=r"records\[0\]: 'x' is 1e\+39, beyond the range served"):
         checker.from_records([{"x": 1e39}])
+    with pytest.raises(RequestError, match=r"'x' is 3.40282357e\+38, beyond .* to 3.4028235e\+38"):
+        checker.from_records([{"x": 3.40282357e38}])
+
+
+def test_the_documented_bound_is_served_on_every_route(linear_server: Served) -> None:
+    """3.4028235e38, the bound the README and the OpenAPI document give, as a client writes it."""
+    row = {**ROW, "size": 3.4028235e38}
+    code, answer = post(f"{linear_server.url}/predict", {"records": [row]})
+    assert code == 200 and answer["predictions"][0] in ("high", "low"), answer
+    code, batch = post(f"{linear_server.url}/predict_batch", {"records": [row]})
+    assert code == 200 and batch[0]["prediction"] == answer["predictions"][0], batch
+    for datatype in ("FP64", "FP32"):
+        inputs = [{**t, "datatype": datatype} if t["name"] == "size" else t for t in columns([row])]
+        code, inferred = post(f"{linear_server.url}/v2/models/linear/infer", {"inputs": inputs})
+        assert code == 200 and inferred["outputs"][0]["data"] == answer["predictions"], (datatype, inferred)
 
 
 def test_an_overflow_in_the_onnx_graph_is_answered_as_scikit_learn_answers_it(linear_server: Served) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from mlworkflow.api.v1alpha1 import DataSpec, ModelSpec
 from mlworkflow.runtime import data, pipeline
+from mlworkflow.runtime.data import FeatureSchema
 
 
 def frame(rows: int = 60, seed: int = 0) -> pd.DataFrame:
@@ -90,6 +91,58 @@ def test_what_is_not_the_same_category_stays_apart(value: object, spelled: str) 
     assert data.category(value) == spelled
 
 
+KNOWN = {
+    "code": ["1", "2", "3"],  # a CSV's codes, read as numbers
+    "flag": ["False", "True"],
+    "answer": ["no", "yes"],
+    "compass": ["e", "n", "s", "w"],
+    "padded": ["01", "02", "3"],  # codes kept as text (Parquet strings)
+    "bit": ["0", "1"],
+}
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "spelled"),
+    [
+        ("code", ["03", " 3", "3e0", "+3", 3.0], "3"),
+        ("flag", ["yes", "Y", "on", "t", " true ", 1, "1.0"], "True"),
+        ("flag", ["no", "off", "f", "N", 0], "False"),
+        ("answer", [True, 1, "Yes", "y", "TRUE"], "yes"),
+        ("answer", [False, 0, "off"], "no"),
+        ("padded", [1, "1", "001"], "01"),
+    ],
+)
+def test_a_spelling_the_model_does_not_know_is_the_category_it_spells(
+    column: str, values: list[object], spelled: str
+) -> None:
+    """Against the training's categories: one category whatever the spelling, on every side."""
+    assert FeatureSchema("y", [], list(KNOWN), KNOWN).canonical(column, values) == [spelled] * len(values)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "spelled"),
+    [
+        ("code", "1e3", "1e3"),  # 1000: no such code
+        ("compass", False, "False"),  # "n" is North here, not no
+        ("compass", "N", "N"),
+        ("bit", True, "True"),  # 1 is a code, not a truth
+        ("flag", "maybe", "maybe"),
+    ],
+)
+def test_a_spelling_of_no_known_category_stays_unknown(column: str, value: object, spelled: str) -> None:
+    assert FeatureSchema("y", [], list(KNOWN), KNOWN).canonical(column, [value]) == [spelled]
+
+
+def test_a_meaning_two_known_categories_share_names_neither() -> None:
+    schema = FeatureSchema("y", [], ["c"], {"c": ["01", "1"]})
+    assert schema.canonical("c", ["001", 1, "01"]) == ["001", "1", "01"]
+
+
+def test_an_incomplete_list_of_categories_renames_nothing() -> None:
+    many = [f"{i:03d}" for i in range(data.MAX_CATEGORIES_IN_SCHEMA)]
+    assert FeatureSchema("y", [], ["c"], {"c": many}).canonical("c", [1]) == ["1"]
+
+
 def test_a_code_column_read_as_floats_has_the_codes_as_categories(tmp_path: Path) -> None:
     (tmp_path / "codes.csv").write_text("code,flag,bit,label\n1,True,0,a\n,,1,b\n3,False,1,a\n")
     df = pd.read_csv(tmp_path / "codes.csv")
@@ -116,6 +169,27 @@ def test_files_are_read_by_glob_and_hashed(tmp_path: Path) -> None:
     assert len(snapshot.sha256) == 64
     with pytest.raises(data.DataError, match=r"no file matches 'data/none-\*.csv'"):
         data.load("data/none-*.csv", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "names"),
+    [
+        ("empty.csv", b"", "No columns to parse"),
+        ("ragged.csv", b"a,b\n1,2\n3,4,5\n", "Expected 2 fields in line 3, saw 3"),
+        ("latin.csv", b"a,b\n\xe9,1\n", "can't decode byte 0xe9"),
+        ("quoted.csv", b'a,b\n"1,2\n', "EOF inside string"),
+        ("plain.parquet", b"a,b\n1,2\n", "Parquet magic bytes not found"),
+        ("plain.csv.gz", b"a,b\n1,2\n", "Not a gzipped file"),
+    ],
+)
+def test_a_file_that_cannot_be_parsed_is_a_data_error_naming_it(
+    tmp_path: Path, name: str, content: bytes, names: str
+) -> None:
+    """Invalid data, not a crash: the training Job fails at once instead of retrying (podFailurePolicy)."""
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(data.DataError, match=f"spec.data.source: {name} is not readable as") as refused:
+        data.load(name, tmp_path)
+    assert names in str(refused.value)
 
 
 def test_bundled_datasets_load_without_network() -> None:

@@ -3,8 +3,13 @@ checked before any model sees it. A problem is reported naming the column and wh
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import gzip
 import hashlib
+import math
 import re
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +28,12 @@ MAX_CATEGORIES_IN_SCHEMA = 200
 TRUE, FALSE = "True", "False"
 BOOLEAN_SPELLINGS = {"true": TRUE, "false": FALSE}
 BOOLEAN_CODES = {"1": TRUE, "0": FALSE}  # only in a boolean column
+# Other spellings of a truth, taken only for a column of booleans (see FeatureSchema.canonical): elsewhere "n"
+# may be North and "yes" an answer of three.
+BOOLEAN_WORDS = {
+    **dict.fromkeys(("true", "yes", "y", "t", "on"), TRUE),
+    **dict.fromkeys(("false", "no", "n", "f", "off"), FALSE),
+}
 PLAIN_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?")
 
 
@@ -60,8 +71,21 @@ class FeatureSchema:
         return bool(known) and {category(c) for c in known} <= {TRUE, FALSE}
 
     def canonical(self, column: str, values: Iterable[Any]) -> list[str]:
-        """The values of categorical `column`, each as the model knows it (`category`)."""
-        return categories(values, self.is_boolean(column))
+        """The values of categorical `column`, each as the model knows it: `category`, and then a spelling
+        the model does not know is the known category it is another spelling of, if exactly one is (see
+        `aliases`): "03" and " 3" are "3" in a column of codes a CSV held as 3 (pandas reads them so), "yes"
+        and "on" are "True" in a column of booleans, True is "yes" in a column of yes and no. Only against
+        a complete list of the training's categories; what matches none stays as it is, an unknown
+        category."""
+        spelled = categories(values, self.is_boolean(column))
+        known = tuple(self.categories.get(column, ()))
+        unknown = set(spelled) - set(known) - {""}
+        if not unknown:
+            return spelled
+        boolean, alias = aliases(known)
+        meanings = {v: loose(v, boolean) for v in unknown}
+        renamed = {v: alias[meaning] for v, meaning in meanings.items() if meaning in alias}
+        return [renamed.get(v, v) for v in spelled] if renamed else spelled
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -106,11 +130,18 @@ def load(source: str, store_root: Path) -> Snapshot:
 
 
 def _read(path: Path) -> pd.DataFrame:
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    if path.suffix in (".csv", ".gz"):
-        return pd.read_csv(path)
-    raise DataError(f"spec.data.source: {path.name} is neither CSV nor Parquet")
+    """One file as a frame; a DataError naming the file when it cannot be parsed (empty, ragged rows, not
+    UTF-8, not Parquet, not gzip): the same file fails the same way, so no retry should be spent on it."""
+    if path.suffix not in (".parquet", ".csv", ".gz"):
+        raise DataError(f"spec.data.source: {path.name} is neither CSV nor Parquet")
+    try:
+        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    # pandas' ParserError and EmptyDataError, UnicodeDecodeError and pyarrow's ArrowInvalid are ValueErrors;
+    # an unreadable disk (any other OSError) is not the data's fault and stays a crash, which is retried.
+    except (ValueError, EOFError, gzip.BadGzipFile, zlib.error) as error:
+        kind = "Parquet" if path.suffix == ".parquet" else "CSV"
+        problem = str(error).strip()
+        raise DataError(f"spec.data.source: {path.name} is not readable as {kind}: {problem}") from error
 
 
 def category(value: Any, boolean: bool = False) -> str:
@@ -123,7 +154,8 @@ def category(value: Any, boolean: bool = False) -> str:
     - A number, or a string that is a plain decimal number, is its integer when it is integral and its
       shortest float otherwise: 3, 3.0, "3" and "3.0" are all "3" (a CSV column of codes with an empty cell
       is read as floats), 2.5 and "2.50" are "2.5". A string with a leading zero ("03", a code) or in another
-      notation ("1e3") stays as it is.
+      notation ("1e3") stays as it is here (FeatureSchema.canonical takes it for the category the model
+      knows, if there is exactly one).
     - 1 and 0 are "True" and "False" only in a boolean column (`boolean`: see FeatureSchema.is_boolean);
       anywhere else 1 and True are two categories, since an integer-coded column's 1 is a code, not a truth.
     - Any other string stays as it is: "North" and "north" are two categories.
@@ -148,6 +180,38 @@ def category(value: Any, boolean: bool = False) -> str:
             integral = text.partition(".")[0] if number.is_integer() else None
             text = str(int(integral)) if integral is not None else repr(number)
     return BOOLEAN_CODES.get(text, text) if boolean else text
+
+
+def loose(spelled: str, boolean: bool) -> str:
+    """What a category's spelling says, whatever the spelling: a number's `category` (also for "03", " 3",
+    "3e0"), "True" or "False" for a BOOLEAN_WORDS spelling when `boolean`, else the text without surrounding
+    spaces."""
+    text = spelled.strip()
+    if boolean and text.lower() in BOOLEAN_WORDS:
+        return BOOLEAN_WORDS[text.lower()]
+    with contextlib.suppress(ValueError):
+        number = float(text)
+        if math.isfinite(number):
+            spelled = category(number)
+            return BOOLEAN_CODES.get(spelled, spelled) if boolean else spelled
+    return text
+
+
+@functools.lru_cache(maxsize=256)
+def aliases(known: tuple[str, ...]) -> tuple[bool, dict[str, str]]:
+    """Whether the known categories are truths (each a BOOLEAN_WORDS spelling: "True" and "False", "yes" and
+    "no", ...; codes 1 and 0 are not), and `loose` meaning -> the one known category that has it (a meaning
+    two of them share names neither). No meanings when the list may be incomplete (it is cut at
+    MAX_CATEGORIES_IN_SCHEMA): a spelling missing from it may be a category the model knows."""
+    spelled = [k for k in known if k != ""]
+    if not spelled or len(known) >= MAX_CATEGORIES_IN_SCHEMA:
+        return False, {}
+    boolean = all(k.strip().lower() in BOOLEAN_WORDS for k in spelled)
+    found: dict[str, str | None] = {}
+    for known_category in spelled:
+        meaning = loose(known_category, boolean)
+        found[meaning] = known_category if meaning not in found else None
+    return boolean, {meaning: k for meaning, k in found.items() if k is not None}
 
 
 def categories(values: Iterable[Any], boolean: bool = False) -> list[str]:

@@ -62,6 +62,7 @@ class DriftError(ValueError):
 MISSING_LIVE = "missing in live data"
 MISSING_REFERENCE = "missing in reference"
 MISSING_BOTH = "missing in live data and reference"
+NOT_COMPARED = "not compared"
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,8 @@ class ColumnDrift:
     A column with no value at all on one side is not given to Evidently (it refuses empty columns): its
     method is MISSING_LIVE or MISSING_REFERENCE, score and threshold 1.0 (the share of rows without a value,
     and the share that makes it missing), and it counts as drifted. Missing on both sides is no change
-    (MISSING_BOTH, not drifted)."""
+    (MISSING_BOTH, not drifted). A column Evidently fails on is "not compared: <its error>", score and
+    threshold 0.0, not drifted: nothing was measured, and the other columns are compared without it."""
 
     column: str
     method: str
@@ -124,7 +126,32 @@ def compare(
 def _evidently(
     current: pd.DataFrame, reference: pd.DataFrame, schema: FeatureSchema, html: Path | None
 ) -> list[ColumnDrift]:
-    """Evidently's verdict on each of `schema`'s columns (none when it has none); the HTML report if asked."""
+    """Evidently's verdict on each of `schema`'s columns (none when it has none); the HTML report if asked.
+
+    Evidently computes a report as a whole, so one column it cannot take (a reference whose values span more
+    than float64 can bin, ±1.7e308) would fail every column, at every check: then each column is compared
+    alone, and the one that fails is NOT_COMPARED with the error (no HTML report that time)."""
+    with contextlib.suppress(Exception):  # whatever Evidently raises: the columns are tried one at a time
+        return _report(current, reference, schema, html)
+    columns = []
+    for column in schema.features:
+        alone = FeatureSchema(
+            schema.target,
+            [column] if column in schema.numeric else [],
+            [column] if column in schema.categorical else [],
+        )
+        try:
+            columns += _report(current, reference, alone, None)
+        except Exception as error:  # reported with the column; the check goes on
+            reason = f"{NOT_COMPARED}: {type(error).__name__}: {error}"[:200]
+            columns.append(ColumnDrift(column, reason, 0.0, 0.0, drifted=False))
+    return columns
+
+
+def _report(
+    current: pd.DataFrame, reference: pd.DataFrame, schema: FeatureSchema, html: Path | None
+) -> list[ColumnDrift]:
+    """One Evidently report on `schema`'s columns: each column's verdict."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
@@ -301,6 +328,9 @@ def check(
         ][:SUMMARY_COLUMNS],
         result=str((folder / "result.json").relative_to(store.root)),
     )
+    not_compared = [c.column for c in result.columns if c.method.startswith(NOT_COMPARED)]
+    if not_compared:  # Evidently failed on them; result.json says why
+        summary["notCompared"] = not_compared
     if (folder / "report.html").exists():  # none when no column had values on both sides
         summary["report"] = str((folder / "report.html").relative_to(store.root))
     folder.mkdir(parents=True, exist_ok=True)

@@ -20,10 +20,21 @@ from bentoml.exceptions import InvalidArgument
 from mlworkflow.runtime.data import FeatureSchema
 
 MAX_ROWS = 10_000  # per request, on every route
+
+
+def largest(dtype: type[np.floating[Any]]) -> float:
+    """The largest magnitude a number of `dtype` is written with: its maximum, or the shortest decimal that
+    reads back as it when that is larger (float32's 3.4028235e38, which float64 reads as a little more than
+    the exact 3.4028234663852886e38). Both round to the maximum, so a client that writes a float32's largest
+    value as numpy prints it is served, and the bound the API documents is itself accepted."""
+    exact = np.finfo(dtype).max
+    return max(float(exact), float(str(exact)))
+
+
 # The largest magnitude a number may have: float32's. The ONNX graphs compute in float32, and scikit-learn's
 # tree estimators too, so a larger value is one no backend represents; one bound for every backend keeps a
 # version's answers the same whichever backend serves it.
-LARGEST = float(np.finfo(np.float32).max)
+LARGEST = largest(np.float32)
 ABSENT = object()  # a feature a record leaves out (unlike null, which is a missing value)
 NUMBER_TYPES = frozenset({int, float})  # type(True) is bool, so booleans are refused
 CATEGORY_TYPES = frozenset({str, int, float, bool})  # spelled as the model knows them: data.category

@@ -39,13 +39,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mlworkflow.runtime.data import FeatureSchema
-from mlworkflow.runtime.features import MAX_ROWS, FeatureBatch, FeatureChecker, RequestError
+from mlworkflow.runtime.features import MAX_ROWS, FeatureBatch, FeatureChecker, RequestError, largest
 from mlworkflow.runtime.feedback import MAX_ID_LENGTH, check_prediction_ids
 
 # The largest magnitude of each FP datatype, and the range of each integer one.
 FLOATS = {
-    name: float(np.finfo(dtype).max)
-    for name, dtype in (("FP16", np.float16), ("FP32", np.float32), ("FP64", np.float64))
+    name: largest(dtype) for name, dtype in (("FP16", np.float16), ("FP32", np.float32), ("FP64", np.float64))
 }
 INTEGERS = {
     f"{kind}{bits}": (int(np.iinfo(f"{kind.lower()}{bits}").min), int(np.iinfo(f"{kind.lower()}{bits}").max))
