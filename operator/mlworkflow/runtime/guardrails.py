@@ -331,8 +331,6 @@ def roc_auc(y: np.ndarray, probabilities: np.ndarray, classes: list[Any]) -> flo
     times its negatives (~0.3 ms against ~6 ms for 300 rows of 3 classes). None when scikit-learn would
     not give a plain value (a class of `classes` absent from `y`, a label of `y` not among them,
     probabilities not summing to 1): its own function decides then."""
-    from scipy.stats import rankdata
-
     truth = np.asarray(y)
     if len(classes) < 2 or not np.isin(truth, classes).all() or not np.isin(classes, truth).all():
         return None
@@ -341,7 +339,8 @@ def roc_auc(y: np.ndarray, probabilities: np.ndarray, classes: list[Any]) -> flo
     aucs = []
     for index in [1] if len(classes) == 2 else range(len(classes)):
         positive = truth == classes[index]
-        ranks = rankdata(probabilities[:, index])
+        _, position, counts = np.unique(probabilities[:, index], return_inverse=True, return_counts=True)
+        ranks = (np.cumsum(counts) - (counts - 1) / 2)[position]  # 1-based; a tie's the mean of its ranks
         positives = int(positive.sum())
         negatives = len(truth) - positives
         aucs.append(
