@@ -22,7 +22,6 @@ from sklearn.metrics import (
     precision_score,
     r2_score,
     recall_score,
-    roc_auc_score,
 )
 
 from learning import (
@@ -43,7 +42,8 @@ from mlworkflow.api import exitcodes
 from mlworkflow.api.v1alpha1 import Guardrails, MLWorkflowSpec
 from mlworkflow.runtime import learn
 from mlworkflow.runtime.data import FeatureSchema
-from mlworkflow.runtime.guardrails import Guard, roc_auc, scores
+from mlworkflow.runtime.guardrails import Guard, scores
+from mlworkflow.runtime.model import LoadedModel
 from support import wait_for
 
 BATCH = 256
@@ -178,6 +178,59 @@ def test_learns_from_files_and_quarantines_poisoned_batches(tmp_path: Path) -> N
     assert progress(store)["batchesQuarantined"] == len(EXPECTED)
 
 
+def test_learns_a_declared_class_the_warm_up_lacks(tmp_path: Path) -> None:
+    """spec.online.classes [0, 1, 2] and a warm-up without class 2: v1 knows all three (its card says so,
+    its probabilities have a column for each), the learner learns class 2 from the stream alone and its
+    snapshot predicts it as serving answers; a label declared nowhere (7) is still an unknown class."""
+    frame = online_frame(2 * WARM_ROWS + 10 * BATCH, seed=1)
+    warm = frame.iloc[: 2 * WARM_ROWS]
+    warm = warm[warm["label"] != 2].iloc[:WARM_ROWS]
+    stream, fresh = frame.iloc[2 * WARM_ROWS : -2 * BATCH], frame.iloc[-2 * BATCH :]
+    spec = online_spec(
+        {"path": "incoming/*.csv", "pollIntervalSeconds": 1},
+        batchSize=BATCH,
+        maxWaitSeconds=0.2,
+        classes=[0, 1, 2],
+        snapshots={"everySamples": len(stream)},
+    )
+    store = warm_up(tmp_path, "declared", warm, spec)
+    start = json.loads((store.model_dir("v1") / "card.json").read_text())
+    assert start["classes"] == [0, 1, 2] and start["pipeline"]["fit"]["method"] == "partial_fit"
+    assert start["pipeline"]["fit"]["epochs"] > 1  # as many as SGDClassifier.fit runs on these rows
+    assert "roc_auc" in start["metrics"], "a holdout without class 2 still has a ROC AUC (of 0 and 1)"
+    x_fresh = fresh[FEATURES].to_dict("records")
+    served = LoadedModel(store.model_dir("v1"))
+    before = served.predict(served.checker.from_records(x_fresh), probabilities=True)
+    assert before.probabilities is not None and before.probabilities.shape == (len(fresh), 3)
+    assert not (before.predictions == 2).any(), "v1 never saw class 2"
+
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    stream.to_csv(incoming / "part-000.csv", index=False)
+    poison(fresh.iloc[:BATCH], "class").to_csv(incoming / "part-001-class.csv", index=False)
+    learner = start_learner(store, spec)
+    try:
+        wait_for(
+            lambda: (
+                published(store).get("online", {}).get("samplesSeen") == len(stream)
+                and progress(store).get("batchesQuarantined") == 1
+            ),
+            60,
+            "the stream learned and the batch of class 7 quarantined",
+        )
+    finally:
+        assert stop(learner) == 0, log_of(store)
+    assert [q["reason"] for q in progress(store)["quarantines"]] == ["UnknownClass"]
+    snapshot = published(store)
+    assert snapshot["classes"] == [0, 1, 2]
+    served = LoadedModel(store.model_dir(snapshot["version"]))
+    after = served.predict(served.checker.from_records(x_fresh), probabilities=True)
+    assert after.probabilities is not None and after.probabilities.shape == (len(fresh), 3)
+    truth = fresh["label"].to_numpy()
+    recall = float((after.predictions[truth == 2] == 2).mean())
+    assert recall > 0.6, f"class 2 learned from the stream alone: recall {recall:.2f}"
+
+
 def test_snapshots_carry_importance_and_fairness_on_the_canary(tmp_path: Path) -> None:
     """The first snapshot's card has the permutation importance and the per-group figures of `region` on
     the 300 canary rows; the snapshots within INSIGHT_SECONDS of it carry those (named as its), so the
@@ -246,31 +299,24 @@ def test_class_shift_is_measured_against_the_recent_shares() -> None:
 
 
 def test_canary_metrics_in_numpy_are_scikit_learns() -> None:
-    """The canary's metrics, computed from the predictions in numpy, equal `pipeline.scores`'s (a label
-    never predicted, one predicted but absent, constant regression targets)."""
+    """The canary's metrics, computed from the predictions in numpy, equal scikit-learn's, the macro means
+    over the classes the canary holds (a label never predicted, one predicted but absent: left out,
+    constant regression targets)."""
     rng = np.random.default_rng(0)
     truth = rng.choice(["a", "b", "c"], 300)
     predicted = np.where(rng.random(300) < 0.7, truth, rng.choice(["a", "b", "d"], 300))
+    held = ["a", "b", "c"]
     assert scores(truth, predicted, regression=False) == pytest.approx(
         {
             "accuracy": accuracy_score(truth, predicted),
-            "precision_macro": precision_score(truth, predicted, average="macro", zero_division=0),
-            "recall_macro": recall_score(truth, predicted, average="macro", zero_division=0),
-            "f1_macro": f1_score(truth, predicted, average="macro", zero_division=0),
+            "precision_macro": precision_score(
+                truth, predicted, labels=held, average="macro", zero_division=0
+            ),
+            "recall_macro": recall_score(truth, predicted, labels=held, average="macro", zero_division=0),
+            "f1_macro": f1_score(truth, predicted, labels=held, average="macro", zero_division=0),
         },
         abs=1e-12,
     )
-    for classes in (["a", "b"], ["a", "b", "c"]):
-        y = rng.choice(classes, 300)
-        probabilities = rng.dirichlet(np.ones(len(classes)), 300).round(2)  # rounded: ties
-        probabilities /= probabilities.sum(axis=1, keepdims=True)
-        expected = (
-            roc_auc_score(y, probabilities[:, 1])
-            if len(classes) == 2
-            else roc_auc_score(y, probabilities, multi_class="ovr", average="macro", labels=classes)
-        )
-        assert roc_auc(y, probabilities, classes) == pytest.approx(expected, abs=1e-12)
-    assert roc_auc(np.array(["a", "b", "a"]), np.full((3, 3), 1 / 3), ["a", "b", "c"]) is None  # c absent
     for y in (rng.normal(size=100), np.ones(100)):
         for guess in (y + rng.normal(size=100), y.copy()):
             assert scores(y, guess, regression=True) == pytest.approx(

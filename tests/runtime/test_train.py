@@ -13,6 +13,7 @@ import joblib
 import pandas as pd
 import pytest
 
+from learning import online_frame, online_spec
 from mlworkflow.runtime.store import WorkflowStore
 from mlworkflow.runtime.train import TrainedModel
 from runtime.conftest import churn_frame, churn_spec
@@ -157,6 +158,17 @@ def test_bad_data_fails_with_a_message_naming_the_column(
     code, summary = run_trainer(tmp_path, json.dumps(spec))
     assert code == 2 and summary["status"] == "error" and summary["reason"] == reason
     assert message in summary["message"]
+
+
+def test_a_warm_up_class_spec_online_classes_does_not_declare_is_refused(tmp_path: Path) -> None:
+    """OnlineLearning: the classifier learns exactly spec.online.classes, so the warm-up data may not hold
+    another one."""
+    (tmp_path / "data").mkdir()
+    online_frame(200).to_csv(tmp_path / "data" / "warm.csv", index=False)
+    spec = online_spec({"path": "incoming/*.csv"}, classes=[0, 1])
+    code, summary = run_trainer(tmp_path, spec.model_dump_json(by_alias=True))
+    assert code == 2 and summary["status"] == "error" and summary["reason"] == "ClassNotDeclared", summary
+    assert "'label' (the target) holds the classes 2, which spec.online.classes (0, 1)" in summary["message"]
 
 
 def test_bad_params_fail_as_model_errors(tmp_path: Path) -> None:

@@ -250,3 +250,99 @@ def test_invalid_param_values_are_model_errors() -> None:
     built = pipeline.build(model, schema(frame()), ["sklearn."])
     with pytest.raises(ValueError, match="n_estimators"):
         built.fit(frame().drop(columns=["label"]), frame()["label"])
+
+
+def test_declared_classes_take_the_labels_kind() -> None:
+    """spec.online.classes as label values: the data's own value of a class it holds (1, "1" and 1.0 are
+    one class), a class it lacks as a value of its kind; a label not declared is refused, naming the
+    field."""
+    labels = pd.Series([0, 1, 1, 0], name="label")
+    assert data.declared_classes(["2", 1, 0], labels) == [0, 1, 2]
+    assert all(type(c) is int or isinstance(c, np.integer) for c in data.declared_classes([0, 1, 2], labels))
+    assert data.declared_classes([0, 1, 2.5], labels.astype(float)) == [0.0, 1.0, 2.5]
+    assert data.declared_classes(["a", "b", "c"], pd.Series(["b", "a"], name="y")) == ["a", "b", "c"]
+    with pytest.raises(data.DataError, match=r"holds the classes 2, which spec.online.classes \(0, 1\)") as e:
+        data.declared_classes([0, 1], pd.Series([0, 1, 2], name="label"))
+    assert e.value.reason == "ClassNotDeclared"
+    for declared in (["x", 0, 1], [0, 1, 2.5], [0, 1, "1.0"]):
+        with pytest.raises(data.DataError, match=r"spec\.online\.classes") as e:
+            data.declared_classes(declared, labels)
+        assert e.value.reason == "InvalidClasses"
+
+
+def test_roc_auc_leaves_out_a_class_without_rows() -> None:
+    """scikit-learn's one-vs-rest macro ROC AUC when every class has a row (its binary AUC for two
+    classes); a class without a row is left out of the mean, where scikit-learn's is NaN."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = rng.choice(["a", "b", "c"], 200)
+    scores = rng.dirichlet([1, 1, 1], 200) + np.eye(3)[np.searchsorted(["a", "b", "c"], y)]
+    scores /= scores.sum(axis=1, keepdims=True)
+    expected = roc_auc_score(y, scores, multi_class="ovr", average="macro", labels=["a", "b", "c"])
+    assert pipeline.roc_auc(y, scores, ["a", "b", "c"]) == pytest.approx(expected, abs=1e-12)
+    assert pipeline.roc_auc(y, scores[:, :2], ["a", "b"]) == pytest.approx(
+        roc_auc_score(y == "b", scores[:, 1]), abs=1e-12
+    )
+    held = y != "c"
+    each = [roc_auc_score(y[held] == c, scores[held, i]) for i, c in enumerate("ab")]
+    assert pipeline.roc_auc(y[held], scores[held], ["a", "b", "c"]) == pytest.approx(np.mean(each), abs=1e-12)
+    assert pipeline.roc_auc(y[y == "a"], scores[y == "a"], ["a", "b", "c"]) is None
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    [
+        "sklearn.linear_model.SGDClassifier",
+        "sklearn.linear_model.Perceptron",
+        "sklearn.neural_network.MLPClassifier",
+        "sklearn.naive_bayes.GaussianNB",
+        "sklearn.naive_bayes.BernoulliNB",
+    ],
+)
+def test_declared_classes_are_learned_by_partial_fit_for_as_many_epochs_as_fit_runs(estimator: str) -> None:
+    """A warm-up without class "c", spec.online.classes a, b, c: the estimator knows all three and predicts
+    what `fit` would (the epochs its `fit` ran, one for naive Bayes); it can learn "c" later."""
+    rows = frame(120)
+    rows["label"] = np.where(rows["age"] > 50, "a", "b")
+    params = {"random_state": 0} if "naive_bayes" not in estimator else {}
+    if "MLP" in estimator:
+        params |= {"max_iter": 300}  # converges (in 200 epochs): a net cut short differs by its seed
+    model = ModelSpec(estimator=estimator, params=params)
+    x, y = rows.drop(columns=["label"]), rows["label"]
+    declared, plain = (
+        pipeline.build(model, schema(rows), ["sklearn."]),
+        pipeline.build(model, schema(rows), ["sklearn."]),
+    )
+    assert pipeline.fit(plain, x, y) is None
+    fitted = pipeline.fit(declared, x, y, ["a", "b", "c"])
+    assert fitted is not None and fitted["classes"] == ["a", "b", "c"]
+    assert list(declared.classes_) == ["a", "b", "c"]
+    assert fitted["epochs"] == getattr(plain.named_steps["estimator"], "n_iter_", 1)
+    agree = float((declared.predict(x) == plain.predict(x)).mean())
+    assert agree > 0.9, f"partial_fit over the warm-up predicts as fit does ({agree:.2f})"
+
+
+def test_importance_by_roc_auc_of_a_class_the_holdout_lacks() -> None:
+    """Permutation importance by ROC AUC: scikit-learn's for a model of the holdout's classes, and one
+    for a model that also knows a declared class the holdout lacks (scikit-learn's scorer raises)."""
+    from sklearn.inspection import permutation_importance
+
+    from mlworkflow.runtime import holdout, importance
+
+    rows = frame(120)
+    rows["label"] = np.where(rows["age"] > 50, "a", "b")
+    x, y = rows.drop(columns=["label"]), rows["label"]
+    model = ModelSpec(estimator="sklearn.linear_model.SGDClassifier", params={"loss": "log_loss"})
+    plain, declared = (pipeline.build(model, schema(rows), ["sklearn."]) for _ in range(2))
+    pipeline.fit(plain, x, y)
+    pipeline.fit(declared, x, y, ["a", "b", "c"])
+    ours = importance.permutation(plain, x, y, "roc_auc")
+    theirs = permutation_importance(plain, x, y, scoring="roc_auc", n_repeats=5, random_state=holdout.SEED)
+    assert ours is not None
+    means = dict(zip(map(str, x.columns), theirs.importances_mean, strict=True))
+    # scikit-learn's binary scorer ranks by decision values, ours by probabilities: equal but for the ties
+    # of probabilities rounded to 1.
+    assert {f["feature"]: f["mean"] for f in ours["features"]} == pytest.approx(means, abs=1e-3)
+    ranked = importance.permutation(declared, x, y, "roc_auc")
+    assert ranked is not None and ranked["features"][0]["feature"] == "age"

@@ -378,3 +378,17 @@ def test_an_estimator_without_partial_fit_is_refused_and_a_pinned_version_too() 
     assert "spec.model.estimator" in refusal.message and "partial_fit" in refusal.message
     pinned = check_spec(spec(serving={"modelVersion": "v1"}))
     assert pinned is not None and pinned.reason == "ModelVersionNotAllowed"
+
+
+def test_declared_classes_shape_the_model() -> None:
+    """spec.online.classes shape the model (a change retrains); a workflow declaring none keeps the hash
+    it had before classes entered it."""
+    base = spec()
+    assert base.online is not None and not base.online.classes
+    declared = spec(online={**base.online.model_dump(by_alias=True), "classes": [0, 1, 2]})
+    other = spec(online={**base.online.model_dump(by_alias=True), "classes": [0, 1, 2, 3]})
+    hashes = {children.model_spec_hash(s) for s in (base, declared, other)}
+    assert len(hashes) == 3
+    assert children.model_spec_hash(base) == children.model_spec_hash(
+        spec(online={**base.online.model_dump(by_alias=True), "batchSize": 7})
+    )

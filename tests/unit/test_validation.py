@@ -123,3 +123,32 @@ print(check_spec(good), wrong.reason, missing.reason, "sklearn" in sys.modules)
         check=True,
     )
     assert done.stdout.split() == ["None", "EstimatorTaskMismatch", "EstimatorNotFound", "False"]
+
+
+@pytest.mark.parametrize(
+    ("online", "model", "problem"),
+    [
+        ({"classes": [0, 1, "1"]}, {}, "1 declared twice"),
+        ({"classes": [0]}, {}, "at least two classes"),
+        (
+            {"classes": [0, 1]},
+            {"task": "regression", "estimator": "sklearn.linear_model.SGDRegressor", "params": {}},
+            "spec.model.task is regression",
+        ),
+    ],
+)
+def test_declared_classes_are_checked(online: dict[str, Any], model: dict[str, Any], problem: str) -> None:
+    refusal = check_spec(spec("onlinelearning-wine.yaml", **model).model_copy(update={"online": None}))
+    assert refusal is None  # nothing declared, nothing checked
+    document = yaml.safe_load((EXAMPLES / "onlinelearning-wine.yaml").read_text())["spec"]
+    document["online"].update(online)
+    document["model"].update(model)
+    refusal = check_spec(MLWorkflowSpec.model_validate(document))
+    assert refusal is not None and refusal.reason == "InvalidClasses"
+    assert refusal.message.startswith("spec.online.classes: ") and problem in refusal.message
+
+
+def test_declared_classes_may_be_more_than_the_warm_up_holds() -> None:
+    document = yaml.safe_load((EXAMPLES / "onlinelearning-wine.yaml").read_text())["spec"]
+    document["online"]["classes"] = [0, 1, 2, 3]  # wine has 0, 1, 2: the training checks the data
+    assert check_spec(MLWorkflowSpec.model_validate(document)) is None

@@ -622,7 +622,8 @@ class OnlineSpec(ApiModel):
     classes: list[str | int] | None = Field(
         None,
         description="Classification: every class the model may learn (the first `partial_fit` needs them "
-        "all); default: the classes of spec.data.source.",
+        "all), also those the warm-up data lacks: its training learns them all with `partial_fit`, and "
+        "refuses data holding another (ClassNotDeclared); default: the classes of spec.data.source.",
         max_length=10_000,
     )
     guardrails: Guardrails = section(Guardrails, "What keeps a bad mini-batch away from the served model.")

@@ -80,6 +80,9 @@ def model_spec_hash(spec: MLWorkflowSpec) -> str:
         "model": spec.model.model_dump(by_alias=True) if spec.model else None,
         "holdout": spec.training.holdout,
     }
+    if spec.online and spec.online.classes:  # the classes the model knows (only when declared: the hash of
+        # a workflow that declares none stays what it was, and it is not retrained)
+        shaping["classes"] = spec.online.classes
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -1,9 +1,10 @@
 """What the CRD schema cannot check: schedules the cron library refuses, the estimators a workflow names
-(see `mlworkflow.api.estimators`), and an AutoML search space the search cannot use
-(`mlworkflow.api.search`)."""
+(see `mlworkflow.api.estimators`), the classes an OnlineLearning classifier declares, and an AutoML search
+space the search cannot use (`mlworkflow.api.search`)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -56,11 +57,33 @@ def check_spec(
             "spec.serving.modelVersion: OnlineLearning serves the learner's newest snapshot; pinning a "
             "version is for WebService and AutoML",
         )
+    refusal = _check_classes(spec)
+    if refusal:
+        return refusal
     if spec.automl is not None:
         try:
             search.search_space(spec, spec.automl.search, allowed_prefixes)
         except search.SearchSpaceError as error:
             return Refusal(error.reason, str(error))
+    return None
+
+
+def _check_classes(spec: MLWorkflowSpec) -> Refusal | None:
+    """spec.online.classes: for an OnlineLearning classifier, at least two, none twice (as written; the
+    training also tells 1 from "1.0" apart, see `mlworkflow.runtime.data.declared_classes`)."""
+    declared = spec.online.classes if spec.online and spec.pattern == Pattern.ONLINE_LEARNING else None
+    if not declared:
+        return None
+    task = spec.model.task if spec.model else "classification"
+    if task != "classification":
+        return Refusal(
+            "InvalidClasses", f"spec.online.classes: spec.model.task is {task}; classes are for a classifier"
+        )
+    twice = sorted(c for c, n in Counter(map(str, declared)).items() if n > 1)
+    if twice:
+        return Refusal("InvalidClasses", f"spec.online.classes: {', '.join(twice)} declared twice")
+    if len(declared) < 2:
+        return Refusal("InvalidClasses", "spec.online.classes: a classifier needs at least two classes")
     return None
 
 

@@ -10,7 +10,7 @@ import hashlib
 import math
 import re
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,12 @@ PLAIN_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?")
 
 
 class DataError(ValueError):
-    """The data cannot train a model; the message names the column (or file) and the problem."""
+    """The data cannot train a model; the message names the column (or file) and the problem, `reason` says
+    it in CamelCase (DataInvalid unless a more precise one)."""
+
+    def __init__(self, message: str, reason: str = "DataInvalid") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -276,6 +281,54 @@ def event_times(frame: pd.DataFrame, column: str) -> pd.Series:
             f"column {column!r} (spec.data.timeColumn) holds values that are neither numbers nor "
             f"date-times: {error}"
         ) from None
+
+
+def declared_classes(declared: Sequence[str | int], labels: pd.Series) -> list[Any]:
+    """The classes `declared` (`spec.online.classes`) as values of the labels (a checked target column), in
+    scikit-learn's order (sorted): a class the labels hold as they hold it (by `category`: 1, "1" and 1.0 are
+    one class), one they lack as a value of their kind (an integer for integer labels, a float for floats,
+    else its `category` string).
+
+    Raises DataError, reason ClassNotDeclared, when a label is not declared (every class the model may learn
+    must be, and the data's are), InvalidClasses when two declared classes are one or a declared class
+    cannot be a label of this kind (not a whole number for integer labels, any new class for booleans)."""
+    target = str(labels.name)
+    held = {category(v): v for v in pd.unique(labels)}
+    undeclared = sorted(spelled for spelled in held if spelled not in {category(c) for c in declared})
+    if undeclared:
+        raise DataError(
+            f"column {target!r} (the target) holds the classes {', '.join(undeclared)}, which "
+            f"spec.online.classes ({', '.join(map(str, declared))}) does not declare: declare every class",
+            "ClassNotDeclared",
+        )
+    kind = labels.dtype
+    values: dict[str, Any] = {}
+    for declared_class in declared:
+        spelled = category(declared_class)
+        if spelled in values:
+            raise DataError(
+                f"spec.online.classes: {declared_class!r} is the class {spelled} twice", "InvalidClasses"
+            )
+        if spelled in held:
+            values[spelled] = held[spelled]
+            continue
+        number = float(spelled) if PLAIN_NUMBER.fullmatch(spelled) else None
+        if pd.api.types.is_bool_dtype(kind) or (
+            pd.api.types.is_numeric_dtype(kind)
+            and (number is None or (pd.api.types.is_integer_dtype(kind) and not number.is_integer()))
+        ):
+            raise DataError(
+                f"spec.online.classes: {declared_class!r} cannot be a class of column {target!r}, whose "
+                f"labels are {kind}",
+                "InvalidClasses",
+            )
+        if pd.api.types.is_integer_dtype(kind):
+            values[spelled] = int(spelled)
+        elif pd.api.types.is_float_dtype(kind):
+            values[spelled] = number
+        else:
+            values[spelled] = spelled
+    return sorted(values.values())
 
 
 def check(frame: pd.DataFrame, schema: FeatureSchema, task: str, folds: int) -> pd.DataFrame:

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.inspection import permutation_importance
-from sklearn.metrics import get_scorer
 
 from mlworkflow.api.v1alpha1 import REGRESSION_METRICS
 from mlworkflow.runtime import holdout, pipeline
@@ -45,7 +44,7 @@ def permutation(model: Any, x: pd.DataFrame, y: pd.Series, metric: str) -> dict[
     chosen = np.sort(np.random.default_rng(holdout.SEED).permutation(len(x))[:ROWS])
     rows, truth = x.iloc[chosen], y.iloc[chosen]
     repeats = REPEATS if x.shape[1] <= MANY_FEATURES else 1
-    scorer = pipeline.scorer(metric, truth.nunique())
+    scorer = roc_auc if metric == "roc_auc" else pipeline.scorer(metric, truth.nunique())
     try:
         result = permutation_importance(
             model, rows, truth, scoring=scorer, n_repeats=repeats, random_state=holdout.SEED, n_jobs=1
@@ -89,13 +88,22 @@ def permutation_of_blocks(
 def _score(estimator: Any, truth: pd.Series, metric: str) -> Callable[[np.ndarray], float]:
     """`metric` of `estimator`'s predictions of rows against `truth`, higher is better (errors negated, as
     scikit-learn's scorers give them): from the predictions in numpy (`guardrails.scores`, scikit-learn's
-    values at a tenth of its scorers' cost), ROC AUC by scikit-learn's scorer."""
+    values at a tenth of its scorers' cost), ROC AUC by `roc_auc`."""
     if metric == "roc_auc":
-        scorer = get_scorer(pipeline.scorer(metric, truth.nunique()))
-        return lambda rows: float(scorer(estimator, rows, truth))
+        return lambda rows: roc_auc(estimator, rows, truth)
     regression, sign = metric in REGRESSION_METRICS, -1.0 if metric in pipeline.LOWER_IS_BETTER else 1.0
     y = np.asarray(truth.tolist()) if not regression else truth.to_numpy(dtype=np.float64)
     return lambda rows: sign * scores(y, estimator.predict(rows), regression)[metric]
+
+
+def roc_auc(estimator: Any, x: Any, y: Any) -> float:
+    """A scorer (`scorer(estimator, x, y)`) of `pipeline.roc_auc`: scikit-learn's ROC AUC when the rows hold
+    every class of the estimator, and one when they lack some (a class spec.online.classes declares that
+    the holdout lacks), where scikit-learn's raises. ValueError when they hold fewer than two."""
+    auc = pipeline.roc_auc(y, pipeline.class_scores(estimator, x), list(estimator.classes_))
+    if auc is None:
+        raise ValueError("fewer than two classes: no ROC AUC")
+    return auc
 
 
 def _ranked(metric: str, rows: int, features: list[str], drops: np.ndarray, started: float) -> dict[str, Any]:

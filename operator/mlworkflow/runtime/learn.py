@@ -376,7 +376,7 @@ class Learner:
             raise StartError(
                 "ClassesUnknown",
                 f"spec.online.classes: {unknown} not among the classes version {self.start} was trained on "
-                f"({known}); the warm-up data (spec.data.source) must hold every class",
+                f"({known}); a version trained with them (the training after the change) starts the learner",
             )
         return [spelled[data.category(c)] for c in wanted]
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.metrics import (
@@ -231,23 +232,78 @@ def metrics(
         # "unknown" target type to scikit-learn, a list of them is binary or multiclass.
         y, predicted = np.asarray(y).tolist(), np.asarray(predicted).tolist()
     result = {name: float(metric(y, predicted)) for name, metric in label_metrics(task).items()}
-    if probabilities is not None and classes is not None and len(set(np.asarray(y).tolist())) > 1:
-        try:
-            if len(classes) == 2:
-                result["roc_auc"] = float(roc_auc_score(y, probabilities[:, 1]))
-            else:
-                result["roc_auc"] = float(
-                    roc_auc_score(y, probabilities, multi_class="ovr", average="macro", labels=classes)
-                )
-        except ValueError:
-            pass  # a holdout missing a class has no AUC; the other metrics stand
+    if probabilities is not None and classes is not None:
+        auc = roc_auc(y, probabilities, classes)
+        if auc is not None:
+            result["roc_auc"] = auc
     return result
 
 
-def confusion_metrics(matrix: np.ndarray) -> dict[str, float]:
+def roc_auc(
+    y: Sequence[Any] | pd.Series | np.ndarray, scores: np.ndarray, classes: Sequence[Any]
+) -> float | None:
+    """ROC AUC of class scores (`scores`: a row per label of `y`, a column per class of `classes`, in its
+    order; probabilities or decision values): for two classes, the second class's (scikit-learn's binary
+    `roc_auc_score`); for more, the mean of each class's one-vs-rest AUC over the classes `y` holds, which is
+    scikit-learn's `multi_class="ovr", average="macro"` when `y` holds them all. A class without a row (one
+    that `spec.online.classes` declares and the holdout lacks) has no AUC and is left out of the mean, where
+    scikit-learn's would be NaN. None when `y` holds fewer than two of the classes."""
+    truth = np.asarray(y)
+    present = [i for i, c in enumerate(classes) if (truth == c).any()]
+    if len(present) < 2:
+        return None
+    if len(classes) == 2:
+        return float(roc_auc_score(truth == classes[1], scores[:, 1]))
+    return float(np.mean([roc_auc_score(truth == classes[i], scores[:, i]) for i in present]))
+
+
+def class_scores(estimator: Any, x: Any) -> np.ndarray:
+    """A classifier's scores of rows `x`, a column per class of its `classes_`: its probabilities, or its
+    decision values when it has no `predict_proba` (a binary decision value d is the columns -d and d)."""
+    if hasattr(estimator, "predict_proba"):
+        return np.asarray(estimator.predict_proba(x))
+    decision = np.asarray(estimator.decision_function(x))
+    return np.column_stack([-decision, decision]) if decision.ndim == 1 else decision
+
+
+def fit(
+    model: Pipeline, x: pd.DataFrame, y: pd.Series, classes: list[Any] | None = None
+) -> dict[str, Any] | None:
+    """Fit pipeline `model` (of `build`) on rows `x` with labels `y`; with `classes` (a classifier's, a
+    superset of the labels: `spec.online.classes`), so that its estimator knows them all, also those `y`
+    lacks. Only `partial_fit` takes the classes (`fit` takes them from `y`): the preprocessing is fitted as
+    `Pipeline.fit` fits it, then the estimator learns the preprocessed rows with `partial_fit(classes=...)`
+    for as many epochs as its own `fit` runs on them — one for naive Bayes, whose `fit` is one pass of the
+    counts and sums `partial_fit` adds to; for an iterative estimator (one with `max_iter`: SGD, Perceptron,
+    PassiveAggressive, MLP) the `n_iter_` of a probe `fit` of a clone, i.e. the epochs its stopping rule
+    (`tol`, `n_iter_no_change`) let it run. `partial_fit` keeps the learning-rate schedule across calls, but
+    not fit's adaptive step cuts or early-stopping split (it ignores them). Returns how it was fitted
+    ({"method": "partial_fit", "epochs": n, "classes": [...]}), None for a plain `fit`. Raises what `fit`
+    and `partial_fit` raise (ValueError, TypeError), ModelError when the estimator has no `partial_fit` with
+    these parameters (an MLP with solver lbfgs)."""
+    if classes is None:
+        model.fit(x, y)
+        return None
+    features, estimator = model.named_steps["features"], model.named_steps["estimator"]
+    if not hasattr(estimator, "partial_fit"):
+        raise ModelError(
+            f"spec.online.classes: {type(estimator).__name__} with spec.model.params has no partial_fit, "
+            "which alone can learn declared classes"
+        )
+    rows = features.fit_transform(x, y)
+    epochs = 1
+    if "max_iter" in estimator.get_params():
+        epochs = int(np.max(clone(estimator).fit(rows, y).n_iter_))
+    for _ in range(epochs):
+        estimator.partial_fit(rows, y, classes=classes)
+    return {"method": "partial_fit", "epochs": epochs, "classes": np.asarray(estimator.classes_).tolist()}
+
+
+def confusion_metrics(matrix: np.ndarray, held_only: bool = False) -> dict[str, float]:
     """Accuracy and the macro means of precision, recall and F1 from a confusion matrix (k x k, rows the true
     classes, columns the predicted; counts, or expected counts), a 0/0 counting 0 as `zero_division=0` does:
-    scikit-learn's values for the labels the matrix covers."""
+    scikit-learn's values for the labels the matrix covers, or with `held_only` for the classes the rows
+    hold (scikit-learn's `labels=` those: a class predicted but held by no row is left out of the means)."""
     hits = np.diag(matrix).astype(np.float64)
     predicted_as, actually = matrix.sum(axis=0), matrix.sum(axis=1)
     zeros = np.zeros(len(hits))
@@ -256,11 +312,12 @@ def confusion_metrics(matrix: np.ndarray) -> dict[str, float]:
     both = predicted_as + actually
     f1 = np.divide(2 * hits, both, out=zeros.copy(), where=both > 0)
     total = float(matrix.sum())
+    averaged = actually > 0 if held_only and (actually > 0).any() else np.ones(len(hits), dtype=bool)
     return {
         "accuracy": float(hits.sum() / total) if total else 0.0,
-        "precision_macro": float(precision.mean()),
-        "recall_macro": float(recall.mean()),
-        "f1_macro": float(f1.mean()),
+        "precision_macro": float(precision[averaged].mean()),
+        "recall_macro": float(recall[averaged].mean()),
+        "f1_macro": float(f1[averaged].mean()),
     }
 
 

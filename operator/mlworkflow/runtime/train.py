@@ -35,7 +35,7 @@ from sklearn.model_selection import (
 
 from mlworkflow.api import exitcodes
 from mlworkflow.api.estimators import DEFAULT_ALLOWED_PREFIXES
-from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Trigger, promotion_metric
+from mlworkflow.api.v1alpha1 import MLWorkflowSpec, Pattern, Trigger, promotion_metric
 from mlworkflow.runtime import (
     data,
     fairness,
@@ -93,9 +93,10 @@ def train(
     snapshot, schema, split = rows.snapshot, rows.schema, rows.judged
     x_train, y_train, x_holdout, y_holdout = rows.x_train, rows.y_train, rows.x_holdout, rows.y_holdout
     model = pipeline.build(spec.model, schema, allowed_prefixes)
+    classes = _declared_classes(spec, pd.concat([y_train, y_holdout]))
     try:
         cv = _cross_validate(model, x_train, y_train, task, spec.training.cross_validation, rows.forward)
-        model.fit(x_train, y_train)
+        fitted = pipeline.fit(model, x_train, y_train, classes)
     except (ValueError, TypeError) as error:
         # The data passed its checks: what fails now is the estimator with these parameters.
         raise pipeline.ModelError(f"spec.model: fitting {spec.model.estimator} failed: {error}") from None
@@ -159,6 +160,8 @@ def train(
             "params": spec.model.params,
             "preprocessing": spec.model.preprocessing.model_dump(by_alias=True),
             "steps": [name for name, _ in model.steps],
+            # OnlineLearning with spec.online.classes: the estimator learned them all by partial_fit.
+            "fit": fitted,
             "repr": repr(model),
         },
         "crossValidation": cv,
@@ -208,6 +211,17 @@ def train(
         card.get("tracking"),
         {"gap": fair["gap"], **fair["largest"]} if fair and fair["largest"] else None,
     )
+
+
+def _declared_classes(spec: MLWorkflowSpec, labels: pd.Series) -> list[Any] | None:
+    """An OnlineLearning classifier's spec.online.classes as values of the checked labels (all of its rows:
+    `data.declared_classes`, which raises DataError when they hold one it does not declare); None when none
+    are declared (the classes are the data's)."""
+    assert spec.model is not None
+    online = spec.online if spec.pattern == Pattern.ONLINE_LEARNING else None
+    if online is None or not online.classes or spec.model.task != "classification":
+        return None
+    return data.declared_classes(online.classes, labels)
 
 
 def _fairness(spec: MLWorkflowSpec, rows: holdout.Rows, model: Any) -> dict[str, Any] | None:
@@ -355,7 +369,7 @@ Trained {card["trainedAt"]} (trigger: {card["trigger"]}) in {card["trainingSecon
 
 ## Pipeline
 `{card["pipeline"]["estimator"]}` with `{json.dumps(card["pipeline"]["params"])}`;
-preprocessing `{json.dumps(card["pipeline"]["preprocessing"])}`.
+preprocessing `{json.dumps(card["pipeline"]["preprocessing"])}`.{_fit_line(card)}
 
 ## Holdout metrics
 {_holdout_line(card)}
@@ -376,6 +390,17 @@ Backend: **{card["backend"]}**. ONNX: exported {card["onnx"]["exported"]}, verif
 {_search_section(card)}{_tracking_section(card)}## Libraries
 {", ".join(f"{k} {v}" for k, v in card["libraries"].items())}
 """
+
+
+def _fit_line(card: dict[str, Any]) -> str:
+    fitted = card["pipeline"].get("fit")
+    if not fitted:
+        return ""
+    classes = ", ".join(f"`{c}`" for c in fitted["classes"])
+    return (
+        f"\nClasses {classes} (spec.online.classes): learned by `partial_fit` in {fitted['epochs']} "
+        "epoch(s), as many as `fit` runs."
+    )
 
 
 def _importance_section(card: dict[str, Any]) -> str:
@@ -541,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.get("MLW_SPEC_HASH", ""),
         )
     except (data.DataError, pipeline.ModelError) as error:
-        reason = "DataInvalid" if isinstance(error, data.DataError) else "ModelInvalid"
+        reason = error.reason if isinstance(error, data.DataError) else "ModelInvalid"
         report(
             {"status": "error", "version": args.version, "reason": reason, "message": str(error)},
             args.termination_log,
