@@ -213,6 +213,33 @@ def test_the_pipeline_has_the_switched_on_steps() -> None:
     assert [name for name, _, _ in built.named_steps["features"].transformers] == ["numeric"]
 
 
+@pytest.mark.parametrize(
+    "preprocessing",
+    [{}, {"impute": False}, {"scale": False}, {"oneHot": False}, {"impute": False, "scale": False}],
+)
+def test_frozen_features_transform_as_the_fitted_step_does(preprocessing: dict[str, bool]) -> None:
+    train, rows = frame(200, seed=1), frame(50, seed=2)
+    rows.loc[:4, "income"] = np.nan  # imputed
+    rows.loc[5:7, "city"] = "rome"  # unseen: no one-hot column set
+    resolved = schema(train)
+    model = ModelSpec(estimator="sklearn.linear_model.SGDClassifier", preprocessing=preprocessing)
+    features = pipeline.build(model, resolved, ["sklearn."]).named_steps["features"]
+    features.fit(data.check(train, resolved, "classification", folds=2)[resolved.features])
+    frozen = pipeline.FrozenFeatures.of(features)
+    if not preprocessing.get("impute", True) and not preprocessing.get("scale", True):
+        assert frozen is None  # a passthrough: left to scikit-learn
+        return
+    assert frozen is not None
+    x = rows[resolved.features]
+    numeric = {c: x[c].to_numpy(dtype=np.float64) for c in resolved.numeric}
+    categorical = {c: x[c].to_numpy(dtype=object) for c in resolved.categorical}
+    expected = features.transform(x)
+    if not preprocessing.get("impute", True):  # NaN stays NaN
+        np.testing.assert_array_equal(frozen.transform(numeric, categorical), expected)
+    else:
+        assert np.array_equal(frozen.transform(numeric, categorical), expected)
+
+
 def test_the_allow_list_guards_the_trainer_too() -> None:
     with pytest.raises(pipeline.ModelError, match="not under an allowed module prefix"):
         pipeline.build(ModelSpec(estimator="sklearn.svm.SVC"), schema(frame()), ["sklearn.linear_model."])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -40,15 +41,23 @@ INVALID, OUT_OF_RANGE, UNKNOWN_CLASS = "InvalidRows", "OutOfRange", "UnknownClas
 
 @dataclass(frozen=True)
 class Checked:
-    """A mini-batch after the row checks: the valid rows as a typed frame (the model's feature columns)
-    and their labels, or the reason it is quarantined."""
+    """A mini-batch after the row checks: the valid rows' features typed as the model's pipeline takes them
+    (numbers float64, categories spelled; one array per feature) and their labels, or the reason it is
+    quarantined."""
 
-    x: pd.DataFrame
+    numeric: dict[str, np.ndarray]
+    categorical: dict[str, np.ndarray]
     y: np.ndarray
     rows: int  # rows polled
     dropped: dict[str, int]  # invalid rows dropped, by reason
     reason: str | None = None
     message: str = ""
+
+    @cached_property
+    def x(self) -> pd.DataFrame:
+        """The valid rows' features as a frame (the model's feature columns, in the schema's order)."""
+        columns = {**self.numeric, **self.categorical}
+        return pd.DataFrame(columns, columns=list(columns))
 
 
 class Guard:
@@ -99,7 +108,7 @@ class Guard:
                 f"column {missing[0]!r} is in none of the {total} rows"
                 + (f" ({len(missing)} columns missing)" if len(missing) > 1 else ""),
             )
-        valid, dropped, frame = self._valid_rows(records)
+        valid, dropped, numeric, categorical = self._valid_rows(records)
         dropped[INVALID] += not_objects
         y: np.ndarray
         if self.task == "classification":
@@ -116,7 +125,8 @@ class Guard:
             dropped[INVALID] += int((~known).sum())
             y = numbers[known]
         if not known.all():
-            frame = frame[known].reset_index(drop=True)
+            numeric = {c: v[known] for c, v in numeric.items()}
+            categorical = {c: v[known] for c, v in categorical.items()}
         invalid = sum(dropped.values())
         if total and invalid / total > self.rules.max_invalid_fraction:
             reason = max(dropped, key=lambda r: dropped[r])
@@ -131,13 +141,14 @@ class Guard:
         shift = self._shift(y)
         if shift is not None:
             return self._refused(total, "ClassShift", shift, dropped)
-        return Checked(frame, y, total, dropped)
+        return Checked(numeric, categorical, y, total, dropped)
 
     def _valid_rows(
         self, records: list[dict[str, Any]]
-    ) -> tuple[list[dict[str, Any]], dict[str, int], pd.DataFrame]:
+    ) -> tuple[list[dict[str, Any]], dict[str, int], dict[str, np.ndarray], dict[str, np.ndarray]]:
         """The records whose features pass the serving checker, hold no null and are within range, and
-        their features typed as the model's pipeline takes them (numbers float64, categories spelled)."""
+        their features typed as the model's pipeline takes them (numbers float64, categories spelled):
+        numeric and categorical columns, in the schema's order."""
         dropped = {INVALID: 0, OUT_OF_RANGE: 0, UNKNOWN_CLASS: 0}
         try:
             batch = self.checker.from_records(records, max_rows=None) if records else None
@@ -153,7 +164,13 @@ class Guard:
                     checked.append(record)
             batch = self.checker.from_records(checked, max_rows=None) if checked else None
         if batch is None:
-            return [], dropped, pd.DataFrame({c: pd.Series(dtype=object) for c in self.schema.features})
+            empty = np.empty(0, dtype=object)
+            return (
+                [],
+                dropped,
+                {c: empty for c in self.schema.numeric},
+                {c: empty for c in self.schema.categorical},
+            )
         good = np.ones(batch.rows, dtype=bool)
         for values in batch.numeric.values():
             good &= ~np.isnan(values)
@@ -167,9 +184,10 @@ class Guard:
             inside &= np.isnan(values) | ((values >= low) & (values <= high))
         dropped[OUT_OF_RANGE] += int((good & ~inside).sum())
         keep = good & inside
-        columns = {c: v[keep] for c, v in {**batch.numeric, **batch.categorical}.items()}
-        frame = pd.DataFrame(columns, columns=self.schema.features)
-        return [r for r, k in zip(checked, keep.tolist(), strict=True) if k], dropped, frame
+        numeric = {c: batch.numeric[c][keep] for c in self.schema.numeric}
+        categorical = {c: batch.categorical[c][keep] for c in self.schema.categorical}
+        valid = [r for r, k in zip(checked, keep.tolist(), strict=True) if k]
+        return valid, dropped, numeric, categorical
 
     def _shift(self, y: np.ndarray) -> str | None:
         if self.task != "classification" or not self.shares or len(y) < MIN_ROWS_FOR_SHIFT:
@@ -200,7 +218,7 @@ class Guard:
 
     @staticmethod
     def _refused(rows: int, reason: str, message: str, dropped: dict[str, int] | None = None) -> Checked:
-        return Checked(pd.DataFrame(), np.empty(0), rows, dropped or {}, reason, message)
+        return Checked({}, {}, np.empty(0), rows, dropped or {}, reason, message)
 
 
 def _labelled(row: dict[str, Any], target: str) -> bool:

@@ -82,6 +82,12 @@ PRUNE_SECONDS = 60.0
 # A snapshot's permutation importance and fairness on the canary, at most this often: they cost ~features
 # x 5 predictions of the canary on the snapshot writer's thread, whose CPU the learning thread shares.
 INSIGHT_SECONDS = 60.0
+# After a snapshot, the writer rests this many times the CPU time its save took (at most WRITER_REST_MAX
+# seconds: a save with the minutely importance) before the next: saving (pickling, BentoML's bookkeeping,
+# the archive) holds the GIL, and a writer busy all the time would halve the learning thread on a fast
+# stream. It thus takes about a quarter at most; snapshots due meanwhile merge.
+WRITER_REST = 3.0
+WRITER_REST_MAX = 1.0
 
 
 class StartError(Exception):
@@ -132,7 +138,7 @@ class Snapshot:
     score: float | None
     baseline: float | None
     shares: dict[str, float]
-    rows: list[tuple[pd.DataFrame, np.ndarray]]  # features, labels applied since the previous one: archived
+    rows: list[guardrails.Checked]  # the batches applied since the previous one: archived
     time: datetime
 
 
@@ -140,9 +146,9 @@ class SnapshotWriter:
     """Saves snapshots in a thread of its own, in the order they were taken, while the learner goes on.
 
     At most one waits: a snapshot taken while another waits replaces it and archives its rows too (the
-    newer model learned them), so a slow store makes snapshots rarer, never the learner slower. An error
-    of the thread (a lost Lease, a full disk) is raised on the learning thread by the next `submit`,
-    `check` or `wait`."""
+    newer model learned them), so a slow store makes snapshots rarer, never the learner slower; after each
+    save the thread rests WRITER_REST times the CPU time it took. An error of the thread (a lost Lease, a
+    full disk) is raised on the learning thread by the next `submit`, `check` or `wait`."""
 
     def __init__(self, save: Callable[[Snapshot], None]) -> None:
         self._save = save
@@ -184,14 +190,16 @@ class SnapshotWriter:
             raise self._error
 
     def _run(self) -> None:
+        rest_until = 0.0
         while True:
             with self._changed:
-                while self._waiting is None and not self._closed:
-                    self._changed.wait()
+                while not self._closed and (self._waiting is None or time.monotonic() < rest_until):
+                    self._changed.wait(None if self._waiting is None else rest_until - time.monotonic())
                 if self._closed:
                     return
                 snapshot, self._waiting, self._busy = self._waiting, None, True
             assert snapshot is not None
+            started = time.thread_time()
             try:
                 self._save(snapshot)
             except BaseException as error:  # raised on the learning thread
@@ -203,6 +211,8 @@ class SnapshotWriter:
                     self._changed.notify_all()
             if self._error is not None:
                 return
+            rest = min(WRITER_REST * (time.thread_time() - started), WRITER_REST_MAX)
+            rest_until = time.monotonic() + rest
 
 
 def check_spec(spec: MLWorkflowSpec) -> OnlineSpec:
@@ -282,6 +292,8 @@ class Learner:
         folder = store.model_dir(self.snapshot_version) if self.snapshot_version else start_dir
         model = joblib.load(folder / "pipeline.joblib")
         self.features, self.estimator = model.named_steps["features"], model.named_steps["estimator"]
+        # The frozen preprocessing in numpy on the guard's columns (scikit-learn's `transform` otherwise).
+        self.frozen = pipeline.FrozenFeatures.of(self.features)
         if not hasattr(self.estimator, "partial_fit"):
             raise StartError(
                 "EstimatorNotIncremental",
@@ -313,7 +325,7 @@ class Learner:
         position = online.get("position") if resumed else self._inherited_position()
         self.source.seek(position or {})
         self.position = self.source.position()
-        self.pending: list[tuple[pd.DataFrame, np.ndarray]] = []  # applied, archived with the next snapshot
+        self.pending: list[guardrails.Checked] = []  # applied, archived with the next snapshot
         self.learned = 0  # samples since the last snapshot
         self.snapshot_time = datetime.now(UTC)
         self._last_snapshot = time.monotonic()
@@ -537,7 +549,11 @@ class Learner:
         if not len(checked.y):
             return  # every row dropped, within maxInvalidFraction (0 rows of 0): nothing to learn
         candidate = copy.deepcopy(self.estimator)
-        x = self.features.transform(checked.x)
+        x = (
+            self.frozen.transform(checked.numeric, checked.categorical)
+            if self.frozen is not None
+            else self.features.transform(checked.x)
+        )
         kwargs = {"classes": np.asarray(self.model_classes)} if self.task == "classification" else {}
         candidate.partial_fit(x, checked.y, **kwargs)
         if self.canary is not None:
@@ -566,7 +582,7 @@ class Learner:
         self.metrics.samples.inc(rows_applied)
         self.metrics.batches.labels("applied", "").inc()
         if self.online.archive.retention_hours:
-            self.pending.append((checked.x, checked.y))  # a frame with the target later, off this thread
+            self.pending.append(checked)  # a frame later, off this thread
 
     def quarantine(self, batch: str, rows: list[sources.Row], reason: str, message: str) -> None:
         """The batch's rows and reason in `<workflow>/online/quarantine/<batch>.parquet` and `.json`."""
@@ -710,7 +726,7 @@ class Learner:
         (`bentoml.models.delete` does the same after reading every version's YAML, ~1 ms each)."""
         shutil.rmtree(self.store.model_dir(version), ignore_errors=True)
 
-    def _archive(self, version: str, rows: list[tuple[pd.DataFrame, np.ndarray]], now: datetime) -> None:
+    def _archive(self, version: str, rows: list[guardrails.Checked], now: datetime) -> None:
         """The rows applied since the last snapshot, in the stream archive (before the snapshot is saved: a
         learner stopped in between leaves a part that the next start removes, `_drop_stale`)."""
         if not rows:
@@ -718,7 +734,9 @@ class Learner:
         folder = self.store.stream_archive / now.strftime("%Y-%m-%d-%H")
         folder.mkdir(parents=True, exist_ok=True)
         target = self.schema.target
-        frame = pd.concat([x.assign(**{target: y}) for x, y in rows], ignore_index=True)
+        numeric = {c: np.concatenate([b.numeric[c] for b in rows]) for c in self.schema.numeric}
+        categorical = {c: np.concatenate([b.categorical[c] for b in rows]) for c in self.schema.categorical}
+        frame = pd.DataFrame({**numeric, **categorical, target: np.concatenate([b.y for b in rows])})
         temporary = folder / f".part-{version}.parquet.tmp"
         frame.to_parquet(temporary, index=False)
         os.replace(temporary, folder / f"part-{version}.parquet")

@@ -90,6 +90,110 @@ def feature_blocks(features: ColumnTransformer, schema: FeatureSchema) -> dict[s
     return {column: blocks[column] for column in schema.features}
 
 
+class FrozenFeatures:
+    """A fitted preprocessing step of `build` applied to checked columns in numpy: what its `transform`
+    gives for the same rows (the same float64 operations: the imputer's medians for NaN, then minus the
+    scaler's mean and divided by its scale; one-hot columns, all 0 for an unseen category), without a
+    DataFrame and scikit-learn's checks per call (~0.05 ms against ~3.5 ms for 256 rows of 40 features).
+
+    `of` returns None for a step it does not reproduce exactly (another transformer, a dropped column, a
+    one-hot `drop` or infrequent categories): the caller then uses `transform` itself."""
+
+    def __init__(
+        self,
+        numeric: list[str],
+        fill: np.ndarray | None,
+        mean: np.ndarray | None,
+        scale: np.ndarray | None,
+        categories: dict[str, dict[Any, int]],
+    ) -> None:
+        self.numeric, self.fill, self.mean, self.scale, self.categories = (
+            numeric,
+            fill,
+            mean,
+            scale,
+            categories,
+        )
+        self.width = len(numeric) + sum(len(c) for c in categories.values())
+
+    @classmethod
+    def of(cls, features: ColumnTransformer) -> FrozenFeatures | None:
+        if getattr(features, "sparse_output_", False):
+            return None
+        numeric: list[str] = []
+        fill = mean = scale = None
+        categories: dict[str, dict[Any, int]] = {}
+        fitted = [(n, t, c) for n, t, c in features.transformers_ if not (n == "remainder" and t == "drop")]
+        if [n for n, _, _ in fitted] not in (["numeric"], ["categorical"], ["numeric", "categorical"]):
+            return None
+        for name, transformer, columns in fitted:
+            if name == "numeric":
+                numeric = list(columns)
+                if not isinstance(transformer, Pipeline) or [n for n, _ in transformer.steps] not in (
+                    ["impute"],
+                    ["scale"],
+                    ["impute", "scale"],
+                ):
+                    return None
+                steps = dict(transformer.steps)
+                imputer, scaler = steps.get("impute"), steps.get("scale")
+                if imputer is not None:
+                    statistics = np.asarray(imputer.statistics_, dtype=np.float64)
+                    if (
+                        type(imputer) is not SimpleImputer
+                        or imputer.add_indicator
+                        or not _is_nan(imputer.missing_values)
+                        or np.isnan(statistics).any()  # a column without values: the imputer drops it
+                    ):
+                        return None
+                    fill = statistics
+                if scaler is not None:
+                    if type(scaler) is not StandardScaler:
+                        return None
+                    mean, scale = scaler.mean_ if scaler.with_mean else None, scaler.scale_
+            else:
+                if (
+                    type(transformer) is not OneHotEncoder
+                    or transformer.drop_idx_ is not None
+                    or transformer.handle_unknown != "ignore"
+                    or getattr(transformer, "_infrequent_enabled", False)
+                    or transformer.sparse_output
+                    or np.dtype(transformer.dtype) != np.float64
+                ):
+                    return None
+                categories = {
+                    column: {value: i for i, value in enumerate(known.tolist())}
+                    for column, known in zip(columns, transformer.categories_, strict=True)
+                }
+        return cls(numeric, fill, mean, scale, categories)
+
+    def transform(self, numeric: dict[str, np.ndarray], categorical: dict[str, np.ndarray]) -> np.ndarray:
+        """Rows x output columns (float64) from float64 numbers (NaN where missing) and category strings
+        per feature, each as long as the batch."""
+        rows = len(next(iter({**numeric, **categorical}.values())))
+        out = np.zeros((rows, self.width), dtype=np.float64)
+        if self.numeric:
+            x = np.column_stack([numeric[c] for c in self.numeric]).astype(np.float64, copy=False)
+            if self.fill is not None:
+                x = np.where(np.isnan(x), self.fill, x)
+            if self.mean is not None:
+                x = x - self.mean
+            if self.scale is not None:
+                x = x / self.scale
+            out[:, : len(self.numeric)] = x
+        start = len(self.numeric)
+        for column, known in self.categories.items():
+            hot = np.array([known.get(v, -1) for v in categorical[column].tolist()], dtype=np.intp)
+            seen = hot >= 0
+            out[np.flatnonzero(seen), start + hot[seen]] = 1.0
+            start += len(known)
+        return out
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and value != value
+
+
 def scores(task: str, pipeline: Pipeline, x: pd.DataFrame, y: pd.Series) -> dict[str, float]:
     """Holdout metrics of `pipeline` on rows `x` with labels `y` (`metrics`)."""
     predicted = pipeline.predict(x)
