@@ -24,16 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import PODS_PER_KWOK_NODE, REPO, SUMMARY, Api
+from run import PODS_PER_KWOK_NODE, REPO, SUMMARY, Api, status_kib, stop
 
 from kubelocal.controlplane import ControlPlane, build_binaries, training_result_stage
-
-
-def _status_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
 
 
 def _heap_kib(pid: int) -> int:
@@ -69,7 +62,7 @@ def run_operator(
         time.sleep(5 if trace is None else 30)  # kopf's start: watches opened before the first workflow
         if trace is not None:
             operator.send_signal(signal.SIGUSR2)
-        start_kib = _status_kib(operator.pid, "VmRSS")
+        start_kib = status_kib(operator.pid, "VmRSS")
         began = time.monotonic()
         for i in range(n):
             api.create_workflow(namespace, f"wf-{i:04d}")
@@ -82,17 +75,12 @@ def run_operator(
         result = {
             "seconds": seconds,
             "start_mib": start_kib / 1024,
-            "peak_mib": _status_kib(operator.pid, "VmHWM") / 1024,
-            "rss_mib": _status_kib(operator.pid, "VmRSS") / 1024,
+            "peak_mib": status_kib(operator.pid, "VmHWM") / 1024,
+            "rss_mib": status_kib(operator.pid, "VmRSS") / 1024,
             "heap_mib": _heap_kib(operator.pid) / 1024,
         }
     finally:
-        operator.send_signal(signal.SIGTERM)
-        try:
-            operator.wait(30)
-        except subprocess.TimeoutExpired:
-            operator.kill()
-            operator.wait()
+        stop(operator)
     api.delete_namespaces(1800)
     return result
 

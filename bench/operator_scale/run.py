@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import signal
 import ssl
@@ -309,14 +308,9 @@ def operator_run(api: Api, n: int, resync: float, windows: int, timeout: float, 
         events_before = len(api.call(api.core.list_namespaced_event, namespace)["items"])
         steady = _window(api, window)
         events = len(api.call(api.core.list_namespaced_event, namespace)["items"]) - events_before
-        peak = _peak_mib(operator.pid)
+        peak = status_kib(operator.pid, "VmHWM") / 1024
     finally:
-        operator.send_signal(signal.SIGTERM)
-        try:
-            operator.wait(30)
-        except subprocess.TimeoutExpired:
-            operator.kill()
-            operator.wait()
+        stop(operator)
     time.sleep(2)
     baseline = _window(api, window)
     return OperatorRun(ramp, steady, baseline, window, peak, events)
@@ -329,11 +323,22 @@ def _window(api: Api, seconds: float) -> Counter[tuple[str, str]]:
     return api.request_counts() - before
 
 
-def _peak_mib(pid: int) -> float:
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 30 s."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def status_kib(pid: int, field: str) -> int:
+    """A field of /proc/PID/status in KiB (VmHWM: the peak resident memory); 0 when absent."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return math.nan
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
 
 
 def _total(counts: Counter[tuple[str, str]], writes_only: bool = False) -> int:
